@@ -1,0 +1,84 @@
+"""``mcan-train --config PLAN --data DIR --out RUN``: phased training, resumable.
+
+Running the same command again after an interruption continues from the last checkpoint; a
+finished run says so and exits 0. Ctrl-C or SIGTERM writes a checkpoint first (exit 130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from .common import EXIT_INTERRUPTED, run_main, setup_logging
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; a second Ctrl-C falls back to the default (immediate) behaviour."""
+
+    def __init__(self) -> None:
+        self.stop = False
+
+    def __call__(self) -> bool:
+        return self.stop
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, _frame: object) -> None:
+            self.stop = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            print(f"\nmcan-train: {signal.Signals(signum).name} received, writing a checkpoint "
+                  "after this iteration (Ctrl-C again to abort at once)", file=sys.stderr)
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mcan-train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="phase plan (TOML), e.g. configs/paper.toml")
+    p.add_argument("--data", required=True,
+                   help="dataset folder with train/ and test/ (each HR/+LR/ or RealSR v3 files)")
+    p.add_argument("--out", required=True, help="run directory (created, or resumed if it exists)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+
+    def body() -> int:
+        from ..config import load_plan
+        from ..train import TrainingInterrupted, train
+
+        plan = load_plan(args.config)
+        stop = StopFlag()
+        stop.install()
+        try:
+            result = train(plan, args.data, args.out, device=args.device,
+                           progress=not args.no_progress, should_stop=stop)
+        except TrainingInterrupted as exc:
+            print(f"mcan-train: {exc}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        state = "already finished" if result.already_finished else "finished"
+        ident = result.identity.get("psnr", float("nan"))
+        print(f"mcan-train: run {state}: {result.paths.root}")
+        print(f"  identity (LR vs HR): {ident:.3f} dB")
+        for r in result.phases:
+            print(f"  phase {r['phase']:>8} {r['block']:>3}: {r['psnr']:.3f} dB "
+                  f"({r['psnr'] - ident:+.3f} dB), Y {r['psnr_y']:.3f} dB")
+        print(f"  model: {result.paths.model}\n  report: {result.paths.report}")
+        return 0
+
+    return run_main("mcan-train", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

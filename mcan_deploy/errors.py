@@ -1,0 +1,27 @@
+"""Typed exceptions of mcan-deploy.
+
+Library code raises these with one-line messages that name the file, the value and the fix;
+only ``mcan_deploy.cli`` turns them into exit codes.
+"""
+
+from __future__ import annotations
+
+
+class MCANError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(MCANError):
+    """A phase plan or model configuration is invalid (unknown key, bad value, wrong type)."""
+
+
+class ImageReadError(MCANError):
+    """An image file is missing, unreadable or of an unsupported kind."""
+
+
+class DataError(MCANError):
+    """A dataset folder is empty, mis-paired, or a pair's sizes do not fit an integer scale."""
+
+
+class CheckpointError(MCANError):
+    """A model file, checkpoint or run directory is missing, corrupt or does not match."""

@@ -1,0 +1,146 @@
+"""Reading and writing image files with OpenCV, and atomic file writes.
+
+Images come in as float32 RGB in [0, 1] (H, W, 3) whatever their bit depth or channel layout,
+with alpha kept apart so that it can be carried through unchanged. Files go out atomically: a
+reader never sees a half-written image or model.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ImageReadError, MCANError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+
+
+@dataclass
+class LoadedImage:
+    """A decoded image: RGB float32 in [0, 1], optional alpha, and what the file held."""
+
+    rgb: np.ndarray  # (H, W, 3) float32
+    alpha: np.ndarray | None  # (H, W) float32 in [0, 1], or None
+    bit_depth: int  # 8 or 16 (32 for float files)
+    gray: bool  # the file had a single colour channel
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return self.rgb.shape[0], self.rgb.shape[1]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _to_unit_float(arr: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0, 8
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0, 16
+    if arr.dtype == np.float32:
+        return np.clip(arr, 0.0, 1.0), 32
+    raise ImageReadError(
+        f"{path}: unsupported pixel type {arr.dtype}; use 8- or 16-bit PNG/TIFF or JPEG"
+    )
+
+
+def read_image(path: str | Path) -> LoadedImage:
+    """Decode an image file; raises ``ImageReadError`` naming the file when it cannot."""
+    import cv2
+
+    path = Path(path)
+    try:
+        buf = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot read ({exc.strerror})") from None
+    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if arr is None:
+        raise ImageReadError(
+            f"{path}: not a readable image (empty, truncated or not one of "
+            f"{', '.join(IMAGE_SUFFIXES)})"
+        )
+    arr, depth = _to_unit_float(arr, path)
+    alpha = None
+    gray = False
+    if arr.ndim == 2:
+        gray = True
+        rgb = np.repeat(arr[:, :, None], 3, axis=2)
+    elif arr.shape[2] == 2:  # gray + alpha
+        gray = True
+        rgb, alpha = np.repeat(arr[:, :, :1], 3, axis=2), arr[:, :, 1]
+    elif arr.shape[2] == 3:
+        rgb = arr[:, :, ::-1]
+    elif arr.shape[2] == 4:
+        rgb, alpha = arr[:, :, 2::-1], arr[:, :, 3]
+    else:
+        raise ImageReadError(f"{path}: {arr.shape[2]} channels; expected 1, 2, 3 or 4")
+    return LoadedImage(np.ascontiguousarray(rgb), alpha, depth, gray)
+
+
+def encode_image(
+    rgb: np.ndarray,
+    suffix: str,
+    alpha: np.ndarray | None = None,
+    bit_depth: int = 8,
+    gray: bool = False,
+) -> bytes:
+    """Encode float RGB in [0, 1] (H, W, 3) as an image file's bytes of the given suffix."""
+    import cv2
+
+    if bit_depth not in (8, 16):
+        raise MCANError(f"bit depth {bit_depth} cannot be written; use 8 or 16")
+    if bit_depth == 16 and suffix.lower() in (".jpg", ".jpeg", ".bmp", ".webp"):
+        bit_depth = 8  # these formats hold 8 bits only
+    peak, dtype = (255.0, np.uint8) if bit_depth == 8 else (65535.0, np.uint16)
+    img = rgb.mean(axis=2, keepdims=True) if gray else rgb[:, :, ::-1]
+    if alpha is not None:
+        img = np.concatenate([np.repeat(img, 3, axis=2) if gray else img, alpha[:, :, None]], axis=2)
+    out = np.clip(np.rint(img * peak), 0, peak).astype(dtype)
+    ok, buf = cv2.imencode(suffix, out)
+    if not ok:
+        raise MCANError(f"cannot encode an image as '{suffix}'; use one of {IMAGE_SUFFIXES}")
+    return buf.tobytes()
+
+
+def write_image(
+    path: str | Path,
+    rgb: np.ndarray,
+    alpha: np.ndarray | None = None,
+    bit_depth: int = 8,
+    gray: bool = False,
+) -> None:
+    """Write float RGB in [0, 1] atomically; the format follows the file's suffix."""
+    path = Path(path)
+    atomic_write_bytes(path, encode_image(rgb, path.suffix or ".png", alpha, bit_depth, gray))
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name (hidden files skipped)."""
+    folder = Path(folder)
+    return sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )

@@ -1,0 +1,98 @@
+"""One training loop for one stage: sample a batch, step the optimiser, report through callbacks.
+
+Every phase of every plan runs through ``run_stage``; what is trained (a block, or all of N),
+how it is clamped and which data it sees is decided by the phase runner.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..config import LossName, StageConfig
+from ..metrics import rgb_to_y
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], stage: StageConfig) -> torch.optim.Optimizer:
+    """The stage's optimiser at its first learning rate (report sec. 4.3 settings by default)."""
+    params = list(params)
+    if stage.optimizer == "adadelta":
+        return torch.optim.Adadelta(params, lr=stage.lr[0], rho=stage.rho, eps=stage.eps,
+                                    weight_decay=stage.weight_decay)
+    return torch.optim.Adam(params, lr=stage.lr[0], betas=tuple(stage.betas), eps=stage.eps,
+                            weight_decay=stage.weight_decay)
+
+
+def gradient_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The report's sec. 6 idea: L1 of the first differences of the luma residual. It is blind
+    to a constant offset, so use it after (or beside) an L1 stage."""
+    r = rgb_to_y(pred) - rgb_to_y(target)
+    return (r[..., :, 1:] - r[..., :, :-1]).abs().mean() + (r[..., 1:, :] - r[..., :-1, :]).abs().mean()
+
+
+def loss_function(name: LossName) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return {"l1": F.l1_loss, "l2": F.mse_loss, "gradient": gradient_loss}[name]
+
+
+@dataclass
+class LoopCallbacks:
+    """What the loop reports to, and asks of, the phase runner."""
+
+    on_log: Callable[[int, float, float, float, float], None]  # iter, loss, lr, s/iter, data share
+    on_iter_end: Callable[[int], None]  # after each completed iteration (validation, checkpoints)
+    should_stop: Callable[[], bool]  # checked after each iteration
+
+
+def run_stage(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    sample: Callable[[], Batch],
+    stage: StageConfig,
+    start_iter: int,
+    log_every: int,
+    callbacks: LoopCallbacks,
+    progress: str | None = None,
+) -> int:
+    """Train from ``start_iter`` to the end of ``stage``; returns the iteration reached (less
+    than the total only when ``should_stop`` asked to stop)."""
+    from tqdm.auto import tqdm
+
+    criterion = loss_function(stage.loss)
+    total = stage.total_iters
+    bar = tqdm(total=total, initial=start_iter, desc=progress, unit="it", disable=progress is None,
+               dynamic_ncols=True, leave=False)
+    loss_sum, n, data_time, t_start = 0.0, 0, 0.0, time.perf_counter()
+    it = start_iter
+    try:
+        while it < total:
+            lr = stage.lr_at(it)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            x, y = sample()
+            data_time += time.perf_counter() - t0
+            loss = criterion(forward(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            it += 1
+            loss_sum += loss.item()
+            n += 1
+            bar.update(1)
+            if it % log_every == 0 or it == total:
+                elapsed = time.perf_counter() - t_start
+                bar.set_postfix(loss=f"{loss_sum / n:.4f}", lr=f"{lr:.0e}")
+                callbacks.on_log(it, loss_sum / n, lr, elapsed / n, data_time / elapsed)
+                loss_sum, n, data_time, t_start = 0.0, 0, 0.0, time.perf_counter()
+            callbacks.on_iter_end(it)
+            if callbacks.should_stop():
+                break
+    finally:
+        bar.close()
+    return it

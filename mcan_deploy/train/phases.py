@@ -1,0 +1,420 @@
+"""The phase runner: executes a plan's phases in order, resumably, and writes the run directory.
+
+Run directory (ARCHITECTURE.md, "Contracts"):
+``plan.toml`` (the resolved plan), ``run.json`` (data folder, device, versions), ``metrics.jsonl``,
+``checkpoints/last.safetensors``, ``blocks/N<i>.safetensors``, ``model.safetensors``,
+``report.md``, ``curves.png``, ``strip.png``.
+
+Resuming: the checkpoint records the position (phase, stage, iteration), the weights, the
+optimiser's and the sampler's state and how many metrics lines were written by then, so running
+the same command again continues exactly where the last checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..checkpoint import (load_tensors, optimizer_from_flat, optimizer_to_flat, save_block,
+                          save_model, save_tensors)
+from ..config import Plan, PhaseConfig, dump_plan, load_plan, plan_to_dict
+from ..data import PairedImages, PatchSampler, center_crop, load_images, split_dirs
+from ..errors import CheckpointError, MCANError
+from ..metrics import psnr, ssim
+from ..model import MCAN, build_model, inherit_block, init_block
+from .loop import LoopCallbacks, make_optimizer, run_stage
+
+log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(MCANError):
+    """Training stopped on request (Ctrl-C, SIGTERM) after writing a checkpoint."""
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where everything of one run lives."""
+
+    root: Path
+
+    @property
+    def plan(self) -> Path: return self.root / "plan.toml"
+    @property
+    def run_info(self) -> Path: return self.root / "run.json"
+    @property
+    def metrics(self) -> Path: return self.root / "metrics.jsonl"
+    @property
+    def checkpoint(self) -> Path: return self.root / "checkpoints" / "last.safetensors"
+    @property
+    def model(self) -> Path: return self.root / "model.safetensors"
+    @property
+    def report(self) -> Path: return self.root / "report.md"
+    @property
+    def curves(self) -> Path: return self.root / "curves.png"
+    @property
+    def strip(self) -> Path: return self.root / "strip.png"
+
+    def block(self, i: int) -> Path:
+        return self.root / "blocks" / f"N{i}.safetensors"
+
+    def generated(self, phase: str) -> Path:
+        return self.root / "generated" / f"{phase}.safetensors"
+
+
+@dataclass
+class RunResult:
+    """What a finished (or already finished) run produced."""
+
+    paths: RunPaths
+    already_finished: bool
+    phases: list[dict[str, Any]]  # one summary line per phase, as in metrics.jsonl
+    identity: dict[str, Any]  # validation metrics of LR against HR
+
+
+@dataclass
+class Position:
+    """Where in the plan a run stands: the next iteration to run is ``iter`` of stage ``stage``
+    of phase ``phase`` (all 0-based); ``phase == len(phases)`` means finished."""
+
+    phase: int = 0
+    stage: int = 0
+    iter: int = 0
+
+
+class MetricsLog:
+    """Append-only JSON-lines log that can be cut back to a checkpoint's line count."""
+
+    def __init__(self, path: Path, keep_lines: int) -> None:
+        self.path = path
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) > keep_lines:  # lines written after the checkpoint are replayed on resume
+            path.write_text("".join(line + "\n" for line in lines[:keep_lines]))
+        self.count = min(len(lines), keep_lines)
+
+    def write(self, **record: Any) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.count += 1
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MCANError(f"--device {device}: no CUDA device is visible; use --device cpu")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[torch.Generator]:
+    """A generator seeded with ``seed``, with the global RNG forked and seeded too, so that
+    initialisation is the same on a fresh run and on a resumed one."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield torch.Generator().manual_seed(seed)
+
+
+def _first_difference(a: Any, b: Any, key: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            d = _first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else k)
+            if d:
+                return d
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            d = _first_difference(x, y, f"{key}[{i}]")
+            if d:
+                return d
+        return None
+    return None if a == b else f"{key} ({a!r} in the run, {b!r} now)"
+
+
+class PhaseRunner:
+    """Runs one plan into one run directory. Holds no state beyond that run."""
+
+    def __init__(self, plan: Plan, data_root: str | Path, out_dir: str | Path, device: str = "auto",
+                 progress: bool = True, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.plan = plan
+        self.data_root = Path(data_root).resolve()
+        self.paths = RunPaths(Path(out_dir))
+        self.device = resolve_device(device)
+        self.progress = progress
+        self.should_stop = should_stop
+        self.stage_offsets = self._stage_offsets()
+
+    # ----- set-up and resume ---------------------------------------------------------------
+    def _stage_offsets(self) -> dict[tuple[int, int], int]:
+        """Global step at which each (phase, stage) starts: the x axis of the curves."""
+        offsets, step = {}, 0
+        for pi, phase in enumerate(self.plan.phases):
+            for si, stage in enumerate(phase.stages):
+                offsets[(pi, si)] = step
+                step += stage.total_iters
+            offsets[(pi, len(phase.stages))] = step
+        return offsets
+
+    def _prepare_dir(self) -> None:
+        p = self.paths
+        if p.plan.exists():
+            old = load_plan(p.plan)
+            diff = _first_difference(plan_to_dict(old), plan_to_dict(self.plan))
+            if diff:
+                raise CheckpointError(
+                    f"{p.plan}: this run was started with another plan, differing at {diff}; "
+                    "rerun with the same plan to resume, or pass a new --out"
+                )
+            info = json.loads(p.run_info.read_text()) if p.run_info.exists() else {}
+            if info.get("data") not in (None, str(self.data_root)):
+                raise CheckpointError(
+                    f"{p.run_info}: this run trains on {info['data']}, not {self.data_root}; "
+                    "pass the same --data to resume, or a new --out"
+                )
+            return
+        if p.root.exists() and any(p.root.iterdir()):
+            raise CheckpointError(
+                f"{p.root}: folder exists and is not a run directory (no plan.toml); "
+                "pass an empty or new --out"
+            )
+        p.root.mkdir(parents=True, exist_ok=True)
+        from ..io import atomic_write_bytes
+
+        atomic_write_bytes(p.run_info, json.dumps({
+            "data": str(self.data_root), "device": str(self.device), "torch": torch.__version__,
+            "mcan_deploy": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }, indent=2).encode())
+        atomic_write_bytes(p.plan, dump_plan(self.plan).encode())
+
+    def _load_position(self, model: MCAN) -> tuple[Position, dict[str, Any] | None, int]:
+        """Restore weights from the last checkpoint; returns the position, the checkpoint's
+        tensors and meta for the optimiser/sampler, and the metrics line count to keep."""
+        if not self.paths.checkpoint.exists():
+            return Position(), None, 0
+        tensors, meta = load_tensors(self.paths.checkpoint)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        pos = Position(**meta["position"])
+        log.info("resuming %s at phase %s, stage %d, iteration %d", self.paths.root,
+                 self.plan.phases[pos.phase].name if pos.phase < len(self.plan.phases) else "end",
+                 pos.stage, pos.iter)
+        return pos, {"tensors": tensors, "meta": meta}, meta["metrics_lines"]
+
+    def _save_checkpoint(self, model: MCAN, pos: Position, metrics: MetricsLog,
+                         optimizer: torch.optim.Optimizer | None = None,
+                         sampler: PatchSampler | None = None) -> None:
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        meta: dict[str, Any] = {"position": dataclasses.asdict(pos), "metrics_lines": metrics.count}
+        if optimizer is not None:
+            opt_tensors, meta["optim"] = optimizer_to_flat(optimizer)
+            tensors.update(opt_tensors)
+        if sampler is not None:
+            tensors["rng.sampler"] = sampler.get_state()
+        save_tensors(self.paths.checkpoint, tensors, meta)
+
+    # ----- data -----------------------------------------------------------------------------
+    def _load_data(self) -> tuple[PairedImages, PairedImages]:
+        train_dir, test_dir = split_dirs(self.data_root)
+        train = load_images(train_dir, progress=self.progress).to(self.device)
+        val = load_images(test_dir, max_size=self.plan.data.val_max_size,
+                          progress=self.progress).to(self.device)
+        return train, val
+
+    def _inputs_before(self, pi: int, train: PairedImages, val: PairedImages) -> tuple[PairedImages, PairedImages]:
+        """The input sets that phase ``pi`` starts from: the output of the last generate phase
+        before it (cached in ``generated/``), or LR."""
+        for prev in range(pi - 1, -1, -1):
+            phase = self.plan.phases[prev]
+            if phase.kind == "generate":
+                tensors, _ = load_tensors(self.paths.generated(phase.name))
+                pick = lambda split, n: [tensors[f"{split}.{i}"].to(self.device) for i in range(n)]  # noqa: E731
+                return train.with_inputs(pick("train", len(train))), val.with_inputs(pick("val", len(val)))
+        return train, val
+
+    # ----- validation -----------------------------------------------------------------------
+    @torch.no_grad()
+    def _validate(self, forward: Callable[[torch.Tensor], torch.Tensor], val: PairedImages) -> dict[str, float]:
+        sums = dict(loss=0.0, psnr=0.0, psnr_y=0.0, ssim=0.0, ssim_y=0.0)
+        shave = self.plan.data.shave
+        for x, y in zip(val.inputs, val.targets):
+            out = forward(x[None]).clamp(0, 1)
+            sums["loss"] += float((out - y[None]).abs().mean())
+            sums["psnr"] += psnr(out, y[None], shave)
+            sums["psnr_y"] += psnr(out, y[None], shave, y=True)
+            sums["ssim"] += ssim(out, y[None], shave)
+            sums["ssim_y"] += ssim(out, y[None], shave, y=True)
+        return {k: v / len(val) for k, v in sums.items()}
+
+    # ----- phases ---------------------------------------------------------------------------
+    def _init_phase(self, model: MCAN, pi: int, phase: PhaseConfig) -> None:
+        if phase.init == "keep":
+            return
+        with seeded(self.plan.train.seed * 1000 + pi) as gen:
+            if phase.kind == "train_joint":
+                for block in model.blocks:
+                    init_block(block, phase.init, gen)
+            elif phase.init == "inherit":
+                inherit_block(model.blocks[phase.block - 1], model.blocks[phase.block - 2])
+            else:
+                init_block(model.blocks[phase.block - 1], phase.init, gen)
+        log.info("phase %s: %s initialisation", phase.name, phase.init)
+
+    def _train_phase(self, model: MCAN, pi: int, pos: Position, resume: dict[str, Any] | None,
+                     train: PairedImages, val: PairedImages, metrics: MetricsLog) -> None:
+        phase = self.plan.phases[pi]
+        cfg = self.plan
+        if phase.kind == "train_block":
+            module = model.blocks[phase.block - 1]
+            forward_for = lambda clamp: (lambda x: module(x, clamp=clamp))  # noqa: E731
+            what = f"N{phase.block}"
+        else:
+            module = model
+            forward_for = lambda clamp: (lambda x: model(x, clamp=clamp))  # noqa: E731
+            what = "N"
+        if pos.stage == 0 and pos.iter == 0:
+            self._init_phase(model, pi, phase)
+        sampler = PatchSampler(train, cfg.data.patch_size, cfg.data.batch_size, cfg.data.augment,
+                               seed=cfg.train.seed * 1000 + pi)
+        for si in range(pos.stage, len(phase.stages)):
+            stage = phase.stages[si]
+            start = pos.iter if si == pos.stage else 0
+            optimizer = make_optimizer(module.parameters(), stage)
+            if resume is not None:  # resuming inside this phase: continue the same draws
+                if "rng.sampler" in resume["tensors"]:
+                    sampler.set_state(resume["tensors"]["rng.sampler"])
+                if start > 0:
+                    optimizer_from_flat(optimizer, resume["tensors"], resume["meta"]["optim"])
+            resume = None
+            forward = forward_for(stage.clamp)
+            offset = self.stage_offsets[(pi, si)]
+            base = dict(phase=phase.name, stage=stage.name, block=what)
+
+            def on_log(it: int, loss: float, lr: float, sec: float, data_share: float) -> None:
+                metrics.write(kind="train", **base, iter=it, step=offset + it, loss=loss, lr=lr,
+                              sec_per_iter=sec, data_share=data_share)
+
+            def on_iter_end(it: int) -> None:
+                if cfg.train.val_every and it % cfg.train.val_every == 0 and it < stage.total_iters:
+                    module.eval()
+                    metrics.write(kind="val", **base, iter=it, step=offset + it,
+                                  lr=stage.lr_at(it - 1), **self._validate(forward, val))
+                    module.train()
+                if cfg.train.checkpoint_every and it % cfg.train.checkpoint_every == 0 \
+                        and it < stage.total_iters:
+                    self._save_checkpoint(model, Position(pi, si, it), metrics, optimizer, sampler)
+
+            module.train()
+            t0 = time.perf_counter()
+            reached = run_stage(
+                forward, optimizer, sampler.sample, stage, start, cfg.train.log_every,
+                LoopCallbacks(on_log, on_iter_end, self.should_stop),
+                progress=f"{phase.name} {stage.name}" if self.progress else None,
+            )
+            if reached < stage.total_iters:
+                self._save_checkpoint(model, Position(pi, si, reached), metrics, optimizer, sampler)
+                raise TrainingInterrupted(
+                    f"stopped at phase {phase.name}, stage {stage.name}, iteration {reached}; "
+                    f"checkpoint written to {self.paths.checkpoint}; run the same command to resume"
+                )
+            log.info("phase %s stage %s: %d iterations in %.1f s", phase.name, stage.name,
+                     stage.total_iters - start, time.perf_counter() - t0)
+            self._save_checkpoint(model, Position(pi, si + 1, 0), metrics, sampler=sampler)
+        module.eval()
+        final_clamp = phase.stages[-1].clamp
+        scores = self._validate(forward_for(final_clamp), val)
+        if phase.kind == "train_block":
+            save_block(self.paths.block(phase.block), module, cfg.model, phase.block)
+        metrics.write(kind="phase", phase=phase.name, stage=phase.stages[-1].name, block=what,
+                      iter=phase.stages[-1].total_iters, step=self.stage_offsets[(pi, len(phase.stages))],
+                      lr=phase.stages[-1].lr[-1], **scores)
+        log.info("phase %s (%s): validation PSNR %.3f dB (Y %.3f dB)", phase.name, what,
+                 scores["psnr"], scores["psnr_y"])
+
+    @torch.no_grad()
+    def _generate(self, model: MCAN, pi: int, train: PairedImages, val: PairedImages,
+                  metrics: MetricsLog) -> tuple[PairedImages, PairedImages]:
+        """Phase i-2: replace the input sets by N_i+(input), and cache them for resuming."""
+        from tqdm.auto import tqdm
+
+        phase = self.plan.phases[pi]
+        block = model.blocks[phase.block - 1].eval()
+        run = lambda xs, split: [block(x[None], clamp=True)[0] for x in  # noqa: E731
+                                 tqdm(xs, desc=f"{phase.name} {split}", unit="img", leave=False,
+                                      disable=not self.progress)]
+        new_train, new_val = train.with_inputs(run(train.inputs, "train")), val.with_inputs(run(val.inputs, "val"))
+        tensors = {f"train.{i}": t for i, t in enumerate(new_train.inputs)}
+        tensors.update({f"val.{i}": t for i, t in enumerate(new_val.inputs)})
+        save_tensors(self.paths.generated(phase.name), tensors, {"phase": phase.name})
+        scores = self._validate(lambda x: x, new_val)
+        metrics.write(kind="phase", phase=phase.name, stage="generate", block=f"N{phase.block}",
+                      iter=0, step=self.stage_offsets[(pi, 0)], lr=0.0, **scores)
+        log.info("phase %s: generated LR_%d from N%d+ (validation PSNR %.3f dB)", phase.name,
+                 phase.block, phase.block, scores["psnr"])
+        return new_train, new_val
+
+    # ----- the run --------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        from .report import write_report
+
+        self._prepare_dir()
+        with seeded(self.plan.train.seed):
+            model = build_model(self.plan.model)
+        pos, resume, keep_lines = self._load_position(model)
+        metrics = MetricsLog(self.paths.metrics, keep_lines)
+        n_phases = len(self.plan.phases)
+        if pos.phase >= n_phases and self.paths.model.exists():
+            if not self.paths.report.exists():
+                write_report(self.paths, self.plan, model.to(self.device), None)
+            log.info("run %s already finished; nothing to do", self.paths.root)
+            return self._result(metrics, already_finished=True)
+        model.to(self.device)
+        train_raw, val_raw = self._load_data()
+        if not metrics.count:
+            metrics.write(kind="identity", phase="LR", stage="", iter=0, step=0, lr=0.0,
+                          **self._validate(lambda x: x, val_raw))
+        train, val = self._inputs_before(pos.phase, train_raw, val_raw)
+        t_run = time.perf_counter()
+        for pi in range(pos.phase, n_phases):
+            phase = self.plan.phases[pi]
+            log.info("phase %s: %s%s", phase.name, phase.kind,
+                     f" N{phase.block}" if phase.kind != "train_joint" else " N")
+            if phase.kind == "generate":
+                train, val = self._generate(model, pi, train, val, metrics)
+            else:
+                src_train, src_val = (train_raw, val_raw) if phase.kind == "train_joint" else (train, val)
+                self._train_phase(model, pi, pos, resume, src_train, src_val, metrics)
+            resume, pos = None, Position(pi + 1)
+            self._save_checkpoint(model, pos, metrics)
+        model.eval()
+        save_model(self.paths.model, model, plan=phase_names(self.plan))
+        write_report(self.paths, self.plan, model, val_raw)
+        log.info("run finished in %.1f s: %s", time.perf_counter() - t_run, self.paths.root)
+        return self._result(metrics, already_finished=False)
+
+    def _result(self, metrics: MetricsLog, already_finished: bool) -> RunResult:
+        records = metrics.records()
+        identity = next((r for r in records if r["kind"] == "identity"), {})
+        return RunResult(self.paths, already_finished,
+                         [r for r in records if r["kind"] == "phase"], identity)
+
+
+def phase_names(plan: Plan) -> list[str]:
+    return [p.name for p in plan.phases]
+
+
+def train(plan: Plan, data_root: str | Path, out_dir: str | Path, device: str = "auto",
+          progress: bool = True, should_stop: Callable[[], bool] = lambda: False) -> RunResult:
+    """Run ``plan`` on the pairs under ``data_root`` (``train/`` and ``test/``) into ``out_dir``,
+    resuming from its checkpoint if the folder holds an unfinished run of the same plan."""
+    return PhaseRunner(plan, data_root, out_dir, device, progress, should_stop).run()

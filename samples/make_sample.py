@@ -1,0 +1,48 @@
+"""Rebuild samples/city100 from the full City100 Nikon pairs.
+
+Usage: python samples/make_sample.py ../shared/data/city100_nikon samples/city100
+
+Takes one crop per pair (the most textured window of the HR image, where the camera's blur
+matters most) from the first few training and test scenes, keeping LR and HR aligned.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+CROP = 192
+N_TRAIN, N_TEST = 12, 3
+
+
+def best_window(hr: np.ndarray, size: int) -> tuple[int, int]:
+    gray = cv2.cvtColor(hr, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    energy = np.abs(cv2.Laplacian(gray, cv2.CV_32F))
+    box = cv2.boxFilter(energy, -1, (size, size), normalize=True)
+    half = size // 2
+    inner = box[half : hr.shape[0] - half, half : hr.shape[1] - half]
+    y, x = np.unravel_index(np.argmax(inner), inner.shape)
+    return int(y), int(x)
+
+
+def main(src: Path, dst: Path) -> None:
+    for split, count in (("train", N_TRAIN), ("test", N_TEST)):
+        names = sorted(p.name for p in (src / split / "HR").iterdir())[:count]
+        for sub in ("HR", "LR"):
+            (dst / split / sub).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            hr = cv2.imread(str(src / split / "HR" / name), cv2.IMREAD_UNCHANGED)
+            lr = cv2.imread(str(src / split / "LR" / name), cv2.IMREAD_UNCHANGED)
+            y, x = best_window(hr, CROP)
+            for sub, img in (("HR", hr), ("LR", lr)):
+                cv2.imwrite(str(dst / split / sub / name), img[y : y + CROP, x : x + CROP],
+                            [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    shutil.copy(src / "LICENSE", dst / "LICENSE")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -367,6 +367,7 @@ class PhaseRunner:
     def run(self) -> RunResult:
         from .report import write_report
 
+        split_dirs(self.data_root)  # a wrong --data fails before the run directory is made
         self._prepare_dir()
         with seeded(self.plan.train.seed):
             model = build_model(self.plan.model)

@@ -1,0 +1,33 @@
+# The README's commands. `make demo` and `make test` work on a fresh machine: they create a
+# virtual environment in .venv and install the project into it first.
+PYTHON ?= python3
+VENV ?= .venv
+# The torch build to install when the environment has none (2.13.0 is what CI tests with;
+# on a CUDA machine pass e.g. TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126").
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[test,bench]"
+	touch $(STAMP)
+
+# Train the demo plan (all four phases) on the bundled City100 crops; rerunning resumes or
+# reports that the run is finished (rm -rf runs/demo to train again).
+demo: install
+	$(BIN)/mcan-train --config configs/demo.toml --data samples/city100 --out runs/demo
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-json=benchmarks/results/cpu-$$(date +%Y%m%d).json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,26 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from .helpers import SAMPLE
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    assert (SAMPLE / "train" / "HR").is_dir(), "the bundled sample is missing from the repo"
+    return SAMPLE
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    """Tests compare runs bit for bit; keep the thread count fixed across them."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(n)

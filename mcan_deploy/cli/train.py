@@ -61,9 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         plan = load_plan(args.config)
         stop = StopFlag()
         stop.install()
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
         try:
-            result = train(plan, args.data, args.out, device=args.device,
-                           progress=not args.no_progress, should_stop=stop)
+            with logging_redirect_tqdm():  # log lines print above the progress bars
+                result = train(plan, args.data, args.out, device=args.device,
+                               progress=not args.no_progress, should_stop=stop)
         except TrainingInterrupted as exc:
             print(f"mcan-train: {exc}", file=sys.stderr)
             return EXIT_INTERRUPTED

@@ -6,6 +6,7 @@ how it is clamped and which data it sees is decided by the phase runner.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -66,7 +67,8 @@ def run_stage(
     criterion = loss_function(stage.loss)
     total = stage.total_iters
     bar = tqdm(total=total, initial=start_iter, desc=progress, unit="it", disable=progress is None,
-               dynamic_ncols=True, leave=False)
+               dynamic_ncols=True, leave=False,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)  # logs stay short off a terminal
     loss_sum, n, data_time, t_start = 0.0, 0, 0.0, time.perf_counter()
     it = start_iter
     try:

@@ -18,10 +18,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test,bench]"
 	touch $(STAMP)
 
-# Train the demo plan (all four phases) on the bundled City100 crops; rerunning resumes or
-# reports that the run is finished (rm -rf runs/demo to train again).
+# The main job on the bundled sample: train the demo plan (all four phases) on the City100 crops,
+# then upscale a full-size photo with the tiled engine. Rerunning resumes or reports that the run
+# is finished and skips the existing output (rm -rf runs/demo to start again).
 demo: install
 	$(BIN)/mcan-train --config configs/demo.toml --data samples/city100 --out runs/demo
+	$(BIN)/mcan-upscale runs/demo/model.safetensors samples/photo/city100_001_LR.png -o runs/demo/upscaled
+	@echo "demo: upscaled photo in runs/demo/upscaled/city100_001_LR.png, training report in runs/demo/report.md"
 
 test: install
 	$(BIN)/python -m pytest

@@ -32,6 +32,7 @@ from ..data import PairedImages, PatchSampler, center_crop, load_images, split_d
 from ..errors import CheckpointError, MCANError
 from ..metrics import psnr, ssim
 from ..model import MCAN, build_model, inherit_block, init_block
+from ..runners import resolve_device
 from .loop import LoopCallbacks, make_optimizer, run_stage
 
 log = logging.getLogger(__name__)
@@ -108,14 +109,6 @@ class MetricsLog:
 
     def records(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MCANError(f"--device {device}: no CUDA device is visible; use --device cpu")
-    return torch.device(device)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,254 @@
+"""Tiled inference on full-size images, with margins from the receptive field.
+
+Every window has the same shape (edge windows are shifted inward, never zero-padded), so a
+window's border is either the image's border, where the convolutions' own zero padding is
+right, or at least one receptive-field radius away from every output pixel it keeps. Channel
+attention is the one non-local part:
+
+- ``global`` statistics (exact): each block is run layer by layer over the whole image; each
+  RCAB's channel means are summed over all tiles before its gate is applied. Full-image 64-channel
+  feature maps are kept (on the GPU when they fit, else in host memory), so memory grows with the
+  image, but the result equals the whole-image result to float rounding.
+- ``tile`` statistics (approximate, what other tools do): each window pools its own statistics.
+  Memory stays flat as the image grows; the difference from the whole-image result is measured.
+
+Nothing is kept between calls: the engine is a set of functions over their arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from .errors import MCANError
+from .runners import LayerRunner, Runner
+
+log = logging.getLogger(__name__)
+
+CAStats = Literal["global", "tile"]
+PlanName = Literal["auto", "block", "all"]
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """How to cut an image. ``tile`` is the side of the kept core of each window."""
+
+    tile: int = 256  # core side; the window adds a receptive-field margin on each side
+    batch: int = 1  # windows per call (on a CPU, one window at a time measured fastest)
+    ca_stats: CAStats = "global"
+    plan: PlanName = "auto"  # tile statistics: run N block by block, all blocks per window, or measure
+
+    def __post_init__(self) -> None:
+        if self.tile < 1 or self.batch < 1:
+            raise MCANError(f"tile = {self.tile} and batch = {self.batch} must be >= 1")
+        if self.ca_stats not in ("global", "tile"):
+            raise MCANError(f"ca_stats = {self.ca_stats!r}: choose 'global' or 'tile'")
+
+
+@dataclass
+class TileReport:
+    """What ran, for logs and for the user: mode, plan, sizes and time."""
+
+    ca_stats: str
+    plan: str
+    tile: int
+    margins: list[int]
+    windows: int = 0
+    seconds: float = 0.0
+    oom_retries: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        s = (f"{self.ca_stats} statistics, {self.plan} plan, tile {self.tile}, margins "
+             f"{self.margins} px, {self.windows} windows, {self.seconds:.2f} s")
+        return s + (f", {self.oom_retries} out-of-memory retries" if self.oom_retries else "")
+
+
+@dataclass(frozen=True)
+class Span:
+    """One window along one axis: the window [start, start+size) and its kept core [lo, hi)."""
+
+    start: int
+    size: int
+    lo: int
+    hi: int
+
+
+def spans(length: int, tile: int, margin: int) -> list[Span]:
+    """Cut an axis into cores of ``tile`` with windows of ``tile + 2*margin``, all the same size,
+    shifted inside the image at its ends (one window if the axis is shorter than that)."""
+    win = min(tile + 2 * margin, length)
+    out = []
+    for lo in range(0, length, tile):
+        hi = min(lo + tile, length)
+        start = min(max(lo - margin, 0), length - win)
+        out.append(Span(start, win, lo, hi))
+    return out
+
+
+def map_pass(
+    sources: Sequence[torch.Tensor],
+    fn: Callable[..., torch.Tensor],
+    margin: int,
+    cfg: TileConfig,
+    out_channels: int,
+    out_device: torch.device,
+    reduce: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Apply a local function to full-size maps (C_i, H, W) window by window.
+
+    ``fn`` takes one batch of windows per source and returns (B, out_channels, h, w). With
+    ``reduce`` the per-channel sum of the output over all cores is returned too (float64).
+    """
+    _, h, w = sources[0].shape
+    out = torch.empty(out_channels, h, w, device=out_device)
+    total = torch.zeros(out_channels, dtype=torch.float64, device=out_device) if reduce else None
+    cells = [(sy, sx) for sy in spans(h, cfg.tile, margin) for sx in spans(w, cfg.tile, margin)]
+    for i in range(0, len(cells), cfg.batch):
+        group = cells[i : i + cfg.batch]
+        batches = [torch.stack([s[:, sy.start : sy.start + sy.size, sx.start : sx.start + sx.size]
+                                for sy, sx in group]) for s in sources]
+        res = fn(*batches).to(out_device)
+        for b, (sy, sx) in enumerate(group):
+            core = res[b, :, sy.lo - sy.start : sy.hi - sy.start, sx.lo - sx.start : sx.hi - sx.start]
+            out[:, sy.lo : sy.hi, sx.lo : sx.hi] = core
+            if total is not None:
+                total += core.sum((1, 2), dtype=torch.float64)
+        if progress:
+            progress(len(group))
+    return out, total
+
+
+def window_count(h: int, w: int, tile: int, margin: int) -> int:
+    return len(spans(h, tile, margin)) * len(spans(w, tile, margin))
+
+
+def _map_device(runner: Runner, n_bytes: int) -> torch.device:
+    """Keep full-size feature maps on the GPU when they take under half its free memory."""
+    if runner.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(runner.device)
+        if n_bytes < free // 2:
+            return runner.device
+    return torch.device("cpu")
+
+
+def _global_block(runner: LayerRunner, i: int, x: torch.Tensor, cfg: TileConfig,
+                  tick: Callable[[int], None] | None) -> torch.Tensor:
+    """One MCAN block with exact whole-image channel statistics, layer by layer."""
+    c, h, w = x.shape
+    probe = runner.head(i, x[None, :, :1, :1])
+    feats = probe.shape[1]
+    dev = _map_device(runner, 2 * feats * h * w * 4)
+    hmap, _ = map_pass([x.to(dev)], lambda t: runner.head(i, t), 1, cfg, feats, dev, progress=tick)
+    for k in range(runner.n_rcabs(i)):
+        r, total = map_pass([hmap], lambda t: runner.rcab_residual(i, k, t), 2, cfg, feats, dev,
+                            reduce=True, progress=tick)
+        gate = runner.ca_scale(i, k, (total / (h * w)).float())
+        hmap.add_(r.mul_(gate.to(dev).reshape(-1, 1, 1)))
+        del r
+    out, _ = map_pass([x.to(dev), hmap], lambda a, b: runner.finish(i, a, b), 2, cfg, c, dev,
+                      progress=tick)
+    return out.to(x.device)
+
+
+def _measure(runner: Runner, x: torch.Tensor, cfg: TileConfig, margin: int, start: int, stop: int) -> float:
+    """Seconds for one window batch of the given plan (the plan chooser's measured cost)."""
+    sy, sx = spans(x.shape[1], cfg.tile, margin)[0], spans(x.shape[2], cfg.tile, margin)[0]
+    window = x[:, sy.start : sy.start + sy.size, sx.start : sx.start + sx.size][None]
+    t0 = time.perf_counter()
+    runner.run_blocks(window, start, stop)
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize(runner.device)
+    return time.perf_counter() - t0
+
+
+def choose_plan(runner: Runner, x: torch.Tensor, cfg: TileConfig) -> tuple[str, str]:
+    """Block by block (each block's own margin) or all blocks per window (summed margins):
+    the cheaper by one measured window of each, times the number of windows."""
+    _, h, w = x.shape
+    n = runner.n_blocks
+    total_margin = sum(runner.block_radii)
+    n_all = window_count(h, w, cfg.tile, total_margin)
+    n_block = [window_count(h, w, cfg.tile, m) for m in runner.block_radii]
+    if cfg.plan != "auto":
+        return cfg.plan, "chosen by the caller"
+    if n == 1 or (n_all == 1 and all(k == 1 for k in n_block)):
+        return "all", "one window covers the image"
+    t_all = n_all * _measure(runner, x, cfg, total_margin, 0, n)
+    t_block = sum(k * _measure(runner, x, cfg, m, i, i + 1)
+                  for i, (k, m) in enumerate(zip(n_block, runner.block_radii)))
+    plan = "block" if t_block <= t_all else "all"
+    return plan, f"measured cost: block-by-block {t_block:.2f} s, all-blocks {t_all:.2f} s"
+
+
+def upscale_tensor(runner: Runner, image: torch.Tensor, cfg: TileConfig = TileConfig(),
+                   progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, TileReport]:
+    """Run the whole network on ``image`` (3, H, W) float32 in [0, 1], tiled; returns the output
+    (3, H, W) float32 on the image's device and a report of what ran. On CUDA out of memory the
+    tile side is halved and the image retried."""
+    tile, retries = cfg.tile, 0
+    while True:
+        try:
+            t0 = time.perf_counter()
+            out, report = _upscale_once(runner, image, TileConfig(tile, cfg.batch, cfg.ca_stats, cfg.plan),
+                                        progress)
+            report.seconds = time.perf_counter() - t0
+            report.oom_retries = retries
+            return out, report
+        except torch.OutOfMemoryError:
+            if tile <= 16:
+                raise MCANError(f"out of memory even with {tile}x{tile} tiles; use --device cpu "
+                                "or a smaller --batch") from None
+            if runner.device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.warning("out of memory with %dx%d tiles; retrying with %dx%d", tile, tile, tile // 2, tile // 2)
+            tile //= 2
+            retries += 1
+
+
+def _upscale_once(runner: Runner, image: torch.Tensor, cfg: TileConfig,
+                  progress: Callable[[int], None] | None) -> tuple[torch.Tensor, TileReport]:
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise MCANError(f"expected an image tensor (3, H, W), got shape {tuple(image.shape)}")
+    _, h, w = image.shape
+    exact_local = not runner.has_channel_attention
+    if cfg.ca_stats == "global" and not exact_local:
+        if not isinstance(runner, LayerRunner):
+            raise MCANError(f"{type(runner).__name__} cannot run global statistics; use --ca-stats tile")
+        report = TileReport("global", "layer-by-layer", cfg.tile, [1, 2])
+        x = image
+        for i in range(runner.n_blocks):
+            report.windows += window_count(h, w, cfg.tile, 1) + window_count(h, w, cfg.tile, 2) * (runner.n_rcabs(i) + 1)
+            x = _global_block(runner, i, x, cfg, progress)
+        return x, report
+    plan, why = choose_plan(runner, image, cfg)
+    mode = "exact (local model)" if exact_local else "tile"
+    if plan == "all":
+        margin = sum(runner.block_radii)
+        report = TileReport(mode, "all-blocks", cfg.tile, [margin], notes=[why])
+        report.windows = window_count(h, w, cfg.tile, margin)
+        out, _ = map_pass([image], lambda t: runner.run_blocks(t, 0, runner.n_blocks), margin, cfg, 3,
+                          image.device, progress=progress)
+        return out, report
+    report = TileReport(mode, "block-by-block", cfg.tile, list(runner.block_radii), notes=[why])
+    x = image
+    for i, margin in enumerate(runner.block_radii):
+        report.windows += window_count(h, w, cfg.tile, margin)
+        x, _ = map_pass([x], lambda t, i=i: runner.run_blocks(t, i, i + 1), margin, cfg, 3, image.device,
+                        progress=progress)
+    return x, report
+
+
+def planned_windows(runner: Runner, h: int, w: int, cfg: TileConfig) -> int:
+    """An upper bound on the windows ``upscale_tensor`` runs, for progress bars."""
+    if cfg.ca_stats == "global" and runner.has_channel_attention and isinstance(runner, LayerRunner):
+        return sum(window_count(h, w, cfg.tile, 1) + window_count(h, w, cfg.tile, 2) * (runner.n_rcabs(i) + 1)
+                   for i in range(runner.n_blocks))
+    return max(sum(window_count(h, w, cfg.tile, m) for m in runner.block_radii),
+               window_count(h, w, cfg.tile, sum(runner.block_radii)))

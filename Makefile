@@ -15,16 +15,21 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[test,bench]"
+	$(BIN)/pip install --quiet -e ".[test,bench,onnx]"
 	touch $(STAMP)
 
 # The main job on the bundled sample: train the demo plan (all four phases) on the City100 crops,
-# then upscale a full-size photo with the tiled engine. Rerunning resumes or reports that the run
-# is finished and skips the existing output (rm -rf runs/demo to start again).
+# upscale a full-size photo with the tiled engine, export the model to ONNX (checked against
+# PyTorch) and upscale the photo again through ONNX Runtime. Rerunning resumes or reports that
+# the run is finished and skips existing outputs (rm -rf runs/demo to start again).
+PHOTO := samples/photo/city100_001_LR.png
 demo: install
 	$(BIN)/mcan-train --config configs/demo.toml --data samples/city100 --out runs/demo
-	$(BIN)/mcan-upscale runs/demo/model.safetensors samples/photo/city100_001_LR.png -o runs/demo/upscaled
-	@echo "demo: upscaled photo in runs/demo/upscaled/city100_001_LR.png, training report in runs/demo/report.md"
+	$(BIN)/mcan-upscale runs/demo/model.safetensors $(PHOTO) -o runs/demo/upscaled
+	test -f runs/demo/model.onnx || $(BIN)/mcan-export runs/demo/model.safetensors -o runs/demo/model.onnx
+	$(BIN)/mcan-upscale runs/demo/model.onnx $(PHOTO) -o runs/demo/upscaled-onnx
+	@echo "demo: upscaled photo in runs/demo/upscaled/ (PyTorch) and runs/demo/upscaled-onnx/ (ONNX Runtime);"
+	@echo "      training report in runs/demo/report.md"
 
 test: install
 	$(BIN)/python -m pytest

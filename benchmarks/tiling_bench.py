@@ -45,7 +45,7 @@ def one(args: argparse.Namespace) -> None:
     from mcan_deploy.checkpoint import load_model
     from mcan_deploy.model import ModelConfig, build_model
     from mcan_deploy.runners import TorchRunner
-    from mcan_deploy.tiling import TileConfig, upscale_tensor
+    from mcan_deploy.tiling import TileConfig, default_tile, upscale_tensor
 
     if args.model == "paper-random":
         torch.manual_seed(0)
@@ -60,7 +60,8 @@ def one(args: argparse.Namespace) -> None:
         if args.mode == "whole":
             out = runner.run_blocks(x[None], 0, runner.n_blocks)[0]
         else:
-            out, rep = upscale_tensor(runner, x, TileConfig(tile=args.tile, ca_stats=args.mode))
+            tile = args.tile or default_tile(args.mode, runner.device, max(runner.block_radii))
+            out, rep = upscale_tensor(runner, x, TileConfig(tile=tile, ca_stats=args.mode))
             report = rep.summary()
         times.append(time.perf_counter() - t0)
     np.save(args.save, out.numpy())
@@ -79,7 +80,7 @@ def main() -> None:
     p.add_argument("--model", default=str(REPO / "runs" / "demo" / "model.safetensors"),
                    help="model file, or 'paper-random' for the paper-size network with random weights")
     p.add_argument("--sizes", default="1,4,16", help="megapixels, comma-separated")
-    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--tile", type=int, default=0, help="tile side (default: mcan-upscale's per mode)")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -117,7 +118,7 @@ def main() -> None:
                     res[mode]["max_abs_vs_whole"] = float(np.abs(out - whole_out).max())
                     res[mode]["time_ratio"] = res[mode]["seconds"] / res["whole"]["seconds"]
             rows.append({"megapixels": mp, **res})
-    result = {"what": "tiled vs whole-image inference, CPU float32", "model": args.model, "tile": args.tile,
+    result = {"what": "tiled vs whole-image inference, CPU float32", "model": args.model, "tile": args.tile or "mcan-upscale default (global 256, tile max(256, 16 x margin))",
               "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "cpu": platform.processor(),
               "cores": __import__("os").cpu_count(), "python": platform.python_version(),
               "torch": torch.__version__, "rows": rows}

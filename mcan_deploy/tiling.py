@@ -50,6 +50,15 @@ class TileConfig:
             raise MCANError(f"ca_stats = {self.ca_stats!r}: choose 'global' or 'tile'")
 
 
+def default_tile(ca_stats: CAStats, device: torch.device, margin: int = 35) -> int:
+    """Tile side that measured well. Global mode's layer passes have 1-2 px margins, so small
+    cache-friendly tiles win on a CPU (256). Tile mode carries the block's receptive-field
+    margin, so the core grows with it (16 x margin, at least 256: 560 for the paper's 35 px) to
+    keep the overlap down. GPUs take twice the side."""
+    side = 256 if ca_stats == "global" else max(256, 16 * margin)
+    return side * (2 if device.type == "cuda" else 1)
+
+
 @dataclass
 class TileReport:
     """What ran, for logs and for the user: mode, plan, sizes and time."""
@@ -80,12 +89,15 @@ class Span:
 
 
 def spans(length: int, tile: int, margin: int) -> list[Span]:
-    """Cut an axis into cores of ``tile`` with windows of ``tile + 2*margin``, all the same size,
-    shifted inside the image at its ends (one window if the axis is shorter than that)."""
-    win = min(tile + 2 * margin, length)
+    """Cut an axis into balanced cores of at most ``tile`` (ceil(length / tile) of them, equal
+    but for the last) with windows of core + 2*margin, all the same size, shifted inside the
+    image at its ends (one window if the axis is shorter than that)."""
+    n = -(-length // tile)
+    core = -(-length // n)
+    win = min(core + 2 * margin, length)
     out = []
-    for lo in range(0, length, tile):
-        hi = min(lo + tile, length)
+    for lo in range(0, length, core):
+        hi = min(lo + core, length)
         start = min(max(lo - margin, 0), length - win)
         out.append(Span(start, win, lo, hi))
     return out
@@ -168,21 +180,34 @@ def _measure(runner: Runner, x: torch.Tensor, cfg: TileConfig, margin: int, star
     return time.perf_counter() - t0
 
 
+def _window_pixels(h: int, w: int, tile: int, margin: int) -> int:
+    return sum(sy.size for sy in spans(h, tile, margin)) * sum(sx.size for sx in spans(w, tile, margin))
+
+
 def choose_plan(runner: Runner, x: torch.Tensor, cfg: TileConfig) -> tuple[str, str]:
-    """Block by block (each block's own margin) or all blocks per window (summed margins):
-    the cheaper by one measured window of each, times the number of windows."""
+    """Block by block (each block's own margin) or all blocks per window (summed margins).
+
+    The cost estimate is the pixels each plan pushes through a block; when the two are within
+    25% of each other (small images, where per-call overhead matters) one window of each plan is
+    timed and the measured cost decides."""
     _, h, w = x.shape
     n = runner.n_blocks
     total_margin = sum(runner.block_radii)
-    n_all = window_count(h, w, cfg.tile, total_margin)
-    n_block = [window_count(h, w, cfg.tile, m) for m in runner.block_radii]
     if cfg.plan != "auto":
         return cfg.plan, "chosen by the caller"
-    if n == 1 or (n_all == 1 and all(k == 1 for k in n_block)):
-        return "all", "one window covers the image"
-    t_all = n_all * _measure(runner, x, cfg, total_margin, 0, n)
-    t_block = sum(k * _measure(runner, x, cfg, m, i, i + 1)
-                  for i, (k, m) in enumerate(zip(n_block, runner.block_radii)))
+    if not runner.supports(0, n):
+        return "block", "the runner has single blocks only"
+    if not all(runner.supports(i, i + 1) for i in range(n)):
+        return "all", "the runner has all blocks in one piece only"
+    if n == 1 or window_count(h, w, cfg.tile, total_margin) == 1:
+        return "all", "one window covers the image" if n > 1 else "one block"
+    px_all = n * _window_pixels(h, w, cfg.tile, total_margin)
+    px_block = sum(_window_pixels(h, w, cfg.tile, m) for m in runner.block_radii)
+    if px_block * 1.25 < px_all:
+        return "block", f"estimated cost: block-by-block {px_block / 1e6:.1f} Mpx, all-blocks {px_all / 1e6:.1f} Mpx"
+    t_all = window_count(h, w, cfg.tile, total_margin) * _measure(runner, x, cfg, total_margin, 0, n)
+    t_block = sum(window_count(h, w, cfg.tile, m) * _measure(runner, x, cfg, m, i, i + 1)
+                  for i, m in enumerate(runner.block_radii))
     plan = "block" if t_block <= t_all else "all"
     return plan, f"measured cost: block-by-block {t_block:.2f} s, all-blocks {t_all:.2f} s"
 

@@ -73,15 +73,36 @@ def plan_jobs(inputs: list[str | Path], out: str | Path, suffix: str | None = No
     return jobs
 
 
-def upscale_file(runner: Runner, job: Job, cfg: TileConfig, scale: float = 1.0,
-                 progress: Callable[[int], None] | None = None) -> TileReport:
-    """Upscale one file into ``job.dst`` (written atomically)."""
+@dataclass
+class Prepared:
+    """An input decoded and resized, ready for the engine, with what its output needs."""
+
+    x: torch.Tensor  # (3, H, W) float32 in [0, 1]
+    alpha: np.ndarray | None
+    bit_depth: int
+    gray: bool
+
+
+def prepare(job: Job, scale: float = 1.0) -> Prepared:
+    """Read ``job.src`` and resize it (and its alpha) by ``scale``."""
     img = read_image(job.src)
     rgb = resize(img.rgb, scale)
     alpha = resize(img.alpha, scale) if img.alpha is not None else None
     x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-    out, report = upscale_tensor(runner, x, cfg, progress)
+    return Prepared(x, alpha, img.bit_depth, img.gray)
+
+
+def write_result(job: Job, prepared: Prepared, out: torch.Tensor) -> None:
+    """Write the model's output with the input's alpha, bit depth and colour kind, atomically."""
     result = out.clamp(0, 1).permute(1, 2, 0).numpy()
-    depth = 16 if img.bit_depth > 8 else 8
-    write_image(job.dst, result, alpha=alpha, bit_depth=depth, gray=img.gray)
+    depth = 16 if prepared.bit_depth > 8 else 8
+    write_image(job.dst, result, alpha=prepared.alpha, bit_depth=depth, gray=prepared.gray)
+
+
+def upscale_file(runner: Runner, job: Job, cfg: TileConfig, scale: float = 1.0,
+                 progress: Callable[[int], None] | None = None) -> TileReport:
+    """Upscale one file into ``job.dst`` (written atomically)."""
+    prepared = prepare(job, scale)
+    out, report = upscale_tensor(runner, prepared.x, cfg, progress)
+    write_result(job, prepared, out)
     return report

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -59,3 +61,23 @@ def test_unreadable_files_name_the_file(tmp_path):
 def test_write_is_atomic_and_leaves_no_temp(tmp_path):
     write_image(tmp_path / "x.png", np.zeros((4, 4, 3), np.float32))
     assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
+
+
+def test_failed_write_names_the_file_and_leaves_nothing(tmp_path):
+    from mcan_deploy.errors import MCANError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(MCANError, match="cannot write"):
+        write_image(blocker / "sub" / "x.png", np.zeros((2, 2, 3), np.float32))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user that ignores folder permissions (root)")
+        with pytest.raises(MCANError, match="x.png: cannot write"):
+            write_image(ro / "x.png", np.zeros((2, 2, 3), np.float32))
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o700)

@@ -19,15 +19,17 @@ log = logging.getLogger("mcan-upscale")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mcan-upscale", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="trained model (model.safetensors from mcan-train)")
+    p.add_argument("model", help="trained model: model.safetensors from mcan-train, or .onnx from mcan-export")
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     p.add_argument("-o", "--out", required=True, help="output folder (or file, for one input)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="resize the input bicubically by this factor first (1: input is at target size)")
-    p.add_argument("--tile", type=int, help="tile core side in pixels (default 256 on CPU, 512 on CUDA)")
+    p.add_argument("--tile", type=int,
+                   help="tile core side in pixels (default on CPU: global 256, tile max(256, 16 x margin); twice that on CUDA)")
     p.add_argument("--batch", type=int, help="windows per model call (default 1 on CPU, 4 on CUDA)")
-    p.add_argument("--ca-stats", choices=["global", "tile"], default="global",
-                   help="channel-attention statistics: global (exact) or per tile (approximate, flat memory)")
+    p.add_argument("--ca-stats", choices=["auto", "global", "tile"], default="auto",
+                   help="channel-attention statistics: global (exact), per tile (approximate, flat memory), "
+                        "or auto: global where the back-end can (PyTorch), else tile (ONNX Runtime)")
     p.add_argument("--plan", choices=["auto", "block", "all"], default="auto",
                    help="tile statistics: block by block, all blocks per window, or measure (auto)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -48,19 +50,21 @@ def main(argv: list[str] | None = None) -> int:
         from tqdm.auto import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        from ..checkpoint import load_model
         from ..errors import MCANError
-        from ..runners import TorchRunner
-        from ..tiling import TileConfig, planned_windows
-        from ..upscale import plan_jobs, upscale_file
+        from ..runners import LayerRunner, load_runner
+        from ..tiling import TileConfig, default_tile, planned_windows, upscale_tensor
+        from ..upscale import plan_jobs, prepare, write_result
 
         if args.scale <= 0:
             raise MCANError(f"--scale {args.scale}: must be > 0")
-        runner = TorchRunner.create(load_model(args.model), args.device, args.dtype)
+        runner = load_runner(args.model, args.device, args.dtype)
         jobs = plan_jobs(args.inputs, args.out, args.suffix)
         cuda = runner.device.type == "cuda"
-        cfg = TileConfig(tile=args.tile or (512 if cuda else 256), batch=args.batch or (4 if cuda else 1),
-                         ca_stats=args.ca_stats, plan=args.plan)
+        ca_stats = args.ca_stats
+        if ca_stats == "auto":
+            ca_stats = "global" if isinstance(runner, LayerRunner) else "tile"
+        cfg = TileConfig(tile=args.tile or default_tile(ca_stats, runner.device, max(runner.block_radii)),
+                         batch=args.batch or (4 if cuda else 1), ca_stats=ca_stats, plan=args.plan)
         done = skipped = failed = 0
         t0 = time.perf_counter()
         with logging_redirect_tqdm():
@@ -70,13 +74,12 @@ def main(argv: list[str] | None = None) -> int:
                     skipped += 1
                     continue
                 try:
-                    from ..io import read_image
-
-                    h, w = read_image(job.src).size
-                    h, w = max(1, round(h * args.scale)), max(1, round(w * args.scale))
+                    prepared = prepare(job, args.scale)
+                    _, h, w = prepared.x.shape
                     with tqdm(total=planned_windows(runner, h, w, cfg), desc=job.src.name, unit="tile",
                               leave=False, disable=args.no_progress) as bar:
-                        report = upscale_file(runner, job, cfg, args.scale, progress=bar.update)
+                        out, report = upscale_tensor(runner, prepared.x, cfg, progress=bar.update)
+                    write_result(job, prepared, out)
                     log.info("%s -> %s (%dx%d): %s", job.src, job.dst, w, h, report.summary())
                     done += 1
                 except MCANError as exc:

@@ -1,0 +1,56 @@
+"""``mcan-export MODEL -o model.onnx``: export a trained N (or single blocks) to ONNX.
+
+Every file is checked with onnx.checker and against PyTorch in ONNX Runtime at two input sizes
+before it is kept; a failed check deletes it and names the difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import run_main, setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..export.onnx import DEFAULT_OPSET
+
+    p = argparse.ArgumentParser(prog="mcan-export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="model.safetensors from mcan-train")
+    p.add_argument("-o", "--out", required=True, help="output .onnx path")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--fp16", action="store_true", help="float16 weights and input/output")
+    p.add_argument("--blocks", default="all",
+                   help="'all' (N in one file) or block numbers like 1,2,3 (one <stem>.N<i>.onnx each, "
+                        "for block-by-block tiling)")
+    p.add_argument("--no-clamp", action="store_true", help="export N_i instead of N_i+ (no [0, 1] clamp)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+
+    def body() -> int:
+        from ..checkpoint import load_model
+        from ..errors import MCANError
+
+        try:
+            from ..export.onnx import export_onnx, file_sha256
+        except ImportError as exc:
+            raise MCANError(f"ONNX export needs the onnx extra: pip install 'mcan-deploy[onnx]' ({exc})") from None
+        model = load_model(args.model)
+        files = export_onnx(model, args.out, blocks=args.blocks, opset=args.opset, fp16=args.fp16,
+                            clamp=not args.no_clamp, source_hash=file_sha256(args.model))
+        for f in files:
+            print(f"mcan-export: {f.path} (blocks {f.blocks[0] + 1}..{f.blocks[1]}), "
+                  f"ONNX Runtime vs PyTorch max abs error {f.max_abs_error:.2g}")
+        return 0
+
+    return run_main("mcan-export", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

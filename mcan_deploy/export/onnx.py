@@ -1,0 +1,209 @@
+"""ONNX export of N (or of single blocks, for block-by-block tiling), checked before it is kept.
+
+Each file has dynamic batch, height and width, and carries metadata that lets the tiling engine
+run it with no PyTorch model at hand: the model config, the blocks it covers, each block's
+receptive-field radius (the tile margin), the opset and a SHA-256 of the source weights.
+Every export is verified: ``onnx.checker``, then ONNX Runtime against PyTorch at two input
+sizes; a failed check deletes the file and says which output differed and by how much.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import MCANError
+from ..io import atomic_write_bytes
+from ..model import MCAN, receptive_field
+
+log = logging.getLogger(__name__)
+
+META_KEY = "mcan_deploy"
+DEFAULT_OPSET = 18
+CHECK_SIZES = ((37, 53), (64, 48))  # two sizes, odd ones included
+TOLERANCE = {"float32": 1e-4, "float16": 2e-2}
+
+
+class ExportError(MCANError):
+    """An export failed or did not match PyTorch."""
+
+
+class _Blocks(nn.Module):
+    """Blocks [start, stop) of N as one module, clamped as N_i+ unless told otherwise."""
+
+    def __init__(self, model: MCAN, start: int, stop: int, clamp: bool) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(model.blocks[start:stop])
+        self.clamp = clamp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, clamp=self.clamp)
+        return x
+
+
+@dataclass(frozen=True)
+class ExportedFile:
+    """One written and verified ONNX file."""
+
+    path: Path
+    blocks: tuple[int, int]  # [start, stop), 0-based
+    max_abs_error: float
+
+
+def onnx_metadata(model: MCAN, start: int, stop: int, opset: int, dtype: str, clamp: bool,
+                  source_hash: str) -> dict[str, object]:
+    radii = [receptive_field(b) // 2 for b in model.blocks[start:stop]]
+    return {
+        "format": "mcan-deploy-onnx/1",
+        "model": dataclasses.asdict(model.config),
+        "blocks": [start, stop],
+        "n_blocks": len(model.blocks),
+        "block_radii": radii,
+        "receptive_field": 2 * sum(radii) + 1,
+        "opset": opset,
+        "dtype": dtype,
+        "clamp": clamp,
+        "source_sha256": source_hash,
+    }
+
+
+def read_metadata(path: str | Path) -> dict[str, object]:
+    """The mcan-deploy metadata of an ONNX file; ``ExportError`` if it is not one of ours."""
+    import onnx
+
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError:
+        raise ExportError(f"{path}: no such file") from None
+    except Exception as exc:  # onnx raises DecodeError and friends for corrupt files
+        raise ExportError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})"[:400]) from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if META_KEY not in props:
+        raise ExportError(f"{path}: ONNX file without mcan-deploy metadata; export it with mcan-export")
+    return json.loads(props[META_KEY])
+
+
+def _export_one(module: nn.Module, opset: int) -> bytes:
+    import onnx
+
+    dim = torch.export.Dim.DYNAMIC
+    example = torch.rand(1, 3, 32, 32, dtype=next(module.parameters()).dtype)
+    quiet = logging.getLogger("torch.onnx")  # its notes about torchvision ops that MCAN never uses
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        program = torch.onnx.export(
+            module, (example,), dynamo=True, opset_version=opset, input_names=["image"],
+            output_names=["output"], dynamic_shapes={"x": {0: dim, 2: dim, 3: dim}},
+            external_data=False, optimize=True, verbose=False,
+        )
+    except Exception as exc:
+        raise ExportError(f"torch.onnx.export failed at opset {opset}: {type(exc).__name__}: {exc}"[:500]) from None
+    finally:
+        quiet.setLevel(level)
+    return program.model_proto.SerializeToString() if hasattr(program, "model_proto") \
+        else onnx.load_from_string(program).SerializeToString()
+
+
+def _verify(path: Path, module: nn.Module, dtype: str) -> float:
+    """onnx.checker, then ONNX Runtime against PyTorch at two sizes; returns the max error."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    onnx.checker.check_model(str(path))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    tol = TOLERANCE[dtype]
+    gen = torch.Generator().manual_seed(0)
+    for h, w in CHECK_SIZES:
+        x = torch.rand(2, 3, h, w, generator=gen)
+        with torch.no_grad():
+            ref = module.float()(x).numpy()
+        feed = x.numpy().astype(np.float16 if dtype == "float16" else np.float32)
+        got = sess.run(None, {sess.get_inputs()[0].name: feed})[0].astype(np.float32)
+        err = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
+        worst = max(worst, err)
+        if not err <= tol:
+            raise ExportError(
+                f"{path}: ONNX Runtime output 'output' differs from PyTorch at {w}x{h}: max abs error "
+                f"{err:.3g} > {tol:g} ({dtype}); the file was deleted"
+            )
+    return worst
+
+
+def export_onnx(model: MCAN, out: str | Path, blocks: str = "all", opset: int = DEFAULT_OPSET,
+                fp16: bool = False, clamp: bool = True, source_hash: str = "") -> list[ExportedFile]:
+    """Export N (``blocks='all'``) or the listed 1-based blocks ("1,2,3": one file each, named
+    ``<stem>.N<i>.onnx``) to ONNX, verifying every file before it is kept."""
+    import onnx
+
+    out = Path(out)
+    n = len(model.blocks)
+    if blocks == "all":
+        ranges = [(0, n, out)]
+    else:
+        try:
+            idx = sorted({int(b) for b in blocks.split(",")})
+        except ValueError:
+            raise ExportError(f"--blocks {blocks!r}: give 'all' or block numbers like 1,2,3") from None
+        if not idx or idx[0] < 1 or idx[-1] > n:
+            raise ExportError(f"--blocks {blocks!r}: blocks are numbered 1..{n}")
+        ranges = [(i - 1, i, out.with_name(f"{out.stem}.N{i}{out.suffix or '.onnx'}")) for i in idx]
+    dtype = "float16" if fp16 else "float32"
+    model = model.float().eval()
+    written = []
+    for start, stop, path in ranges:
+        module = _Blocks(model, start, stop, clamp).eval()
+        ref_module = _Blocks(model, start, stop, clamp).eval()
+        if fp16:
+            import copy
+
+            module = copy.deepcopy(module).half()
+        data = _export_one(module, opset)
+        proto = onnx.load_from_string(data)
+        meta = onnx_metadata(model, start, stop, opset, dtype, clamp, source_hash)
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = META_KEY, json.dumps(meta)
+        proto.doc_string = f"MCAN blocks {start + 1}..{stop} exported by mcan-deploy"
+        atomic_write_bytes(path, proto.SerializeToString())
+        try:
+            err = _verify(path, ref_module if not fp16 else _HalfReference(module), dtype)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        log.info("wrote %s (blocks %d..%d, %s, opset %d): ONNX Runtime matches PyTorch, max abs error %.2g",
+                 path, start + 1, stop, dtype, opset, err)
+        written.append(ExportedFile(path, (start, stop), err))
+    return written
+
+
+class _HalfReference(nn.Module):
+    """PyTorch reference for a float16 export: the float16 module, fed float16, returning float32."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def float(self) -> _HalfReference:  # the reference stays in float16
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.half()).float()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

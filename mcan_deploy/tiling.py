@@ -75,7 +75,8 @@ class TileReport:
     def summary(self) -> str:
         s = (f"{self.ca_stats} statistics, {self.plan} plan, tile {self.tile}, margins "
              f"{self.margins} px, {self.windows} windows, {self.seconds:.2f} s")
-        return s + (f", {self.oom_retries} out-of-memory retries" if self.oom_retries else "")
+        s += f", {self.oom_retries} out-of-memory retries" if self.oom_retries else ""
+        return s + "".join(f"; {note}" for note in self.notes)
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ def run_stage(
             bar.update(1)
             if it % log_every == 0 or it == total:
                 elapsed = time.perf_counter() - t_start
-                bar.set_postfix(loss=f"{loss_sum / n:.4f}", lr=f"{lr:.0e}")
+                bar.set_postfix(loss=f"{loss_sum / n:.4f}", lr=f"{lr:.0e}", refresh=False)
                 callbacks.on_log(it, loss_sum / n, lr, elapsed / n, data_time / elapsed)
                 loss_sum, n, data_time, t_start = 0.0, 0, 0.0, time.perf_counter()
             callbacks.on_iter_end(it)

@@ -35,6 +35,7 @@ test: install
 	$(BIN)/python -m pytest
 
 bench: install
+	$(BIN)/mcan-bench --quick --out benchmarks/results/bench-quick-cpu-$$(date +%Y%m%d)
 	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-json=benchmarks/results/cpu-$$(date +%Y%m%d).json
 
 clean:

@@ -15,12 +15,11 @@ import tomli_w
 import torch
 
 import mcan_deploy.train.phases as phases_mod
-from mcan_deploy.checkpoint import load_block, load_model, load_tensors
+from mcan_deploy.checkpoint import load_model, load_tensors
 from mcan_deploy.config import plan_from_dict
 from mcan_deploy.data import load_images
 from mcan_deploy.errors import CheckpointError
 from mcan_deploy.metrics import psnr
-from mcan_deploy.model import MCANBlock
 from mcan_deploy.train import train
 
 from .helpers import REPO, tiny_plan, tiny_plan_dict

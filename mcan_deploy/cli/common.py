@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -24,3 +25,11 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
     except MCANError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def cli_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
+             argv: list[str] | None) -> int:
+    """Parse ``argv``, set up logging (``-v`` for debug) and run, turning errors into exit codes."""
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "verbose", False))
+    return run_main(parser.prog, lambda: run(args))

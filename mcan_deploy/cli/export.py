@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import run_main, setup_logging
+from .common import cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,26 +30,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    return cli_main(build_parser(), _run, argv)
 
-    def body() -> int:
-        from ..checkpoint import load_model
-        from ..errors import MCANError
 
-        try:
-            from ..export.onnx import export_onnx, file_sha256
-        except ImportError as exc:
-            raise MCANError(f"ONNX export needs the onnx extra: pip install 'mcan-deploy[onnx]' ({exc})") from None
-        model = load_model(args.model)
-        files = export_onnx(model, args.out, blocks=args.blocks, opset=args.opset, fp16=args.fp16,
-                            clamp=not args.no_clamp, source_hash=file_sha256(args.model))
-        for f in files:
-            print(f"mcan-export: {f.path} (blocks {f.blocks[0] + 1}..{f.blocks[1]}), "
-                  f"ONNX Runtime vs PyTorch max abs error {f.max_abs_error:.2g}")
-        return 0
+def _run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_model
+    from ..errors import MCANError
 
-    return run_main("mcan-export", body)
+    try:
+        from ..export.onnx import export_onnx, file_sha256
+    except ImportError as exc:
+        raise MCANError(f"ONNX export needs the onnx extra: pip install 'mcan-deploy[onnx]' ({exc})") from None
+    model = load_model(args.model)
+    files = export_onnx(model, args.out, blocks=args.blocks, opset=args.opset, fp16=args.fp16,
+                        clamp=not args.no_clamp, source_hash=file_sha256(args.model))
+    for f in files:
+        print(f"mcan-export: {f.path} (blocks {f.blocks[0] + 1}..{f.blocks[1]}), "
+              f"ONNX Runtime vs PyTorch max abs error {f.max_abs_error:.2g}")
+    return 0
 
 
 if __name__ == "__main__":

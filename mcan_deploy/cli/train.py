@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 
-from .common import EXIT_INTERRUPTED, run_main, setup_logging
+from .common import EXIT_INTERRUPTED, cli_main
 
 
 class StopFlag:
@@ -51,36 +51,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    return cli_main(build_parser(), _run, argv)
 
-    def body() -> int:
-        from ..config import load_plan
-        from ..train import TrainingInterrupted, train
 
-        plan = load_plan(args.config)
-        stop = StopFlag()
-        stop.install()
-        from tqdm.contrib.logging import logging_redirect_tqdm
+def _run(args: argparse.Namespace) -> int:
+    from ..config import load_plan
+    from ..train import TrainingInterrupted, train
 
-        try:
-            with logging_redirect_tqdm():  # log lines print above the progress bars
-                result = train(plan, args.data, args.out, device=args.device,
-                               progress=not args.no_progress, should_stop=stop)
-        except TrainingInterrupted as exc:
-            print(f"mcan-train: {exc}", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        state = "already finished" if result.already_finished else "finished"
-        ident = result.identity.get("psnr", float("nan"))
-        print(f"mcan-train: run {state}: {result.paths.root}")
-        print(f"  identity (LR vs HR): {ident:.3f} dB")
-        for r in result.phases:
-            print(f"  phase {r['phase']:>8} {r['block']:>3}: {r['psnr']:.3f} dB "
-                  f"({r['psnr'] - ident:+.3f} dB), Y {r['psnr_y']:.3f} dB")
-        print(f"  model: {result.paths.model}\n  report: {result.paths.report}")
-        return 0
+    plan = load_plan(args.config)
+    stop = StopFlag()
+    stop.install()
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    return run_main("mcan-train", body)
+    try:
+        with logging_redirect_tqdm():  # log lines print above the progress bars
+            result = train(plan, args.data, args.out, device=args.device,
+                           progress=not args.no_progress, should_stop=stop)
+    except TrainingInterrupted as exc:
+        print(f"mcan-train: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    state = "already finished" if result.already_finished else "finished"
+    ident = result.identity.get("psnr", float("nan"))
+    print(f"mcan-train: run {state}: {result.paths.root}")
+    print(f"  identity (LR vs HR): {ident:.3f} dB")
+    for r in result.phases:
+        print(f"  phase {r['phase']:>8} {r['block']:>3}: {r['psnr']:.3f} dB "
+              f"({r['psnr'] - ident:+.3f} dB), Y {r['psnr_y']:.3f} dB")
+    print(f"  model: {result.paths.model}\n  report: {result.paths.report}")
+    return 0
 
 
 if __name__ == "__main__":

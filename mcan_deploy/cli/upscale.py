@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 
-from .common import run_main, setup_logging
+from .common import cli_main
 
 log = logging.getLogger("mcan-upscale")
 
@@ -43,53 +43,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    return cli_main(build_parser(), _run, argv)
 
-    def body() -> int:
-        from tqdm.auto import tqdm
-        from tqdm.contrib.logging import logging_redirect_tqdm
 
-        from ..errors import MCANError
-        from ..runners import LayerRunner, load_runner
-        from ..tiling import TileConfig, default_tile, planned_windows, upscale_tensor
-        from ..upscale import plan_jobs, prepare, write_result
+def _run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-        if args.scale <= 0:
-            raise MCANError(f"--scale {args.scale}: must be > 0")
-        runner = load_runner(args.model, args.device, args.dtype)
-        jobs = plan_jobs(args.inputs, args.out, args.suffix)
-        cuda = runner.device.type == "cuda"
-        ca_stats = args.ca_stats
-        if ca_stats == "auto":
-            ca_stats = "global" if isinstance(runner, LayerRunner) else "tile"
-        cfg = TileConfig(tile=args.tile or default_tile(ca_stats, runner.device, max(runner.block_radii)),
-                         batch=args.batch or (4 if cuda else 1), ca_stats=ca_stats, plan=args.plan)
-        done = skipped = failed = 0
-        t0 = time.perf_counter()
-        with logging_redirect_tqdm():
-            for job in tqdm(jobs, desc="images", unit="img", disable=args.no_progress):
-                if job.dst.exists() and not args.overwrite:
-                    log.info("skip %s: %s exists (use --overwrite)", job.src, job.dst)
-                    skipped += 1
-                    continue
-                try:
-                    prepared = prepare(job, args.scale)
-                    _, h, w = prepared.x.shape
-                    with tqdm(total=planned_windows(runner, h, w, cfg), desc=job.src.name, unit="tile",
-                              leave=False, disable=args.no_progress) as bar:
-                        out, report = upscale_tensor(runner, prepared.x, cfg, progress=bar.update)
-                    write_result(job, prepared, out)
-                    log.info("%s -> %s (%dx%d): %s", job.src, job.dst, w, h, report.summary())
-                    done += 1
-                except MCANError as exc:
-                    log.error("%s", exc)
-                    failed += 1
-        print(f"mcan-upscale: {done} written, {skipped} skipped, {failed} failed "
-              f"in {time.perf_counter() - t0:.1f} s -> {args.out}")
-        return 1 if failed else 0
+    from ..errors import MCANError
+    from ..runners import LayerRunner, load_runner
+    from ..tiling import TileConfig, default_tile, planned_windows, upscale_tensor
+    from ..upscale import plan_jobs, prepare, write_result
 
-    return run_main("mcan-upscale", body)
+    if args.scale <= 0:
+        raise MCANError(f"--scale {args.scale}: must be > 0")
+    runner = load_runner(args.model, args.device, args.dtype)
+    jobs = plan_jobs(args.inputs, args.out, args.suffix)
+    cuda = runner.device.type == "cuda"
+    ca_stats = args.ca_stats
+    if ca_stats == "auto":
+        ca_stats = "global" if isinstance(runner, LayerRunner) else "tile"
+    cfg = TileConfig(tile=args.tile or default_tile(ca_stats, runner.device, max(runner.block_radii)),
+                     batch=args.batch or (4 if cuda else 1), ca_stats=ca_stats, plan=args.plan)
+    done = skipped = failed = 0
+    t0 = time.perf_counter()
+    with logging_redirect_tqdm():
+        for job in tqdm(jobs, desc="images", unit="img", disable=args.no_progress):
+            if job.dst.exists() and not args.overwrite:
+                log.info("skip %s: %s exists (use --overwrite)", job.src, job.dst)
+                skipped += 1
+                continue
+            try:
+                prepared = prepare(job, args.scale)
+                _, h, w = prepared.x.shape
+                with tqdm(total=planned_windows(runner, h, w, cfg), desc=job.src.name, unit="tile",
+                          leave=False, disable=args.no_progress) as bar:
+                    out, report = upscale_tensor(runner, prepared.x, cfg, progress=bar.update)
+                write_result(job, prepared, out)
+                log.info("%s -> %s (%dx%d): %s", job.src, job.dst, w, h, report.summary())
+                done += 1
+            except MCANError as exc:
+                log.error("%s", exc)
+                failed += 1
+    print(f"mcan-upscale: {done} written, {skipped} skipped, {failed} failed "
+          f"in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

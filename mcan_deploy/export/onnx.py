@@ -97,9 +97,11 @@ def _export_one(module: nn.Module, opset: int) -> bytes:
 
     dim = torch.export.Dim.DYNAMIC
     example = torch.rand(1, 3, 32, 32, dtype=next(module.parameters()).dtype)
-    quiet = logging.getLogger("torch.onnx")  # its notes about torchvision ops that MCAN never uses
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    # torch.onnx's notes on torchvision ops MCAN never uses, onnx_ir's per-initializer INFO lines
+    quiet = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir", "onnxscript")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
     try:
         program = torch.onnx.export(
             module, (example,), dynamo=True, opset_version=opset, input_names=["image"],
@@ -109,7 +111,8 @@ def _export_one(module: nn.Module, opset: int) -> bytes:
     except Exception as exc:
         raise ExportError(f"torch.onnx.export failed at opset {opset}: {type(exc).__name__}: {exc}"[:500]) from None
     finally:
-        quiet.setLevel(level)
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
     return program.model_proto.SerializeToString() if hasattr(program, "model_proto") \
         else onnx.load_from_string(program).SerializeToString()
 

@@ -28,7 +28,7 @@ from .. import __version__
 from ..checkpoint import (load_tensors, optimizer_from_flat, optimizer_to_flat, save_block,
                           save_model, save_tensors)
 from ..config import Plan, PhaseConfig, dump_plan, load_plan, plan_to_dict
-from ..data import PairedImages, PatchSampler, center_crop, load_images, split_dirs
+from ..data import PairedImages, PatchSampler, load_images, split_dirs
 from ..errors import CheckpointError, MCANError
 from ..metrics import psnr, ssim
 from ..model import MCAN, build_model, inherit_block, init_block

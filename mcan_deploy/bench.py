@@ -1,0 +1,331 @@
+"""Benchmarks of the toolkit against eager PyTorch, measured in one run on one set of weights.
+
+For each back-end (eager NCHW and channels_last, torch.compile, ONNX Runtime, and on CUDA float16
+/bfloat16) and each image size, whole-image and tiled: megapixels per second (median of several
+timed runs after a warm-up, with min and max), peak memory (RSS sampled during the run on CPU,
+the allocator's peak on CUDA), the ratio to eager float32 NCHW from the same run, and the achieved
+convolution FLOP rate as a share of this machine's matrix-multiply peak, also measured in the run.
+Training: step time of one block and of all of N, and the share of a step spent sampling data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .model import MCAN, ModelConfig, build_model, init_block
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure. ``quick`` is the demo-size model at two small sizes."""
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(n_resblocks=4, n_feats=32))
+    sizes: tuple[int, ...] = (256, 512)  # square image sides
+    repeat: int = 3
+    tile: int = 128  # tile core side for the tiled runs
+    backends: tuple[str, ...] = ("eager", "channels_last", "compile", "onnxruntime")
+    compile_sizes: tuple[int, ...] = (256,)  # torch.compile compiles per shape: keep this short
+    train_steps: int = 5
+    train_models: tuple[tuple[str, ModelConfig], ...] = (
+        ("demo", ModelConfig(n_resblocks=4, n_feats=32)),
+        ("paper", ModelConfig()),
+    )
+    device: str = "cpu"
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs, sampled every 2 ms (MB)."""
+
+    def __init__(self) -> None:
+        self.peak = 0.0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def current_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self.current_mb())
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self.current_mb()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.current_mb())
+
+
+def conv_flops_per_pixel(model: nn.Module) -> int:
+    """Multiply-adds x 2 of every spatial convolution per output pixel (the 1x1 channel-attention
+    layers run on pooled vectors and are left out)."""
+    return sum(2 * m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
+               for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1))
+
+
+def matmul_peak_gflops(device: torch.device, n: int = 2048, repeat: int = 5) -> float:
+    """This machine's float32 (CPU) or float16 (CUDA) matrix-multiply rate, the roofline."""
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    a = torch.rand(n, n, device=device, dtype=dtype)
+    b = torch.rand(n, n, device=device, dtype=dtype)
+    times = _timed(lambda: a @ b, repeat, device)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], object], repeat: int, device: torch.device) -> list[float]:
+    fn()  # warm-up: kernel selection, allocator, ORT's per-shape set-up
+    _sync(device)
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _measure(fn: Callable[[], object], repeat: int, device: torch.device) -> dict[str, float]:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    import gc
+
+    gc.collect()
+    with PeakRSS() as rss:
+        before = rss.peak
+        times = _timed(fn, repeat, device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else rss.peak
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "peak_mb": peak,
+            "rss_before_mb": before}
+
+
+def _backends(model: MCAN, cfg: BenchConfig, device: torch.device, tmp: Path) -> dict[str, Any]:
+    """Runner per back-end name; those that cannot run here are skipped with the reason."""
+    from .runners import TorchRunner
+
+    out: dict[str, Any] = {}
+    for name in cfg.backends:
+        try:
+            if name == "eager":
+                out[name] = TorchRunner(_copy(model), device)
+            elif name == "channels_last":
+                r = TorchRunner(_copy(model), device)
+                r.model = r.model.to(memory_format=torch.channels_last)
+                r.channels_last = True
+                out[name] = r
+            elif name == "compile":
+                r = TorchRunner(_copy(model), device)
+                r.model.blocks = nn.ModuleList(torch.compile(b, dynamic=False) for b in r.model.blocks)
+                out[name] = r
+            elif name == "onnxruntime":
+                from .export.onnx import export_onnx
+                from .runners import OrtRunner
+
+                export_onnx(model, tmp / "bench.onnx")
+                out[name] = OrtRunner(tmp / "bench.onnx")
+            elif name in ("float16", "bfloat16") and device.type == "cuda":
+                out[name] = TorchRunner(_copy(model), device, getattr(torch, name))
+            else:
+                log.info("backend %s skipped on %s", name, device.type)
+        except ImportError as exc:
+            log.warning("backend %s skipped: %s", name, exc)
+    return out
+
+
+def _copy(model: MCAN) -> MCAN:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def bench_inference(cfg: BenchConfig, device: torch.device, peak_gflops: float) -> list[dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    from .tiling import TileConfig, upscale_tensor
+
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    for b in model.blocks:
+        init_block(b, "orthogonal", torch.Generator().manual_seed(0))
+    flops_px = conv_flops_per_pixel(model)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runners = _backends(model, cfg, device, Path(tmp))
+        jobs = [(n, s, m) for s in cfg.sizes for n in runners for m in ("whole", "tiled")
+                if not (n == "compile" and (s not in cfg.compile_sizes or m == "tiled"))]
+        for name, size, mode in tqdm(jobs, desc="inference", unit="run"):
+            runner = runners[name]
+            x = torch.rand(3, size, size, generator=torch.Generator().manual_seed(size))
+            if mode == "whole":
+                fn = lambda r=runner, x=x: r.run_blocks(x[None], 0, r.n_blocks)  # noqa: E731
+            else:
+                stats = "global" if hasattr(runner, "n_rcabs") else "tile"
+                tc = TileConfig(tile=cfg.tile, ca_stats=stats)
+                fn = lambda r=runner, x=x, tc=tc: upscale_tensor(r, x, tc)  # noqa: E731
+            m = _measure(fn, cfg.repeat, device)
+            mp = size * size / 1e6
+            rows.append({"backend": name, "size": size, "mode": mode, **m,
+                         "mp_per_s": mp / m["median_s"],
+                         "gflops": flops_px * size * size / m["median_s"] / 1e9,
+                         "peak_share": flops_px * size * size / m["median_s"] / 1e9 / peak_gflops})
+    for r in rows:  # ratios against eager float32 NCHW, whole image, same size, this run
+        base = next((b for b in rows if b["backend"] == "eager" and b["mode"] == "whole" and b["size"] == r["size"]), None)
+        r["ratio_to_eager"] = r["mp_per_s"] / base["mp_per_s"] if base else None
+    return rows
+
+
+def bench_training(cfg: BenchConfig, device: torch.device, sample_dir: Path | None) -> list[dict[str, Any]]:
+    """Step time of one block and of N (batch 16 at 48x48, L1, Adam) and the data-wait share."""
+    from .data import PairedImages, PatchSampler, load_images
+
+    if sample_dir is not None and (sample_dir / "train").is_dir():
+        data = load_images(sample_dir / "train", progress=False).to(device)
+    else:
+        g = torch.Generator().manual_seed(0)
+        xs = [torch.rand(3, 96, 96, generator=g) for _ in range(4)]
+        data = PairedImages([str(i) for i in range(4)], xs, xs).to(device)
+    rows = []
+    for name, mcfg in cfg.train_models:
+        torch.manual_seed(0)
+        model = build_model(mcfg).to(device)
+        for what, module, fwd in (("block", model.blocks[0], lambda x, m=model: m.blocks[0](x)),
+                                  ("N", model, lambda x, m=model: m(x))):
+            sampler = PatchSampler(data, 48, 16, seed=0)
+            opt = torch.optim.Adam(module.parameters(), lr=1e-4)
+            data_t, step_t = [], []
+            for i in range(cfg.train_steps + 1):
+                t0 = time.perf_counter()
+                x, y = sampler.sample()
+                _sync(device)
+                t1 = time.perf_counter()
+                loss = nn.functional.l1_loss(fwd(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                _sync(device)
+                t2 = time.perf_counter()
+                if i:  # the first step warms up
+                    data_t.append(t1 - t0)
+                    step_t.append(t2 - t0)
+            med = statistics.median(step_t)
+            rows.append({"model": name, "what": what, "step_s": med, "min_s": min(step_t), "max_s": max(step_t),
+                         "data_share": sum(data_t) / sum(step_t)})
+    return rows
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.machine(),
+                            "system": platform.system(), "python": platform.python_version(),
+                            "cores": os.cpu_count(), "torch": torch.__version__,
+                            "threads": torch.get_num_threads(), "device": str(device)}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        info["cpu"] = platform.processor()
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    for mod in ("onnxruntime", "onnx", "triton"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            info[mod] = None
+    return info
+
+
+def run_bench(cfg: BenchConfig, out: Path, sample_dir: Path | None = None) -> dict[str, Any]:
+    """Measure everything, write ``results.json``, ``report.md``, ``throughput.png``, ``memory.png``."""
+    from .runners import resolve_device
+
+    device = resolve_device(cfg.device)
+    out.mkdir(parents=True, exist_ok=True)
+    peak = matmul_peak_gflops(device)
+    log.info("matrix-multiply peak on %s: %.1f GFLOP/s", device, peak)
+    # training in its own process: its memory would otherwise stay in this process's RSS and
+    # hide the inference peaks; it also runs before ONNX Runtime's spinning thread pool starts
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        training = pool.submit(bench_training, cfg, device, sample_dir).result()
+    results = {"machine": machine_info(device), "config": dataclasses.asdict(cfg),
+               "matmul_peak_gflops": peak, "inference": bench_inference(cfg, device, peak),
+               "training": training}
+    from .io import atomic_write_bytes
+
+    atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
+    atomic_write_bytes(out / "report.md", render_report(results).encode())
+    plot(results, out)
+    return results
+
+
+def render_report(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    lines = [f"# mcan-bench report ({m['date']})", "",
+             f"{m.get('gpu') or m.get('cpu')}, {m['cores']} cores, torch {m['torch']}, "
+             f"onnxruntime {m.get('onnxruntime')}, {m['threads']} threads; matrix-multiply peak "
+             f"{res['matmul_peak_gflops']:.1f} GFLOP/s.", "",
+             f"Model: {res['config']['model']}", "",
+             "## Inference", "",
+             "| backend | size | mode | MP/s (median) | min-max s | peak MB | x eager | GFLOP/s | share of matmul peak |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in res["inference"]:
+        ratio = f"{r['ratio_to_eager']:.2f}" if r["ratio_to_eager"] else "-"
+        lines.append(f"| {r['backend']} | {r['size']}x{r['size']} | {r['mode']} | {r['mp_per_s']:.4f} | "
+                     f"{r['min_s']:.3f}-{r['max_s']:.3f} | {r['peak_mb']:.0f} | {ratio} | {r['gflops']:.1f} | "
+                     f"{100 * r['peak_share']:.1f}% |")
+    lines += ["", "## Training (batch 16 at 48x48, L1, Adam)", "",
+              "| model | trains | s/step (median) | min-max s | data wait share |", "|---|---|---|---|---|"]
+    for r in res["training"]:
+        lines.append(f"| {r['model']} | {r['what']} | {r['step_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | "
+                     f"{100 * r['data_share']:.1f}% |")
+    lines += ["", "![throughput](throughput.png)", "", "![memory](memory.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(res: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for key, ylabel, fname in (("mp_per_s", "megapixels per second", "throughput.png"),
+                               ("peak_mb", "peak memory (MB)", "memory.png")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        series: dict[str, list[tuple[float, float]]] = {}
+        for r in res["inference"]:
+            series.setdefault(f"{r['backend']} {r['mode']}", []).append((r["size"] ** 2 / 1e6, r[key]))
+        for name, pts in sorted(series.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.set(xlabel="image size (megapixels)", ylabel=ylabel, xscale="log")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=100)
+        plt.close(fig)

@@ -1,0 +1,61 @@
+"""mcan-bench on a tiny configuration: the JSON's structure, and ratios computed from its own figures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mcan_deploy.bench import BenchConfig, PeakRSS, conv_flops_per_pixel, run_bench
+from mcan_deploy.model import MCANBlock, ModelConfig
+
+from .helpers import SAMPLE
+
+
+def test_conv_flops_hand_computed():
+    block = MCANBlock(ModelConfig(n_resblocks=1, n_feats=8))
+    # head 3->8, two RCAB convs 8->8, body conv 8->8, tail 8->3; 3x3 kernels, 2 FLOPs per MAC
+    assert conv_flops_per_pixel(block) == 2 * 9 * (3 * 8 + 3 * 8 * 8 + 8 * 3)
+
+
+def test_peak_rss_sees_an_allocation():
+    import numpy as np
+
+    with PeakRSS() as rss:
+        before = PeakRSS.current_mb()
+        big = np.ones(64 * 2**20 // 8)  # 64 MB, touched
+        big.sum()
+    assert rss.peak >= before + 50
+    del big
+
+
+def test_tiny_bench_writes_consistent_outputs(tmp_path):
+    import importlib.util
+
+    backends = ("eager", "channels_last")
+    if importlib.util.find_spec("onnxruntime"):
+        backends += ("onnxruntime",)
+    cfg = BenchConfig(model=ModelConfig(n_blocks=2, n_resblocks=1, n_feats=8), sizes=(32, 48), repeat=2,
+                      tile=16, backends=backends, compile_sizes=(), train_steps=2,
+                      train_models=(("tiny", ModelConfig(n_blocks=2, n_resblocks=1, n_feats=8)),))
+    run_bench(cfg, tmp_path, SAMPLE)
+    for name in ("results.json", "report.md", "throughput.png", "memory.png"):
+        assert (tmp_path / name).is_file(), name
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert {"machine", "config", "matmul_peak_gflops", "inference", "training"} <= set(res)
+    assert {"date", "torch", "cores", "cpu", "device"} <= set(res["machine"])
+    rows = res["inference"]
+    assert {(r["backend"], r["size"], r["mode"]) for r in rows} == \
+        {(b, s, m) for b in backends for s in (32, 48) for m in ("whole", "tiled")}
+    for r in rows:
+        assert r["min_s"] <= r["median_s"] <= r["max_s"]
+        assert r["mp_per_s"] == pytest.approx(r["size"] ** 2 / 1e6 / r["median_s"])
+        base = next(b for b in rows if (b["backend"], b["size"], b["mode"]) == ("eager", r["size"], "whole"))
+        assert r["ratio_to_eager"] == pytest.approx(r["mp_per_s"] / base["mp_per_s"])
+        flops = 2 * 9 * (3 * 8 + 2 * 8 * 8 + 8 * 8 + 8 * 3) * 2 * r["size"] ** 2
+        assert r["gflops"] == pytest.approx(flops / r["median_s"] / 1e9)
+        assert r["peak_share"] == pytest.approx(r["gflops"] / res["matmul_peak_gflops"])
+        assert r["peak_mb"] > 0
+    (t_block, t_n) = res["training"]
+    assert (t_block["what"], t_n["what"]) == ("block", "N") and 0 <= t_block["data_share"] < 1
+    assert "| eager | 32x32 | whole |" in (tmp_path / "report.md").read_text()

@@ -122,6 +122,13 @@ class DataConfig:
     val_max_size: int = 1500  # validation images are centre-cropped to at most this side
     shave: int = 0  # border pixels ignored by PSNR / SSIM
 
+    def __post_init__(self) -> None:
+        for name in ("patch_size", "batch_size", "val_max_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} = {getattr(self, name)} must be >= 1")
+        if self.shave < 0:
+            raise ConfigError(f"data.shave = {self.shave} must be >= 0")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -132,6 +139,13 @@ class TrainConfig:
     val_every: int = 500  # iterations between validations (and one at every phase end)
     checkpoint_every: int = 500  # iterations between resumable checkpoints
     strip_size: int = 192  # side of the test crop shown in the report's image strip
+
+    def __post_init__(self) -> None:
+        if self.log_every < 1 or self.strip_size < 1:
+            raise ConfigError(f"train.log_every = {self.log_every} and train.strip_size = "
+                              f"{self.strip_size} must be >= 1")
+        if self.val_every < 0 or self.checkpoint_every < 0:
+            raise ConfigError("train.val_every and train.checkpoint_every must be >= 0 (0: only at phase ends)")
 
 
 @dataclass(frozen=True)

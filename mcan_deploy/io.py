@@ -8,7 +8,7 @@ reader never sees a half-written image or model.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +42,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-        with os.fdopen(fd, "wb") as f:
+        tmp = str(path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp"))
+        with open(tmp, "xb") as f:  # created with the usual mode (umask applies), never reused
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -125,7 +122,10 @@ def encode_image(
     if alpha is not None:
         img = np.concatenate([np.repeat(img, 3, axis=2) if gray else img, alpha[:, :, None]], axis=2)
     out = np.clip(np.rint(img * peak), 0, peak).astype(dtype)
-    ok, buf = cv2.imencode(suffix, out)
+    try:
+        ok, buf = cv2.imencode(suffix, out)
+    except cv2.error:
+        ok = False
     if not ok:
         raise MCANError(f"cannot encode an image as '{suffix}'; use one of {IMAGE_SUFFIXES}")
     return buf.tobytes()

@@ -177,14 +177,15 @@ def init_block(block: nn.Module, scheme: InitScheme, generator: torch.Generator 
     for m in block.modules():
         if not isinstance(m, nn.Conv2d):
             continue
+        # drawn on the CPU and copied: a CPU generator cannot fill CUDA tensors
         if scheme == "orthogonal":
-            nn.init.orthogonal_(m.weight, generator=generator)
+            m.weight.copy_(nn.init.orthogonal_(torch.empty(m.weight.shape), generator=generator))
             if m.bias is not None:
                 m.bias.zero_()
         elif scheme == "normal":
-            m.weight.normal_(0.0, 0.1, generator=generator)
+            m.weight.copy_(torch.empty(m.weight.shape).normal_(0.0, 0.1, generator=generator))
             if m.bias is not None:
-                m.bias.normal_(0.0, 0.1, generator=generator)
+                m.bias.copy_(torch.empty(m.bias.shape).normal_(0.0, 0.1, generator=generator))
         elif scheme == "default":
             m.reset_parameters()
         else:

@@ -57,6 +57,11 @@ class LayerRunner(Runner, Protocol):
 def load_runner(model_path: str | Path, device: str = "auto", dtype: str = "float32") -> Runner:
     """A runner for a model file: ``.onnx`` through ONNX Runtime, else safetensors through torch."""
     if Path(model_path).suffix.lower() == ".onnx":
+        import importlib.util
+
+        if not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
+            raise MCANError(f"{model_path}: running ONNX files needs the onnx extra: "
+                            "pip install 'mcan-deploy[onnx]'")
         if dtype != "float32":
             raise MCANError("--dtype applies to PyTorch models; an ONNX file runs in the precision it was exported in")
         return OrtRunner(model_path)
@@ -71,7 +76,10 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MCANError(f"--device {device}: no CUDA device is visible; use --device cpu")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise MCANError(f"--device {device}: not a device; use auto, cpu, cuda or cuda:N") from None
 
 
 @dataclass
@@ -183,8 +191,8 @@ class OrtRunner:
         self.sessions: dict[tuple[int, int], object] = {}
         for rng, f in files.items():
             m = meta if f == path else read_metadata(f)
-            if m["model"] != meta["model"]:
-                raise ExportError(f"{f}: exported from another model than {path}; re-export both")
+            if m["model"] != meta["model"] or m.get("source_sha256") != meta.get("source_sha256"):
+                raise ExportError(f"{f}: exported from other weights than {path}; re-export both")
             for j, r in enumerate(m["block_radii"]):
                 radii[m["blocks"][0] + j] = int(r)
             self._dtype[rng] = str(m["dtype"])

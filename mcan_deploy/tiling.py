@@ -227,7 +227,12 @@ def upscale_tensor(runner: Runner, image: torch.Tensor, cfg: TileConfig = TileCo
             report.seconds = time.perf_counter() - t0
             report.oom_retries = retries
             return out, report
-        except torch.OutOfMemoryError:
+        except RuntimeError as exc:
+            if not isinstance(exc, torch.OutOfMemoryError):
+                if "can't allocate memory" in str(exc) or "DefaultCPUAllocator" in str(exc):
+                    raise MCANError(f"out of host memory for a {image.shape[-1]}x{image.shape[-2]} image "
+                                    "with global statistics; use --ca-stats tile") from None
+                raise
             if tile <= 16:
                 raise MCANError(f"out of memory even with {tile}x{tile} tiles; use --device cpu "
                                 "or a smaller --batch") from None

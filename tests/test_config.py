@@ -75,6 +75,8 @@ def test_unknown_key_names_key_and_file(tmp_path):
     (lambda d: d["phases"][0]["stages"][1].update(lr=[1e-4]), "same length"),
     (lambda d: d["model"].update(reduction=3), "not divisible"),
     (lambda d: d.update(phases=[]), "no \\[\\[phases\\]\\]"),
+    (lambda d: d["train"].update(log_every=0), "log_every = 0"),
+    (lambda d: d["data"].update(batch_size=0), "batch_size = 0 must be >= 1"),
 ])
 def test_invalid_plans(mutate, message):
     data = tiny_plan_dict()

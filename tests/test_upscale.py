@@ -105,6 +105,15 @@ def test_output_equal_to_input_is_refused(model_file, tmp_path, capsys):
         plan_jobs([tmp_path / "empty"], tmp_path / "o")
 
 
+def test_bad_options_are_one_line(model_file, tmp_path, capsys):
+    path, _ = model_file
+    cv2.imwrite(str(tmp_path / "x.png"), np.zeros((4, 4, 3), np.uint8))
+    for extra, message in ((["--suffix", ".xyz"], "--suffix .xyz"), (["--scale", "nan"], "--scale nan"),
+                           (["--device", "gpu"], "--device gpu: not a device")):
+        rc, cap = run([path, tmp_path / "x.png", "-o", tmp_path / "o", *extra], capsys)
+        assert rc == 1 and cap.err.strip().count("\n") == 0 and message in cap.err, cap.err
+
+
 def test_missing_model_is_one_line(tmp_path, capsys):
     rc, cap = run([tmp_path / "nope.safetensors", tmp_path, "-o", tmp_path / "o"], capsys)
     assert rc == 1 and cap.err.strip().count("\n") == 0 and "nope.safetensors" in cap.err

@@ -35,12 +35,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ..bench import BenchConfig, run_bench
+    from ..errors import MCANError
     from ..model import ModelConfig
 
     model = ModelConfig() if args.model == "paper" else ModelConfig(n_resblocks=4, n_feats=32)
     sizes = (256, 512) if args.quick else (512, 1024, 2048, 4096)
     if args.sizes:
-        sizes = tuple(int(s) for s in args.sizes.split(","))
+        try:
+            sizes = tuple(int(s) for s in args.sizes.split(","))
+        except ValueError:
+            raise MCANError(f"--sizes {args.sizes}: give image sides like 256,512") from None
+    if any(s < 1 for s in sizes) or (args.repeat is not None and args.repeat < 1):
+        raise MCANError("--sizes and --repeat must be >= 1")
     backends = ("eager", "channels_last", "compile", "onnxruntime")
     if args.device.startswith("cuda"):
         backends += ("float16", "bfloat16")

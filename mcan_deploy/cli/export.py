@@ -37,10 +37,13 @@ def _run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
     from ..errors import MCANError
 
-    try:
-        from ..export.onnx import export_onnx, file_sha256
-    except ImportError as exc:
-        raise MCANError(f"ONNX export needs the onnx extra: pip install 'mcan-deploy[onnx]' ({exc})") from None
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MCANError(f"ONNX export needs {', '.join(missing)}: pip install 'mcan-deploy[onnx]'")
+    from ..export.onnx import export_onnx, file_sha256
+
     model = load_model(args.model)
     files = export_onnx(model, args.out, blocks=args.blocks, opset=args.opset, fp16=args.fp16,
                         clamp=not args.no_clamp, source_hash=file_sha256(args.model))

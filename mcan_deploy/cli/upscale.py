@@ -55,8 +55,14 @@ def _run(args: argparse.Namespace) -> int:
     from ..tiling import TileConfig, default_tile, planned_windows, upscale_tensor
     from ..upscale import plan_jobs, prepare, write_result
 
-    if args.scale <= 0:
-        raise MCANError(f"--scale {args.scale}: must be > 0")
+    import math
+
+    from ..io import IMAGE_SUFFIXES
+
+    if not (math.isfinite(args.scale) and args.scale > 0):
+        raise MCANError(f"--scale {args.scale}: must be a number > 0")
+    if args.suffix and args.suffix.lower() not in IMAGE_SUFFIXES:
+        raise MCANError(f"--suffix {args.suffix}: choose one of {', '.join(IMAGE_SUFFIXES)}")
     runner = load_runner(args.model, args.device, args.dtype)
     jobs = plan_jobs(args.inputs, args.out, args.suffix)
     cuda = runner.device.type == "cuda"

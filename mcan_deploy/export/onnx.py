@@ -117,8 +117,9 @@ def _export_one(module: nn.Module, opset: int) -> bytes:
         else onnx.load_from_string(program).SerializeToString()
 
 
-def _verify(path: Path, module: nn.Module, dtype: str) -> float:
-    """onnx.checker, then ONNX Runtime against PyTorch at two sizes; returns the max error."""
+def _verify(path: Path, module: nn.Module, dtype: str, shown: Path) -> float:
+    """onnx.checker, then ONNX Runtime against PyTorch at two sizes; returns the max error.
+    ``shown`` is the name the file will have, for messages."""
     import numpy as np
     import onnx
     import onnxruntime as ort
@@ -131,15 +132,15 @@ def _verify(path: Path, module: nn.Module, dtype: str) -> float:
     for h, w in CHECK_SIZES:
         x = torch.rand(2, 3, h, w, generator=gen)
         with torch.no_grad():
-            ref = module.float()(x).numpy()
+            ref = module(x).float().numpy()
         feed = x.numpy().astype(np.float16 if dtype == "float16" else np.float32)
         got = sess.run(None, {sess.get_inputs()[0].name: feed})[0].astype(np.float32)
         err = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
         worst = max(worst, err)
         if not err <= tol:
             raise ExportError(
-                f"{path}: ONNX Runtime output 'output' differs from PyTorch at {w}x{h}: max abs error "
-                f"{err:.3g} > {tol:g} ({dtype}); the file was deleted"
+                f"{shown}: ONNX Runtime output 'output' differs from PyTorch at {w}x{h}: max abs error "
+                f"{err:.3g} > {tol:g} ({dtype}); nothing was written"
             )
     return worst
 
@@ -162,32 +163,38 @@ def export_onnx(model: MCAN, out: str | Path, blocks: str = "all", opset: int = 
         if not idx or idx[0] < 1 or idx[-1] > n:
             raise ExportError(f"--blocks {blocks!r}: blocks are numbered 1..{n}")
         ranges = [(i - 1, i, out.with_name(f"{out.stem}.N{i}{out.suffix or '.onnx'}")) for i in idx]
-    dtype = "float16" if fp16 else "float32"
-    model = model.float().eval()
-    written = []
-    for start, stop, path in ranges:
-        module = _Blocks(model, start, stop, clamp).eval()
-        ref_module = _Blocks(model, start, stop, clamp).eval()
-        if fp16:
-            import copy
+    import copy
+    import os
 
-            module = copy.deepcopy(module).half()
-        data = _export_one(module, opset)
-        proto = onnx.load_from_string(data)
-        meta = onnx_metadata(model, start, stop, opset, dtype, clamp, source_hash)
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = META_KEY, json.dumps(meta)
-        proto.doc_string = f"MCAN blocks {start + 1}..{stop} exported by mcan-deploy"
-        atomic_write_bytes(path, proto.SerializeToString())
-        try:
-            err = _verify(path, ref_module if not fp16 else _HalfReference(module), dtype)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        log.info("wrote %s (blocks %d..%d, %s, opset %d): ONNX Runtime matches PyTorch, max abs error %.2g",
-                 path, start + 1, stop, dtype, opset, err)
-        written.append(ExportedFile(path, (start, stop), err))
-    return written
+    dtype = "float16" if fp16 else "float32"
+    model = copy.deepcopy(model).float().eval()  # the caller's model keeps its dtype and mode
+    checked: list[tuple[Path, Path, tuple[int, int], float]] = []
+    try:
+        for start, stop, path in ranges:
+            ref_module = _Blocks(model, start, stop, clamp).eval()
+            module = copy.deepcopy(ref_module).half() if fp16 else ref_module
+            proto = onnx.load_from_string(_export_one(module, opset))
+            actual = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+            if actual != opset:
+                log.warning("opset %d requested, the exporter produced opset %d; the file says %d",
+                            opset, actual, actual)
+            meta = onnx_metadata(model, start, stop, actual, dtype, clamp, source_hash)
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = META_KEY, json.dumps(meta)
+            proto.doc_string = f"MCAN blocks {start + 1}..{stop} exported by mcan-deploy"
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.onnx")
+            checked.append((tmp, path, (start, stop), 0.0))
+            atomic_write_bytes(tmp, proto.SerializeToString())
+            err = _verify(tmp, _HalfReference(module) if fp16 else ref_module, dtype, shown=path)
+            checked[-1] = (tmp, path, (start, stop), err)
+            log.info("checked %s (blocks %d..%d, %s, opset %d): ONNX Runtime matches PyTorch, max abs "
+                     "error %.2g", path, start + 1, stop, dtype, actual, err)
+        for tmp, path, _, _ in checked:  # every file passed: only now replace what was there
+            os.replace(tmp, path)
+    finally:
+        for tmp, _, _, _ in checked:
+            tmp.unlink(missing_ok=True)
+    return [ExportedFile(path, rng, err) for _, path, rng, err in checked]
 
 
 class _HalfReference(nn.Module):

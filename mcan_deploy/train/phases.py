@@ -361,7 +361,11 @@ class PhaseRunner:
         from .report import write_report
 
         split_dirs(self.data_root)  # a wrong --data fails before the run directory is made
-        self._prepare_dir()
+        try:
+            self._prepare_dir()
+        except OSError as exc:
+            raise CheckpointError(f"{self.paths.root}: cannot use as the run directory "
+                                  f"({exc.strerror or exc}); pass a writable folder to --out") from None
         with seeded(self.plan.train.seed):
             model = build_model(self.plan.model)
         pos, resume, keep_lines = self._load_position(model)

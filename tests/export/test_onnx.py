@@ -108,9 +108,14 @@ def test_per_block_files_alone_serve_the_block_plan(small_export, tmp_path):
     assert (out - want).abs().max() <= 1e-4
 
 
-def test_failed_check_deletes_the_file(monkeypatch, tmp_path):
+def test_failed_check_writes_nothing_and_keeps_the_old_file(monkeypatch, tmp_path):
+    export_onnx(small_model(), tmp_path / "old.onnx", blocks="1,2")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     monkeypatch.setitem(onnx_export.TOLERANCE, "float32", -1.0)
-    with pytest.raises(ExportError, match=r"differs from PyTorch at 53x37: max abs error .* the file was deleted"):
+    with pytest.raises(ExportError, match="old.N1.onnx"):
+        export_onnx(small_model(seed=3), tmp_path / "old.onnx", blocks="1,2")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, "old files intact, no temp files"
+    with pytest.raises(ExportError, match=r"x.onnx: ONNX Runtime output .* differs from PyTorch at 53x37: max abs error .* nothing was written"):
         export_onnx(small_model(), tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
 

@@ -89,12 +89,6 @@ def save_block(path: str | Path, block: nn.Module, cfg: ModelConfig, index: int)
     save_tensors(path, block.state_dict(), {"model": config_to_dict(cfg), "block": index})
 
 
-def load_block(path: str | Path, block: nn.Module) -> None:
-    """Load a block file written by ``save_block`` into ``block``."""
-    tensors, _ = load_tensors(path)
-    _load_state(block, tensors, path)
-
-
 def _load_state(module: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
     try:
         module.load_state_dict(tensors, strict=True)

@@ -158,10 +158,6 @@ class PairedImages:
     def with_inputs(self, inputs: list[torch.Tensor]) -> PairedImages:
         return PairedImages(self.names, inputs, self.targets)
 
-    @property
-    def pixels(self) -> int:
-        return sum(t.shape[-1] * t.shape[-2] for t in self.targets)
-
 
 def load_images(root: str | Path, max_size: int | None = None, progress: bool = True) -> PairedImages:
     """Load every pair under ``root`` (optionally centre-cropped to ``max_size``)."""

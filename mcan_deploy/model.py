@@ -109,9 +109,6 @@ class ToyBlock(nn.Module):
         return out.clamp(0.0, 1.0) if (self.clamp if clamp is None else clamp) else out
 
 
-Block = MCANBlock | ToyBlock
-
-
 class MCAN(nn.Module):
     """N = N_m(...N_2(N_1(x))): a chain of blocks, each an image-to-image map."""
 

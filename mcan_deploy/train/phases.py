@@ -108,7 +108,9 @@ class MetricsLog:
         self.count += 1
 
     def records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
+        from .report import read_metrics
+
+        return read_metrics(self.path)
 
 
 @contextlib.contextmanager
@@ -395,7 +397,7 @@ class PhaseRunner:
             resume, pos = None, Position(pi + 1)
             self._save_checkpoint(model, pos, metrics)
         model.eval()
-        save_model(self.paths.model, model, plan=phase_names(self.plan))
+        save_model(self.paths.model, model, plan=[p.name for p in self.plan.phases])
         write_report(self.paths, self.plan, model, val_raw)
         log.info("run finished in %.1f s: %s", time.perf_counter() - t_run, self.paths.root)
         return self._result(metrics, already_finished=False)
@@ -405,10 +407,6 @@ class PhaseRunner:
         identity = next((r for r in records if r["kind"] == "identity"), {})
         return RunResult(self.paths, already_finished,
                          [r for r in records if r["kind"] == "phase"], identity)
-
-
-def phase_names(plan: Plan) -> list[str]:
-    return [p.name for p in plan.phases]
 
 
 def train(plan: Plan, data_root: str | Path, out_dir: str | Path, device: str = "auto",

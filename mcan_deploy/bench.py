@@ -1,11 +1,12 @@
 """Benchmarks of the toolkit against eager PyTorch, measured in one run on one set of weights.
 
 For each back-end (eager NCHW and channels_last, torch.compile, ONNX Runtime, and on CUDA float16
-/bfloat16) and each image size, whole-image and tiled: megapixels per second (median of several
+/bfloat16 and the fused Triton RCAB tail in each dtype) and each image size, whole-image and tiled: megapixels per second (median of several
 timed runs after a warm-up, with min and max), peak memory (RSS sampled during the run on CPU,
 the allocator's peak on CUDA), the ratio to eager float32 NCHW from the same run, and the achieved
 convolution FLOP rate as a share of this machine's matrix-multiply peak, also measured in the run.
-Training: step time of one block and of all of N, and the share of a step spent sampling data.
+Training: step time of one block and of all of N, and the share of a step spent sampling data,
+with the torch RCAB tail and, where a ``triton`` back-end is asked for and can run, the fused one.
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ class BenchConfig:
         ("paper", ModelConfig()),
     )
     device: str = "cpu"
+
+
+TRITON_BACKENDS = {"triton": torch.float32, "triton_float16": torch.float16, "triton_bfloat16": torch.bfloat16}
+BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "float16", "bfloat16", *TRITON_BACKENDS)
+
+
+def _triton_usable(device: torch.device) -> str | None:
+    """Why the Triton back-ends cannot be timed here (None: they can)."""
+    from .kernels import fused_available
+
+    if not fused_available(device, warn=False):
+        return "Triton cannot run here (pip install 'mcan-deploy[gpu]' on a CUDA machine)"
+    return None
 
 
 class PeakRSS:
@@ -151,6 +165,17 @@ def _backends(model: MCAN, cfg: BenchConfig, device: torch.device, tmp: Path) ->
                 out[name] = OrtRunner(tmp / "bench.onnx")
             elif name in ("float16", "bfloat16") and device.type == "cuda":
                 out[name] = TorchRunner(_copy(model), device, getattr(torch, name))
+            elif name in TRITON_BACKENDS and (device.type == "cuda" or TRITON_BACKENDS[name] == torch.float32):
+                from .runners import TritonRunner
+
+                why = _triton_usable(device)
+                if why:
+                    log.warning("backend %s skipped: %s", name, why)
+                    continue
+                if device.type != "cuda":
+                    log.warning("backend %s runs in Triton's interpreter on %s: its timings say "
+                                "nothing about speed", name, device.type)
+                out[name] = TritonRunner(_copy(model), device, TRITON_BACKENDS[name])
             else:
                 log.info("backend %s skipped on %s", name, device.type)
         except ImportError as exc:
@@ -210,8 +235,12 @@ def bench_training(cfg: BenchConfig, device: torch.device, sample_dir: Path | No
         g = torch.Generator().manual_seed(0)
         xs = [torch.rand(3, 96, 96, generator=g) for _ in range(4)]
         data = PairedImages([str(i) for i in range(4)], xs, xs).to(device)
+    impls = ["torch"]
+    if any(b in TRITON_BACKENDS for b in cfg.backends) and _triton_usable(device) is None:
+        impls.append("triton")
     rows = []
-    for name, mcfg in cfg.train_models:
+    for (name, base_cfg), impl in ((m, i) for m in cfg.train_models for i in impls):
+        mcfg = dataclasses.replace(base_cfg, rcab_impl=impl)
         torch.manual_seed(0)
         model = build_model(mcfg).to(device)
         for what, module, fwd in (("block", model.blocks[0], lambda x, m=model: m.blocks[0](x)),
@@ -234,7 +263,7 @@ def bench_training(cfg: BenchConfig, device: torch.device, sample_dir: Path | No
                     data_t.append(t1 - t0)
                     step_t.append(t2 - t0)
             med = statistics.median(step_t)
-            rows.append({"model": name, "what": what, "step_s": med, "min_s": min(step_t), "max_s": max(step_t),
+            rows.append({"model": name, "what": what, "rcab": impl, "step_s": med, "min_s": min(step_t), "max_s": max(step_t),
                          "data_share": sum(data_t) / sum(step_t)})
     return rows
 
@@ -301,9 +330,10 @@ def render_report(res: dict[str, Any]) -> str:
                      f"{r['min_s']:.3f}-{r['max_s']:.3f} | {r['peak_mb']:.0f} | {ratio} | {r['gflops']:.1f} | "
                      f"{100 * r['peak_share']:.1f}% |")
     lines += ["", "## Training (batch 16 at 48x48, L1, Adam)", "",
-              "| model | trains | s/step (median) | min-max s | data wait share |", "|---|---|---|---|---|"]
+              "| model | trains | RCAB tail | s/step (median) | min-max s | data wait share |",
+              "|---|---|---|---|---|---|"]
     for r in res["training"]:
-        lines.append(f"| {r['model']} | {r['what']} | {r['step_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | "
+        lines.append(f"| {r['model']} | {r['what']} | {r.get('rcab', 'torch')} | {r['step_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | "
                      f"{100 * r['data_share']:.1f}% |")
     lines += ["", "![throughput](throughput.png)", "", "![memory](memory.png)", ""]
     return "\n".join(lines)

@@ -59,7 +59,11 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 
 
 def config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The model's shape for a file's metadata; ``rcab_impl`` is how it runs, not what it is,
+    so it is left out (a model trained with the Triton tail loads anywhere)."""
+    data = dataclasses.asdict(cfg)
+    data.pop("rcab_impl")
+    return data
 
 
 def config_from_dict(data: dict[str, Any], source: str) -> ModelConfig:

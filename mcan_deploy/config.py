@@ -18,6 +18,7 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 ModelKind = Literal["mcan", "toy"]
+RcabImpl = Literal["torch", "triton"]
 PhaseKind = Literal["train_block", "generate", "train_joint"]
 InitScheme = Literal["keep", "orthogonal", "inherit", "normal", "default"]
 OptimizerName = Literal["adam", "adadelta"]
@@ -35,8 +36,15 @@ class ModelConfig:
     reduction: int = 4  # channel-attention squeeze: n_feats -> n_feats // reduction (64 -> 16)
     n_colors: int = 3  # image channels in and out
     clamp: bool = True  # N_i+: clamp each block's output to [0, 1] (inference default)
+    # how each RCAB's channel-attention tail runs: eager torch, or the fused Triton kernels
+    # (mcan_deploy.kernels.rcab; where they cannot run, torch runs and the log says so once).
+    # An execution choice, not part of the weights: model files do not record it.
+    rcab_impl: RcabImpl = "torch"
 
     def __post_init__(self) -> None:
+        for name, tp in (("kind", ModelKind), ("rcab_impl", RcabImpl)):
+            if getattr(self, name) not in typing.get_args(tp):
+                raise ConfigError(f"model.{name} = {getattr(self, name)!r} is not one of {list(typing.get_args(tp))}")
         for name in ("n_blocks", "n_resblocks", "n_feats", "reduction", "n_colors"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} = {getattr(self, name)} must be >= 1")

@@ -6,10 +6,12 @@ Each block ends with "+ input", and N_i+ clamps that sum to [0, 1] (report sec. 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
-from .config import InitScheme, ModelConfig
+from .config import InitScheme, ModelConfig, RcabImpl
 from .errors import ConfigError
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "receptive_field",
     "init_block",
     "inherit_block",
+    "set_rcab_impl",
 ]
 
 
@@ -54,16 +57,31 @@ class ChannelAttention(nn.Module):
 
 
 class RCAB(nn.Module):
-    """Residual channel-attention block: x + CA(conv(relu(conv(x))))."""
+    """Residual channel-attention block: x + CA(conv(relu(conv(x)))).
 
-    def __init__(self, n_feats: int, reduction: int) -> None:
+    With ``impl="triton"`` the attention tail (pool, MLP, sigmoid, scale, skip) runs as the fused
+    kernels of ``mcan_deploy.kernels.rcab`` wherever they can run on the input's device; the
+    parameters and the result are the same as the torch path's (to float rounding).
+    """
+
+    def __init__(self, n_feats: int, reduction: int, impl: RcabImpl = "torch") -> None:
         super().__init__()
         self.conv1 = conv3x3(n_feats, n_feats)
         self.conv2 = conv3x3(n_feats, n_feats)
         self.ca = ChannelAttention(n_feats, reduction)
+        self.impl = impl
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.ca(self.conv2(torch.relu(self.conv1(x))))
+        r = self.conv2(torch.relu(self.conv1(x)))
+        if self.impl == "triton":
+            from .kernels import fused_available
+
+            if fused_available(x.device):
+                from .kernels.rcab import fused_channel_attention
+
+                ca = self.ca
+                return fused_channel_attention(x, r, ca.down.weight, ca.down.bias, ca.up.weight, ca.up.bias)
+        return x + self.ca(r)
 
 
 class MCANBlock(nn.Module):
@@ -76,7 +94,8 @@ class MCANBlock(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.head = conv3x3(cfg.n_colors, cfg.n_feats)
-        self.body = nn.Sequential(*(RCAB(cfg.n_feats, cfg.reduction) for _ in range(cfg.n_resblocks)))
+        self.body = nn.Sequential(*(RCAB(cfg.n_feats, cfg.reduction, cfg.rcab_impl)
+                                    for _ in range(cfg.n_resblocks)))
         self.body_conv = conv3x3(cfg.n_feats, cfg.n_feats)
         self.tail = conv3x3(cfg.n_feats, cfg.n_colors)
         self.clamp = cfg.clamp
@@ -139,6 +158,17 @@ class MCAN(nn.Module):
 def build_model(cfg: ModelConfig) -> MCAN:
     """The network N described by ``cfg`` with PyTorch's default initialisation."""
     return MCAN(cfg)
+
+
+def set_rcab_impl(model: MCAN, impl: RcabImpl) -> MCAN:
+    """Switch every RCAB of ``model`` to the torch or the fused Triton tail, in place; the
+    weights are shared by both paths, so a model trained with one runs with the other."""
+    cfg = dataclasses.replace(model.config, rcab_impl=impl)  # validates impl
+    for m in model.modules():
+        if isinstance(m, RCAB):
+            m.impl = impl
+    model.config = cfg
+    return model
 
 
 def receptive_field(module: nn.Module) -> int:

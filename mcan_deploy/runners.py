@@ -52,10 +52,18 @@ class LayerRunner(Runner, Protocol):
     def rcab_residual(self, block: int, k: int, h: torch.Tensor) -> torch.Tensor: ...
     def ca_scale(self, block: int, k: int, mean: torch.Tensor) -> torch.Tensor: ...
     def finish(self, block: int, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor: ...
+    def channel_sums(self, r: torch.Tensor) -> torch.Tensor:
+        """(B, C) sums over H and W of a (possibly cropped, strided) view (B, C, h, w)."""
+        ...
+    def gate_add(self, h: torch.Tensor, r: torch.Tensor, gate: torch.Tensor) -> None:
+        """h += r * gate[:, None, None] in place on full-size maps (C, H, W); r may be consumed."""
+        ...
 
 
-def load_runner(model_path: str | Path, device: str = "auto", dtype: str = "float32") -> Runner:
-    """A runner for a model file: ``.onnx`` through ONNX Runtime, else safetensors through torch."""
+def load_runner(model_path: str | Path, device: str = "auto", dtype: str = "float32",
+                rcab_impl: str = "torch") -> Runner:
+    """A runner for a model file: ``.onnx`` through ONNX Runtime, else safetensors through torch
+    (``rcab_impl="triton"``: with the fused Triton RCAB tail)."""
     if Path(model_path).suffix.lower() == ".onnx":
         import importlib.util
 
@@ -64,10 +72,15 @@ def load_runner(model_path: str | Path, device: str = "auto", dtype: str = "floa
                             "pip install 'mcan-deploy[onnx]'")
         if dtype != "float32":
             raise MCANError("--dtype applies to PyTorch models; an ONNX file runs in the precision it was exported in")
+        if rcab_impl != "torch":
+            raise MCANError(f"--rcab {rcab_impl} applies to PyTorch models; ONNX Runtime runs the exported graph")
         return OrtRunner(model_path)
     from .checkpoint import load_model
 
-    return TorchRunner.create(load_model(model_path), device, dtype)
+    cls = {"torch": TorchRunner, "triton": TritonRunner}.get(rcab_impl)
+    if cls is None:
+        raise MCANError(f"--rcab {rcab_impl}: choose torch or triton")
+    return cls.create(load_model(model_path), device, dtype)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -156,6 +169,47 @@ class TorchRunner:
         feat = b.head(xi) + b.body_conv(self._in(h))
         out = xi + b.tail(feat)
         return (out.clamp(0, 1) if b.clamp else out).float().to(x.device)
+
+    def channel_sums(self, r: torch.Tensor) -> torch.Tensor:
+        return r.sum((2, 3), dtype=torch.float64)
+
+    def gate_add(self, h: torch.Tensor, r: torch.Tensor, gate: torch.Tensor) -> None:
+        h.add_(r.mul_(gate.reshape(-1, 1, 1)))
+
+
+@dataclass
+class TritonRunner(TorchRunner):
+    """PyTorch with the fused Triton RCAB tail: whole windows run the model with
+    ``rcab_impl="triton"`` (per-window statistics fused), and the exact ``global`` mode sums each
+    RCAB's channel statistics over all tiles with the reduction kernel and applies the gate with
+    the apply kernel. Where Triton cannot run on a tensor's device the torch path runs (logged once).
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from .kernels import fused_available
+        from .model import set_rcab_impl
+
+        set_rcab_impl(self.model, "triton")
+        self.fused = fused_available(self.device)
+
+    def channel_sums(self, r: torch.Tensor) -> torch.Tensor:
+        from .kernels import fused_available
+
+        if not fused_available(r.device):
+            return super().channel_sums(r)
+        from .kernels.rcab import channel_sums
+
+        return channel_sums(r).double()
+
+    def gate_add(self, h: torch.Tensor, r: torch.Tensor, gate: torch.Tensor) -> None:
+        from .kernels import fused_available
+
+        if not fused_available(h.device):
+            return super().gate_add(h, r, gate)
+        from .kernels.rcab import scale_add
+
+        scale_add(r[None], gate.float().reshape(1, -1), x=h[None], out=h[None])
 
 
 class OrtRunner:

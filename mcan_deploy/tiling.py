@@ -111,13 +111,14 @@ def map_pass(
     cfg: TileConfig,
     out_channels: int,
     out_device: torch.device,
-    reduce: bool = False,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Apply a local function to full-size maps (C_i, H, W) window by window.
 
     ``fn`` takes one batch of windows per source and returns (B, out_channels, h, w). With
-    ``reduce`` the per-channel sum of the output over all cores is returned too (float64).
+    ``reduce`` (per-channel sums of a (1, C, h, w) view, e.g. ``runner.channel_sums``) the sum
+    over all cores is returned too, accumulated in float64.
     """
     _, h, w = sources[0].shape
     out = torch.empty(out_channels, h, w, device=out_device)
@@ -127,12 +128,12 @@ def map_pass(
         group = cells[i : i + cfg.batch]
         batches = [torch.stack([s[:, sy.start : sy.start + sy.size, sx.start : sx.start + sx.size]
                                 for sy, sx in group]) for s in sources]
-        res = fn(*batches).to(out_device)
+        res = fn(*batches)
         for b, (sy, sx) in enumerate(group):
             core = res[b, :, sy.lo - sy.start : sy.hi - sy.start, sx.lo - sx.start : sx.hi - sx.start]
-            out[:, sy.lo : sy.hi, sx.lo : sx.hi] = core
-            if total is not None:
-                total += core.sum((1, 2), dtype=torch.float64)
+            out[:, sy.lo : sy.hi, sx.lo : sx.hi] = core.to(out_device)
+            if reduce is not None:  # on the runner's device, before the copy
+                total += reduce(core[None])[0].to(out_device, torch.float64)
         if progress:
             progress(len(group))
     return out, total
@@ -161,9 +162,9 @@ def _global_block(runner: LayerRunner, i: int, x: torch.Tensor, cfg: TileConfig,
     hmap, _ = map_pass([x.to(dev)], lambda t: runner.head(i, t), 1, cfg, feats, dev, progress=tick)
     for k in range(runner.n_rcabs(i)):
         r, total = map_pass([hmap], lambda t: runner.rcab_residual(i, k, t), 2, cfg, feats, dev,
-                            reduce=True, progress=tick)
+                            reduce=runner.channel_sums, progress=tick)
         gate = runner.ca_scale(i, k, (total / (h * w)).float())
-        hmap.add_(r.mul_(gate.to(dev).reshape(-1, 1, 1)))
+        runner.gate_add(hmap, r, gate.to(dev))
         del r
     out, _ = map_pass([x.to(dev), hmap], lambda a, b: runner.finish(i, a, b), 2, cfg, c, dev,
                       progress=tick)

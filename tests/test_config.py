@@ -70,6 +70,7 @@ def test_unknown_key_names_key_and_file(tmp_path):
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d["model"].update(n_feats="64"), "should be of type int"),
     (lambda d: d["model"].update(kind="rcan"), "not one of"),
+    (lambda d: d["model"].update(rcab_impl="cuda"), r"rcab_impl = 'cuda' is not one of \['torch', 'triton'\]"),
     (lambda d: d["phases"][0].update(block=5), "block = 5 must be in 1..2"),
     (lambda d: d["phases"][0].update(init="inherit"), "needs block >= 2"),
     (lambda d: d["phases"][0]["stages"][1].update(lr=[1e-4]), "same length"),
@@ -98,3 +99,9 @@ def test_lr_schedule_steps_down():
     s = StageConfig(name="a", iters=[3, 2], lr=[1e-4, 1e-5])
     assert [s.lr_at(i) for i in range(5)] == [1e-4] * 3 + [1e-5] * 2
     assert s.total_iters == 5
+
+
+def test_rcab_impl_is_checked_outside_plans_too():
+    assert ModelConfig(rcab_impl="triton").rcab_impl == "triton"
+    with pytest.raises(ConfigError, match="model.rcab_impl = 'fused'"):
+        ModelConfig(rcab_impl="fused")  # type: ignore[arg-type]

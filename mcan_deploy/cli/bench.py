@@ -23,6 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=["demo", "paper"], default="demo",
                    help="network size for inference: demo (3x4 RCAB, 32 features) or paper (3x16, 64)")
     p.add_argument("--sizes", help="square image sides, comma-separated (overrides --quick's)")
+    p.add_argument("--backends",
+                   help="comma-separated back-ends to time (default: eager, channels_last, compile, "
+                        "onnxruntime; on CUDA also float16, bfloat16, triton, triton_float16, "
+                        "triton_bfloat16, the fused Triton RCAB tail). eager is always timed: the "
+                        "ratios are against it")
     p.add_argument("--repeat", type=int, help="timed runs per measurement after one warm-up")
     p.add_argument("--data", default="samples/city100", help="training pairs for the data-wait share")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -47,9 +52,17 @@ def _run(args: argparse.Namespace) -> int:
             raise MCANError(f"--sizes {args.sizes}: give image sides like 256,512") from None
     if any(s < 1 for s in sizes) or (args.repeat is not None and args.repeat < 1):
         raise MCANError("--sizes and --repeat must be >= 1")
+    from ..bench import BACKENDS
+
     backends = ("eager", "channels_last", "compile", "onnxruntime")
     if args.device.startswith("cuda"):
-        backends += ("float16", "bfloat16")
+        backends += ("float16", "bfloat16", "triton", "triton_float16", "triton_bfloat16")
+    if args.backends:
+        asked = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+        unknown = [b for b in asked if b not in BACKENDS]
+        if unknown:
+            raise MCANError(f"--backends: unknown {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+        backends = ("eager", *(b for b in asked if b != "eager"))
     cfg = BenchConfig(model=model, sizes=sizes, repeat=args.repeat or 3, backends=backends,
                       compile_sizes=sizes[:1], tile=128 if args.quick else 512,
                       train_steps=3 if args.quick else 10, device=args.device)

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset folder with train/ and test/ (each HR/+LR/ or RealSR v3 files)")
     p.add_argument("--out", required=True, help="run directory (created, or resumed if it exists)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--rcab", choices=["torch", "triton"],
+                   help="RCAB channel-attention tail: eager torch or the fused Triton kernels "
+                        "(default: the plan's model.rcab_impl, else torch); may differ on resume")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -59,6 +62,10 @@ def _run(args: argparse.Namespace) -> int:
     from ..train import TrainingInterrupted, train
 
     plan = load_plan(args.config)
+    if args.rcab:
+        import dataclasses
+
+        plan = dataclasses.replace(plan, model=dataclasses.replace(plan.model, rcab_impl=args.rcab))
     stop = StopFlag()
     stop.install()
     from tqdm.contrib.logging import logging_redirect_tqdm

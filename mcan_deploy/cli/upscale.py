@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="compute precision (float16/bfloat16 on CUDA)")
+    p.add_argument("--rcab", choices=["torch", "triton"], default="torch",
+                   help="RCAB channel-attention tail for PyTorch models: eager torch or the fused "
+                        "Triton kernels (CUDA; falls back to torch where Triton cannot run)")
     p.add_argument("--suffix", help="output format, e.g. .png (default: the input's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true")
@@ -63,7 +66,7 @@ def _run(args: argparse.Namespace) -> int:
         raise MCANError(f"--scale {args.scale}: must be a number > 0")
     if args.suffix and args.suffix.lower() not in IMAGE_SUFFIXES:
         raise MCANError(f"--suffix {args.suffix}: choose one of {', '.join(IMAGE_SUFFIXES)}")
-    runner = load_runner(args.model, args.device, args.dtype)
+    runner = load_runner(args.model, args.device, args.dtype, args.rcab)
     jobs = plan_jobs(args.inputs, args.out, args.suffix)
     cuda = runner.device.type == "cuda"
     ca_stats = args.ca_stats

@@ -9,7 +9,6 @@ sizes; a failed check deletes the file and says which output differed and by how
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -21,7 +20,8 @@ from torch import nn
 
 from ..errors import MCANError
 from ..io import atomic_write_bytes
-from ..model import MCAN, receptive_field
+from ..checkpoint import config_to_dict
+from ..model import MCAN, receptive_field, set_rcab_impl
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def onnx_metadata(model: MCAN, start: int, stop: int, opset: int, dtype: str, cl
     radii = [receptive_field(b) // 2 for b in model.blocks[start:stop]]
     return {
         "format": "mcan-deploy-onnx/1",
-        "model": dataclasses.asdict(model.config),
+        "model": config_to_dict(model.config),
         "blocks": [start, stop],
         "n_blocks": len(model.blocks),
         "block_radii": radii,
@@ -167,7 +167,8 @@ def export_onnx(model: MCAN, out: str | Path, blocks: str = "all", opset: int = 
     import os
 
     dtype = "float16" if fp16 else "float32"
-    model = copy.deepcopy(model).float().eval()  # the caller's model keeps its dtype and mode
+    # a copy: the caller's model keeps its dtype, mode and RCAB path; ONNX gets the torch path
+    model = set_rcab_impl(copy.deepcopy(model).float().eval(), "torch")
     checked: list[tuple[Path, Path, tuple[int, int], float]] = []
     try:
         for start, stop, path in ranges:

@@ -138,6 +138,12 @@ def _first_difference(a: Any, b: Any, key: str = "") -> str | None:
     return None if a == b else f"{key} ({a!r} in the run, {b!r} now)"
 
 
+def _what_trains(plan: Plan) -> dict[str, Any]:
+    data = plan_to_dict(plan)
+    data.get("model", {}).pop("rcab_impl", None)
+    return data
+
+
 class PhaseRunner:
     """Runs one plan into one run directory. Holds no state beyond that run."""
 
@@ -166,7 +172,8 @@ class PhaseRunner:
         p = self.paths
         if p.plan.exists():
             old = load_plan(p.plan)
-            diff = _first_difference(plan_to_dict(old), plan_to_dict(self.plan))
+            # how the RCABs run (torch or Triton) may change between sessions; the plan may not
+            diff = _first_difference(_what_trains(old), _what_trains(self.plan))
             if diff:
                 raise CheckpointError(
                     f"{p.plan}: this run was started with another plan, differing at {diff}; "

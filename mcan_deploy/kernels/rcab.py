@@ -1,0 +1,344 @@
+"""Fused channel-attention tail of the residual channel-attention block (RCAB), in Triton.
+
+An RCAB computes r = conv2(relu(conv1(x))) and then y = x + r * s, where the per-image,
+per-channel gate is s = sigmoid(W_U relu(W_D mean_hw(r) + b_D) + b_U). Eager PyTorch makes five
+passes over the 64-channel map for the tail (pool, multiply, add, and their backward); here it
+is two:
+
+- forward: ``channel_sums`` reads r once (sums per image and channel, float32), ``gate`` runs the
+  64->16->64 MLP and sigmoid once per image (a (B, C) problem), ``scale_add`` reads x and r once
+  and writes y;
+- backward: ``channel_sums`` of dy * r (the gate's gradient), ``gate_backward`` once per image
+  (gradients of W_D, b_D, W_U, b_U and of the means), and ``scale_add`` writes
+  dr = dy * s + dmean / (H W); dx is dy itself.
+
+No intermediate feature map is materialised. The three passes are separately callable, so the
+tiling engine can sum channel statistics over all tiles of an image before it applies the gate
+(exact ``global`` statistics). Every kernel takes explicit strides: NCHW, channels_last and
+cropped views run without copies. float32, float16 and bfloat16 inputs; all arithmetic in float32.
+
+The oracle is ``mcan_deploy.kernels.reference``. Import this module only where Triton is
+installed; ``mcan_deploy.kernels.fused_available`` says whether it can run on a device.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = [
+    "channel_sums",
+    "gate",
+    "gate_backward",
+    "scale_add",
+    "FusedChannelAttention",
+    "fused_channel_attention",
+]
+
+_MAX_ELEMENTS = 2**31 - 1  # in-image offsets are int32; the batch offset is int64
+
+
+@triton.jit
+def _channel_sums_kernel(
+    A, B, PART, C, H, W, G,
+    sa_b, sa_c, sa_h, sa_w, sb_b, sb_c, sb_h, sb_w,
+    HAS_B: tl.constexpr, FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """PART[b, g, c] = sum over pixels p = g, g + G, ... (in blocks) of A[b, c, p] (* B[b, c, p]).
+
+    FLAT: H and W flatten to one axis of stride s_w (NCHW, channels_last; not cropped views),
+    which keeps the pixel axis provably contiguous for NCHW and the loads vectorised."""
+    pid_b = tl.program_id(0)
+    pid_g = tl.program_id(1)
+    c = tl.arange(0, BLOCK_C)
+    cmask = c < C
+    a_base = A + pid_b.to(tl.int64) * sa_b
+    b_base = B + pid_b.to(tl.int64) * sb_b
+    hw = H * W
+    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    for start in range(pid_g * BLOCK_P, hw, G * BLOCK_P):
+        p = start + tl.arange(0, BLOCK_P)
+        if FLAT:
+            pa = p * sa_w
+            pb = p * sb_w
+        else:
+            pa = (p // W) * sa_h + (p % W) * sa_w
+            pb = (p // W) * sb_h + (p % W) * sb_w
+        mask = cmask[:, None] & (p < hw)[None, :]
+        a = tl.load(a_base + c[:, None] * sa_c + pa[None, :], mask=mask, other=0.0).to(tl.float32)
+        if HAS_B:
+            b = tl.load(b_base + c[:, None] * sb_c + pb[None, :], mask=mask, other=0.0).to(tl.float32)
+            a = a * b
+        acc += a
+    tl.store(PART + (pid_b * G + pid_g) * C + c, tl.sum(acc, axis=1), mask=cmask)
+
+
+@triton.jit
+def _sum_partials(PART, pid_b, G, C, c, cmask, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr):
+    g = tl.arange(0, BLOCK_G)
+    acc = tl.zeros([BLOCK_G, BLOCK_C], dtype=tl.float32)
+    for g0 in range(0, G, BLOCK_G):
+        gg = g0 + g
+        acc += tl.load(PART + (pid_b * G + gg[:, None]) * C + c[None, :],
+                       mask=(gg < G)[:, None] & cmask[None, :], other=0.0)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def _gate_kernel(
+    PART, WD, BD, WU, BU, MEAN, Z, S, G, C, R, inv_hw,
+    BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
+):
+    """Per image b: mean = sum(PART[b]) * inv_hw; z = relu(W_D mean + b_D); s = sigmoid(W_U z + b_U)."""
+    pid_b = tl.program_id(0)
+    c = tl.arange(0, BLOCK_C)
+    cmask = c < C
+    k = tl.arange(0, BLOCK_R)
+    kmask = k < R
+    mean = _sum_partials(PART, pid_b, G, C, c, cmask, BLOCK_C, BLOCK_G) * inv_hw
+    wd = tl.load(WD + k[:, None] * C + c[None, :], mask=kmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+    v = tl.sum(wd * mean[None, :], axis=1) + tl.load(BD + k, mask=kmask, other=0.0).to(tl.float32)
+    z = tl.maximum(v, 0.0)
+    wu = tl.load(WU + c[:, None] * R + k[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+    u = tl.sum(wu * z[None, :], axis=1) + tl.load(BU + c, mask=cmask, other=0.0).to(tl.float32)
+    s = 1.0 / (1.0 + tl.exp(-u))
+    tl.store(MEAN + pid_b * C + c, mean, mask=cmask)
+    tl.store(Z + pid_b * R + k, z, mask=kmask)
+    tl.store(S + pid_b * C + c, s, mask=cmask)
+
+
+@triton.jit
+def _gate_backward_kernel(
+    PART, MEAN, Z, S, WD, WU, DK, DWD, DBD, DWU, DBU, G, C, R, inv_hw,
+    BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
+):
+    """Per image b, from ds = sum(PART[b]) (= sum_hw dy * r): the MLP's weight and bias gradients
+    of this image, and DK[b] = dmean / (H W), the per-channel term of dr."""
+    pid_b = tl.program_id(0)
+    c = tl.arange(0, BLOCK_C)
+    cmask = c < C
+    k = tl.arange(0, BLOCK_R)
+    kmask = k < R
+    m_ck = cmask[:, None] & kmask[None, :]
+    m_kc = kmask[:, None] & cmask[None, :]
+    ds = _sum_partials(PART, pid_b, G, C, c, cmask, BLOCK_C, BLOCK_G)
+    s = tl.load(S + pid_b * C + c, mask=cmask, other=0.0)
+    z = tl.load(Z + pid_b * R + k, mask=kmask, other=0.0)
+    mean = tl.load(MEAN + pid_b * C + c, mask=cmask, other=0.0)
+    du = ds * s * (1.0 - s)
+    tl.store(DWU + pid_b * C * R + c[:, None] * R + k[None, :], du[:, None] * z[None, :], mask=m_ck)
+    tl.store(DBU + pid_b * C + c, du, mask=cmask)
+    wu = tl.load(WU + c[:, None] * R + k[None, :], mask=m_ck, other=0.0).to(tl.float32)
+    dz = tl.sum(wu * du[:, None], axis=0)
+    dv = tl.where(z > 0.0, dz, 0.0)
+    tl.store(DWD + pid_b * R * C + k[:, None] * C + c[None, :], dv[:, None] * mean[None, :], mask=m_kc)
+    tl.store(DBD + pid_b * R + k, dv, mask=kmask)
+    wd = tl.load(WD + k[:, None] * C + c[None, :], mask=m_kc, other=0.0).to(tl.float32)
+    dmean = tl.sum(wd * dv[:, None], axis=0)
+    tl.store(DK + pid_b * C + c, dmean * inv_hw, mask=cmask)
+
+
+@triton.jit
+def _scale_add_kernel(
+    R_, S, X, K, OUT, C, H, W,
+    sr_b, sr_c, sr_h, sr_w, sx_b, sx_c, sx_h, sx_w, so_b, so_c, so_h, so_w,
+    HAS_X: tl.constexpr, HAS_K: tl.constexpr, FLAT: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """OUT[b, c, p] = R[b, c, p] * S[b, c] (+ X[b, c, p]) (+ K[b, c]); FLAT as in the sums."""
+    pid_b = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    c = tl.arange(0, BLOCK_C)
+    cmask = c < C
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    if FLAT:
+        pr = p * sr_w
+        px = p * sx_w
+        po = p * so_w
+    else:
+        pr = (p // W) * sr_h + (p % W) * sr_w
+        px = (p // W) * sx_h + (p % W) * sx_w
+        po = (p // W) * so_h + (p % W) * so_w
+    mask = cmask[:, None] & (p < H * W)[None, :]
+    bb = pid_b.to(tl.int64)
+    s = tl.load(S + pid_b * C + c, mask=cmask, other=0.0)
+    r = tl.load(R_ + bb * sr_b + c[:, None] * sr_c + pr[None, :], mask=mask, other=0.0).to(tl.float32)
+    y = r * s[:, None]
+    if HAS_X:
+        y += tl.load(X + bb * sx_b + c[:, None] * sx_c + px[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_K:
+        y += tl.load(K + pid_b * C + c, mask=cmask, other=0.0)[:, None]
+    tl.store(OUT + bb * so_b + c[:, None] * so_c + po[None, :], y.to(OUT.dtype.element_ty), mask=mask)
+
+
+# ---- launchers ------------------------------------------------------------------------------
+
+def _blocks(c: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_C, BLOCK_P, num_warps): all channels of a pixel block in one program. The
+    interpreter pays per program and per loop step, so it takes wider pixel blocks."""
+    block_c = triton.next_power_of_2(c)
+    elems = 4096 if device.type == "cuda" else 16384
+    return block_c, max(16, elems // block_c), 4
+
+
+def _check(t: torch.Tensor, name: str) -> None:
+    if t.dim() != 4:
+        raise ValueError(f"{name}: expected (B, C, H, W), got shape {tuple(t.shape)}")
+    if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"{name}: dtype {t.dtype} is not float32, float16 or bfloat16")
+    if t[:1].numel() > _MAX_ELEMENTS:
+        raise ValueError(f"{name}: {t[:1].numel()} elements per image exceed int32 offsets; tile the image")
+
+
+def _flat(*ts: torch.Tensor) -> bool:
+    """Whether H and W of every tensor flatten to one pixel axis with stride s_w."""
+    return all(t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3) for t in ts)
+
+
+def _n_groups(batch: int, hw: int, block_p: int, device: torch.device) -> int:
+    """Programs per image for the reduction: enough to fill the GPU, no more than pixel blocks."""
+    if device.type == "cuda":
+        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        target = 2
+    return max(1, min(triton.cdiv(hw, block_p), triton.cdiv(target, max(batch, 1))))
+
+
+def _partial_sums(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, G, C) float32 partial channel sums of a (or of a * b); G programs per image."""
+    _check(a, "a")
+    n, c, h, w = a.shape
+    block_c, block_p, warps = _blocks(c, a.device)
+    groups = _n_groups(n, h * w, block_p, a.device)
+    part = torch.empty(n, groups, c, device=a.device, dtype=torch.float32)
+    if n == 0:
+        return part
+    if h * w == 0:
+        return part.zero_()
+    bb = a if b is None else b
+    if b is not None:
+        _check(b, "b")
+        if b.shape != a.shape:
+            raise ValueError(f"shapes differ: {tuple(a.shape)} and {tuple(b.shape)}")
+    _channel_sums_kernel[(n, groups)](
+        a, bb, part, c, h, w, groups, *a.stride(), *bb.stride(),
+        HAS_B=b is not None, FLAT=_flat(a, bb), BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
+    return part
+
+
+def channel_sums(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C) float32 sums over H and W of ``a`` (or of ``a * b``): the reduction pass."""
+    return _partial_sums(a, b).sum(1)
+
+
+def _launch_gate(part: torch.Tensor, inv_hw: float, wd: torch.Tensor, bd: torch.Tensor, wu: torch.Tensor,
+                 bu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n, groups, c = part.shape
+    r = wd.shape[0]
+    if wd.numel() != r * c or wu.numel() != c * r or bd.numel() != r or bu.numel() != c:
+        raise ValueError(f"attention weights do not fit {c} channels: W_D {tuple(wd.shape)}, W_U {tuple(wu.shape)}")
+    dev = part.device
+    mean = torch.empty(n, c, device=dev, dtype=torch.float32)
+    z = torch.empty(n, r, device=dev, dtype=torch.float32)
+    s = torch.empty(n, c, device=dev, dtype=torch.float32)
+    if n:
+        _gate_kernel[(n,)](
+            part, wd.contiguous(), bd.contiguous(), wu.contiguous(), bu.contiguous(), mean, z, s,
+            groups, c, r, inv_hw, BLOCK_C=triton.next_power_of_2(c),
+            BLOCK_R=triton.next_power_of_2(r), BLOCK_G=min(64, triton.next_power_of_2(groups)))
+    return mean, z, s
+
+
+def gate(sums: torch.Tensor, count: float, wd: torch.Tensor, bd: torch.Tensor, wu: torch.Tensor,
+         bu: torch.Tensor) -> torch.Tensor:
+    """(B, C) float32 gate s from channel sums (B, C) over ``count`` pixels: the MLP step.
+
+    The tiling engine calls it with sums gathered over every tile of an image. Weights are the
+    1x1 convolutions' tensors: W_D (C/r, C, 1, 1), b_D, W_U (C, C/r, 1, 1), b_U."""
+    if not count > 0:
+        raise ValueError(f"gate: pixel count {count} must be > 0")
+    part = sums.to(torch.float32).reshape(sums.shape[0], 1, -1).contiguous()
+    return _launch_gate(part, 1.0 / count, wd, bd, wu, bu)[2]
+
+
+def scale_add(r: torch.Tensor, s: torch.Tensor, x: torch.Tensor | None = None,
+              k: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """r * s[:, :, None, None] (+ x) (+ k[:, :, None, None]) in one pass: the apply pass.
+
+    ``s`` and ``k`` are (B, C) float32. ``out`` may be ``x`` (in place). The result has the
+    memory format of ``r`` and the dtype of ``x`` (or of ``r`` without ``x``)."""
+    _check(r, "r")
+    n, c, h, w = r.shape
+    if x is not None:
+        _check(x, "x")
+        if x.shape != r.shape:
+            raise ValueError(f"shapes differ: x {tuple(x.shape)}, r {tuple(r.shape)}")
+    if out is None:
+        dtype = x.dtype if x is not None else r.dtype
+        out = torch.empty_like(r, dtype=dtype)
+    if s.shape != (n, c):
+        raise ValueError(f"gate shape {tuple(s.shape)} does not match (B, C) = {(n, c)}")
+    if n == 0 or h * w == 0:
+        return out
+    block_c, block_p, warps = _blocks(c, r.device)
+    s = s.to(torch.float32).contiguous()
+    k = k.to(torch.float32).contiguous() if k is not None else s
+    xx = x if x is not None else r
+    _scale_add_kernel[(n, triton.cdiv(h * w, block_p))](
+        r, s, xx, k, out, c, h, w, *r.stride(), *xx.stride(), *out.stride(),
+        HAS_X=x is not None, HAS_K=k is not s, FLAT=_flat(r, xx, out), BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
+    return out
+
+
+def gate_backward(part: torch.Tensor, hw: int, mean: torch.Tensor, z: torch.Tensor, s: torch.Tensor,
+                  wd: torch.Tensor, wu: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """From partial sums of dy * r: (dk, dW_D, db_D, dW_U, db_U), the weight gradients summed
+    over the batch and dk = dmean / (H W), (B, C) float32."""
+    n, groups, c = part.shape
+    r = wd.shape[0]
+    dev = part.device
+    dk = torch.empty(n, c, device=dev, dtype=torch.float32)
+    dwd = torch.empty(n, r, c, device=dev, dtype=torch.float32)
+    dbd = torch.empty(n, r, device=dev, dtype=torch.float32)
+    dwu = torch.empty(n, c, r, device=dev, dtype=torch.float32)
+    dbu = torch.empty(n, c, device=dev, dtype=torch.float32)
+    if n:
+        _gate_backward_kernel[(n,)](
+            part, mean, z, s, wd.contiguous(), wu.contiguous(), dk, dwd, dbd, dwu, dbu,
+            groups, c, r, 1.0 / max(hw, 1), BLOCK_C=triton.next_power_of_2(c),
+            BLOCK_R=triton.next_power_of_2(r), BLOCK_G=min(64, triton.next_power_of_2(groups)))
+    return dk, dwd.sum(0), dbd.sum(0), dwu.sum(0), dbu.sum(0)
+
+
+class FusedChannelAttention(torch.autograd.Function):
+    """y = x + r * sigmoid(W_U relu(W_D mean_hw(r) + b_D) + b_U), with gradients for x, r and
+    the four attention parameters."""
+
+    @staticmethod
+    def forward(ctx, x, r, wd, bd, wu, bu):  # type: ignore[override]
+        if x.shape != r.shape:
+            raise ValueError(f"shapes differ: x {tuple(x.shape)}, r {tuple(r.shape)}")
+        hw = r.shape[2] * r.shape[3]
+        mean, z, s = _launch_gate(_partial_sums(r), 1.0 / max(hw, 1), wd, bd, wu, bu)
+        y = scale_add(r, s, x=x, out=torch.empty_like(r, dtype=torch.promote_types(x.dtype, r.dtype)))
+        ctx.save_for_backward(r, mean, z, s, wd, wu)
+        ctx.hw = hw
+        ctx.dtypes = (x.dtype, wd.dtype, bd.dtype, wu.dtype, bu.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        r, mean, z, s, wd, wu = ctx.saved_tensors
+        x_dt, wd_dt, bd_dt, wu_dt, bu_dt = ctx.dtypes
+        dk, dwd, dbd, dwu, dbu = gate_backward(_partial_sums(dy, r), ctx.hw, mean, z, s, wd, wu)
+        dr = scale_add(dy, s, k=dk, out=torch.empty_like(r)) if ctx.needs_input_grad[1] else None
+        dx = dy.to(x_dt) if ctx.needs_input_grad[0] else None
+        return (dx, dr, dwd.reshape(wd.shape).to(wd_dt), dbd.to(bd_dt),
+                dwu.reshape(wu.shape).to(wu_dt), dbu.to(bu_dt))
+
+
+def fused_channel_attention(x: torch.Tensor, r: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor,
+                            wu: torch.Tensor, bu: torch.Tensor) -> torch.Tensor:
+    """The RCAB tail y = x + CA(r), fused; differentiable in every argument."""
+    return FusedChannelAttention.apply(x, r, wd, bd, wu, bu)

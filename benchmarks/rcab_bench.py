@@ -11,9 +11,10 @@ channels_last, batch 8 at 512x512 and one 12-megapixel image):
 - ``tail_bwd``: the tail's backward (gradients of x, r and the MLP), fused vs eager: > 1x.
 - ``rcab_fwd``: a whole RCAB (two 3x3 convs + tail), fused vs eager: >= 1.2x.
 - ``n_fwd``: full N (3 blocks x 16 RCAB x 64 features): fused vs eager >= 1.15x, and fused vs
-  torch.compile of the eager model >= 1x (compile at the batch-8 shape only: one compile per
-  shape costs minutes).
-Every fused figure also records its largest difference from the eager result.
+  torch.compile of the eager model >= 1x (compile at the batch-8 float16 shape only, last: one
+  compile per shape costs minutes).
+Every fused figure also records its largest difference from the eager result; the exit code is 1
+when one is larger than its dtype allows or a section failed (the others still run).
 Writes rcab-<device>-<date>.json and .md to --out, after every section (a run cut short keeps
 what it measured).
 """
@@ -159,30 +160,56 @@ class Bench:
                 err = None if impl == "eager" else (block(x).float() - ref.float()).abs().max().item()
                 self.row("rcab_fwd", shape, dtype, impl, timed(lambda: block(x), self.device, self.reps), err)
 
-    def network(self, shape: tuple[int, ...], dtype: torch.dtype, compile_it: bool) -> None:
+    def _network(self, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.nn.Module, torch.Tensor]:
         cfg = ModelConfig(n_resblocks=2, n_feats=16) if self.smoke else ModelConfig()
         torch.manual_seed(0)
         model = build_model(cfg)
         for b in model.blocks:
             init_block(b, "orthogonal", torch.Generator().manual_seed(0))
         model = model.to(self.device, dtype).to(memory_format=torch.channels_last).eval()
-        n, _, h, w = shape
-        x = torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(1)).to(self.device, dtype)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(1)).to(self.device, dtype)
+        return model, x.contiguous(memory_format=torch.channels_last)
+
+    def network(self, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        model, x = self._network(shape, dtype)
         with torch.inference_mode():
             ref = model(x)
-            self.row("n_fwd", (n, 3, h, w), dtype, "eager", timed(lambda: model(x), self.device, self.reps))
+            self.row("n_fwd", shape, dtype, "eager", timed(lambda: model(x), self.device, self.reps))
             set_rcab_impl(model, "triton")
             err = (model(x).float() - ref.float()).abs().max().item()
-            self.row("n_fwd", (n, 3, h, w), dtype, "triton", timed(lambda: model(x), self.device, self.reps), err)
-            set_rcab_impl(model, "torch")
-            if compile_it:
-                t0 = time.perf_counter()
-                compiled = torch.compile(model, dynamic=False)
-                err = (compiled(x).float() - ref.float()).abs().max().item()
-                log.info("torch.compile of N at %s took %.0f s", tuple(x.shape), time.perf_counter() - t0)
-                self.row("n_fwd", (n, 3, h, w), dtype, "compile", timed(lambda: compiled(x), self.device, self.reps), err)
-                self.res["rows"][-1]["compile_s"] = time.perf_counter() - t0
+            self.row("n_fwd", shape, dtype, "triton", timed(lambda: model(x), self.device, self.reps), err)
+
+    def compiled(self, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        """torch.compile of the eager N at one shape (compiling costs minutes: run last)."""
+        model, x = self._network(shape, dtype)
+        with torch.inference_mode():
+            ref = model(x)
+            t0 = time.perf_counter()
+            compiled = torch.compile(model, dynamic=False)
+            err = (compiled(x).float() - ref.float()).abs().max().item()
+            log.info("torch.compile of N at %s took %.0f s", shape, time.perf_counter() - t0)
+            self.row("n_fwd", shape, dtype, "compile", timed(lambda: compiled(x), self.device, self.reps), err)
+            self.res["rows"][-1]["compile_s"] = time.perf_counter() - t0
+
+    def section(self, name: str, fn: Callable[..., None], *args: Any) -> None:
+        """Run one section; an error is recorded and the run goes on (a short GPU lease keeps
+        every figure it can get), then everything so far is written."""
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - recorded in the results, reported at the end
+            log.exception("section %s%s failed", name, args)
+            self.res.setdefault("errors", []).append(f"{name}{args}: {type(exc).__name__}: {exc}"[:500])
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.save()
+
+    def verdict(self) -> list[str]:
+        """Rows whose fused result differs from eager by more than the dtype allows."""
+        tol = {"float32": 1e-3, "float16": 5e-2, "bfloat16": 2.5e-1}  # N: 3 blocks of rounding
+        return [f"{r['section']} {r['shape']} {r['dtype']} {r['impl']}: max diff {r['max_abs_diff_vs_eager']:.3g}"
+                for r in self.res["rows"] if r["max_abs_diff_vs_eager"] is not None
+                and not r["max_abs_diff_vs_eager"] <= tol[r["dtype"]]]
 
 
 def render(res: dict[str, Any]) -> str:
@@ -199,6 +226,7 @@ def render(res: dict[str, Any]) -> str:
         err = f"{r['max_abs_diff_vs_eager']:.2g}" if r.get("max_abs_diff_vs_eager") is not None else "-"
         lines.append(f"| {r['section']} | {'x'.join(map(str, r['shape']))} | {r['dtype']} | {r['impl']} | "
                      f"{1e3 * r['median_s']:.3f} | {sp} | {bw} | {share} | {err} |")
+    lines += [f"\nFAILED: {e}" for e in res.get("errors", []) + res.get("wrong_results", [])]
     return "\n".join(lines) + "\n"
 
 
@@ -224,16 +252,20 @@ def main() -> None:
         n_shapes = [(8, 3, 512, 512), (1, 3, 3000, 4000)]
     for dtype in dtypes:
         for shape in shapes:
-            bench.tails(shape, dtype)
-            bench.save()
+            bench.section("tails", bench.tails, shape, dtype)
     for dtype in dtypes:
-        for i, shape in enumerate(n_shapes):
-            bench.network(shape, dtype, compile_it=not args.no_compile and i == 0 and dtype == dtypes[0])
-            bench.save()
-            if bench.device.type == "cuda":
-                torch.cuda.empty_cache()
+        for shape in n_shapes:
+            bench.section("network", bench.network, shape, dtype)
+    if not args.no_compile:
+        bench.section("compile", bench.compiled, n_shapes[0], dtypes[0])
+    bad = bench.verdict()
+    bench.res["wrong_results"] = bad
+    bench.save()
     print(render(bench.res))
+    for line in bench.res.get("errors", []) + bad:
+        print(f"rcab_bench: FAILED {line}")
     print(f"rcab_bench: {bench.out / bench.stem}.json")
+    raise SystemExit(1 if bad or bench.res.get("errors") else 0)
 
 
 if __name__ == "__main__":

@@ -207,9 +207,26 @@ class TritonRunner(TorchRunner):
 
         if not fused_available(h.device):
             return super().gate_add(h, r, gate)
-        from .kernels.rcab import scale_add
+        from .kernels import rcab
+        from .kernels.rcab import max_offset, scale_add
 
-        scale_add(r[None], gate.float().reshape(1, -1), x=h[None], out=h[None])
+        g = gate.float().reshape(1, -1)
+        # the kernels index within an image in int32: huge maps go in pieces of channels x rows
+        kc, kr = h.shape[0], h.shape[1]
+
+        def span(t: torch.Tensor) -> int:
+            return max_offset(t[None, :kc, :kr])
+
+        while max(span(h), span(r)) > rcab.MAX_OFFSET and (kc > 1 or kr > 1):
+            t = h if span(h) >= span(r) else r
+            if kr == 1 or (kc > 1 and (kc - 1) * t.stride(0) >= (kr - 1) * t.stride(1)):
+                kc = (kc + 1) // 2
+            else:
+                kr = (kr + 1) // 2
+        for c in range(0, h.shape[0], kc):
+            for y in range(0, h.shape[1], kr):
+                hs, rs = h[None, c : c + kc, y : y + kr], r[None, c : c + kc, y : y + kr]
+                scale_add(rs, g[:, c : c + kc], x=hs, out=hs)
 
 
 class OrtRunner:

@@ -16,6 +16,9 @@ from .helpers import SAMPLE
 # at collection time before this file runs.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+else:  # tests compare float32 paths at ~1e-5; TF32 convolutions/matmuls would round to ~1e-3
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 @pytest.fixture(scope="session")

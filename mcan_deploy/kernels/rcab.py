@@ -23,9 +23,12 @@ installed; ``mcan_deploy.kernels.fused_available`` says whether it can run on a 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "channel_sums",
@@ -34,9 +37,11 @@ __all__ = [
     "scale_add",
     "FusedChannelAttention",
     "fused_channel_attention",
+    "max_offset",
+    "MAX_OFFSET",
 ]
 
-_MAX_ELEMENTS = 2**31 - 1  # in-image offsets are int32; the batch offset is int64
+MAX_OFFSET = 2**31 - 1  # in-image offsets are int32; the batch offset is int64
 
 
 @triton.jit
@@ -147,8 +152,8 @@ def _scale_add_kernel(
     BLOCK_P: tl.constexpr,
 ):
     """OUT[b, c, p] = R[b, c, p] * S[b, c] (+ X[b, c, p]) (+ K[b, c]); FLAT as in the sums."""
-    pid_b = tl.program_id(0)
-    pid_p = tl.program_id(1)
+    pid_p = tl.program_id(0)  # pixel blocks on axis 0: CUDA caps grid axes 1 and 2 at 65535
+    pid_b = tl.program_id(1)
     c = tl.arange(0, BLOCK_C)
     cmask = c < C
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -187,8 +192,19 @@ def _check(t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: expected (B, C, H, W), got shape {tuple(t.shape)}")
     if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"{name}: dtype {t.dtype} is not float32, float16 or bfloat16")
-    if t[:1].numel() > _MAX_ELEMENTS:
-        raise ValueError(f"{name}: {t[:1].numel()} elements per image exceed int32 offsets; tile the image")
+    if max_offset(t) > MAX_OFFSET:
+        raise ValueError(f"{name}: offsets within one image of shape {tuple(t.shape)} exceed int32; "
+                         "split it (rows) or tile the image")
+
+
+def max_offset(t: torch.Tensor) -> int:
+    """Largest element offset within one image (B = 1) of a strided (B, C, H, W) view."""
+    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:]) if size)
+
+
+def _on(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Launch on the tensor's GPU, not on the current one (cuda:1 tensors with cuda:0 current)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _flat(*ts: torch.Tensor) -> bool:
@@ -199,7 +215,7 @@ def _flat(*ts: torch.Tensor) -> bool:
 def _n_groups(batch: int, hw: int, block_p: int, device: torch.device) -> int:
     """Programs per image for the reduction: enough to fill the GPU, no more than pixel blocks."""
     if device.type == "cuda":
-        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        target = 8 * torch.cuda.get_device_properties(device).multi_processor_count
     else:
         target = 2
     return max(1, min(triton.cdiv(hw, block_p), triton.cdiv(target, max(batch, 1))))
@@ -221,9 +237,10 @@ def _partial_sums(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tenso
         _check(b, "b")
         if b.shape != a.shape:
             raise ValueError(f"shapes differ: {tuple(a.shape)} and {tuple(b.shape)}")
-    _channel_sums_kernel[(n, groups)](
-        a, bb, part, c, h, w, groups, *a.stride(), *bb.stride(),
-        HAS_B=b is not None, FLAT=_flat(a, bb), BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
+    with _on(a):
+        _channel_sums_kernel[(n, groups)](
+            a, bb, part, c, h, w, groups, *a.stride(), *bb.stride(),
+            HAS_B=b is not None, FLAT=_flat(a, bb), BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
     return part
 
 
@@ -243,10 +260,11 @@ def _launch_gate(part: torch.Tensor, inv_hw: float, wd: torch.Tensor, bd: torch.
     z = torch.empty(n, r, device=dev, dtype=torch.float32)
     s = torch.empty(n, c, device=dev, dtype=torch.float32)
     if n:
-        _gate_kernel[(n,)](
-            part, wd.contiguous(), bd.contiguous(), wu.contiguous(), bu.contiguous(), mean, z, s,
-            groups, c, r, inv_hw, BLOCK_C=triton.next_power_of_2(c),
-            BLOCK_R=triton.next_power_of_2(r), BLOCK_G=min(64, triton.next_power_of_2(groups)))
+        with _on(part):
+            _gate_kernel[(n,)](
+                part, wd.contiguous(), bd.contiguous(), wu.contiguous(), bu.contiguous(), mean, z, s,
+                groups, c, r, inv_hw, BLOCK_C=triton.next_power_of_2(c),
+                BLOCK_R=triton.next_power_of_2(r), BLOCK_G=min(64, triton.next_power_of_2(groups)))
     return mean, z, s
 
 
@@ -285,9 +303,11 @@ def scale_add(r: torch.Tensor, s: torch.Tensor, x: torch.Tensor | None = None,
     s = s.to(torch.float32).contiguous()
     k = k.to(torch.float32).contiguous() if k is not None else s
     xx = x if x is not None else r
-    _scale_add_kernel[(n, triton.cdiv(h * w, block_p))](
-        r, s, xx, k, out, c, h, w, *r.stride(), *xx.stride(), *out.stride(),
-        HAS_X=x is not None, HAS_K=k is not s, FLAT=_flat(r, xx, out), BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
+    with _on(r):
+        _scale_add_kernel[(triton.cdiv(h * w, block_p), n)](
+            r, s, xx, k, out, c, h, w, *r.stride(), *xx.stride(), *out.stride(),
+            HAS_X=x is not None, HAS_K=k is not s, FLAT=_flat(r, xx, out), BLOCK_C=block_c, BLOCK_P=block_p,
+            num_warps=warps)
     return out
 
 
@@ -304,10 +324,11 @@ def gate_backward(part: torch.Tensor, hw: int, mean: torch.Tensor, z: torch.Tens
     dwu = torch.empty(n, c, r, device=dev, dtype=torch.float32)
     dbu = torch.empty(n, c, device=dev, dtype=torch.float32)
     if n:
-        _gate_backward_kernel[(n,)](
-            part, mean, z, s, wd.contiguous(), wu.contiguous(), dk, dwd, dbd, dwu, dbu,
-            groups, c, r, 1.0 / max(hw, 1), BLOCK_C=triton.next_power_of_2(c),
-            BLOCK_R=triton.next_power_of_2(r), BLOCK_G=min(64, triton.next_power_of_2(groups)))
+        with _on(part):
+            _gate_backward_kernel[(n,)](
+                part, mean, z, s, wd.contiguous(), wu.contiguous(), dk, dwd, dbd, dwu, dbu,
+                groups, c, r, 1.0 / max(hw, 1), BLOCK_C=triton.next_power_of_2(c),
+                BLOCK_R=triton.next_power_of_2(r), BLOCK_G=min(64, triton.next_power_of_2(groups)))
     return dk, dwd.sum(0), dbd.sum(0), dwu.sum(0), dbu.sum(0)
 
 
@@ -328,6 +349,7 @@ class FusedChannelAttention(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # no double backward: create_graph=True raises instead of dropping terms
     def backward(ctx, dy):  # type: ignore[override]
         r, mean, z, s, wd, wu = ctx.saved_tensors
         x_dt, wd_dt, bd_dt, wu_dt, bu_dt = ctx.dtypes

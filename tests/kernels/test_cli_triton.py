@@ -19,8 +19,9 @@ from mcan_deploy.model import ModelConfig, build_model
 
 from ..helpers import tiny_plan_dict
 
-pytestmark = pytest.mark.skipif(not kernels.fused_available(torch.device("cpu"), warn=False)
-                                and not torch.cuda.is_available(), reason="Triton cannot run here")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: Triton's interpreter
+pytestmark = pytest.mark.skipif(not kernels.fused_available(torch.device(DEVICE), warn=False),
+                                reason="Triton cannot run here")
 
 
 def test_train_with_the_fused_tail_matches_torch_and_resumes_across_impls(sample_dir, tmp_path, capsys):
@@ -30,7 +31,7 @@ def test_train_with_the_fused_tail_matches_torch_and_resumes_across_impls(sample
     for impl in ("torch", "triton"):
         out = tmp_path / impl
         assert train_main(["--config", str(plan), "--data", str(sample_dir), "--out", str(out),
-                           "--device", "cpu", "--no-progress", "--rcab", impl]) == 0
+                           "--device", DEVICE, "--no-progress", "--rcab", impl]) == 0
         runs[impl] = out
     capsys.readouterr()
     w_torch, meta = load_tensors(runs["torch"] / "model.safetensors")
@@ -45,7 +46,7 @@ def test_train_with_the_fused_tail_matches_torch_and_resumes_across_impls(sample
     assert any("psnr" in v for v in val)
     # how the RCABs run may change on resume; the plan itself may not
     assert train_main(["--config", str(plan), "--data", str(sample_dir), "--out", str(runs["torch"]),
-                       "--device", "cpu", "--no-progress", "--rcab", "triton"]) == 0
+                       "--device", DEVICE, "--no-progress", "--rcab", "triton"]) == 0
     assert "already finished" in capsys.readouterr().out
 
 
@@ -59,7 +60,7 @@ def test_upscale_with_the_fused_tail_matches_torch(tmp_path, capsys):
     for impl in ("torch", "triton"):
         for stats in ("global", "tile"):
             rc = upscale_main([str(path), str(tmp_path / "in.png"), "-o", str(tmp_path / f"{impl}-{stats}"),
-                               "--rcab", impl, "--ca-stats", stats, "--tile", "24", "--device", "cpu",
+                               "--rcab", impl, "--ca-stats", stats, "--tile", "24", "--device", DEVICE,
                                "--no-progress"])
             assert rc == 0
             outs[impl, stats] = cv2.imread(str(tmp_path / f"{impl}-{stats}" / "in.png"), cv2.IMREAD_UNCHANGED)

@@ -210,3 +210,106 @@ def test_triton_runner_in_the_tiling_engine_equals_the_torch_runner(ca_stats):
     out, report = upscale_tensor(fused, x, cfg)
     assert report.ca_stats == ca_stats
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def _cuda_launch(monkeypatch, groups: int | None = None):
+    """The launch parameters a GPU gets (64-pixel blocks for 64 channels, many reduction
+    programs), so that the interpreter covers the loops and masks the GPU will run."""
+    import triton
+
+    from mcan_deploy.kernels import rcab as K
+
+    monkeypatch.setattr(K, "_blocks", lambda c, device: (triton.next_power_of_2(c),
+                                                          max(16, 4096 // triton.next_power_of_2(c)), 4))
+    if groups is not None:
+        monkeypatch.setattr(K, "_n_groups", lambda batch, hw, block_p, device: min(groups, triton.cdiv(hw, block_p)))
+    return K
+
+
+def test_gpu_launch_parameters_with_many_reduction_programs(monkeypatch):
+    """150 programs per image: the gate kernels sum the partials in several 64-row passes."""
+    from mcan_deploy.kernels.reference import channel_attention_tail
+
+    K = _cuda_launch(monkeypatch, groups=150)
+    args = [t.detach().requires_grad_() for t in _inputs((2, 64, 97, 101, 4), torch.float16, True)]
+    assert K._partial_sums(args[1]).shape == (2, 150, 64)
+    y = K.fused_channel_attention(*args)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    (y.float() * dy).sum().backward()
+    ref = [t.detach().double().requires_grad_() for t in args]
+    y_ref = channel_attention_tail(*ref)
+    (y_ref * dy.double()).sum().backward()
+    _close(y, y_ref, torch.float16, "y")
+    for a, b in zip(args, ref):
+        _close(a.grad, b.grad, torch.float16, "grad")
+
+
+def test_grid_fits_cuda_limits_for_a_12_megapixel_map(monkeypatch):
+    """CUDA caps grid axes 1 and 2 at 65535 blocks: a 12 MP map has 187500 pixel blocks, so the
+    pixel axis must be axis 0. The launches are recorded, not run (expanded, storage-free maps)."""
+    K = _cuda_launch(monkeypatch)
+    grids = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return lambda *a, **k: None
+
+    monkeypatch.setattr(K, "_scale_add_kernel", Recorder())
+    monkeypatch.setattr(K, "_channel_sums_kernel", Recorder())
+    big = torch.zeros(1, 64, 1, 1, device=DEVICE, dtype=torch.float16).expand(1, 64, 3000, 4000)
+    K.scale_add(big, torch.ones(1, 64, device=DEVICE), x=big, out=big)
+    K.channel_sums(big)
+    assert len(grids) == 2 and grids[0][0] == 187500
+    for g in grids:
+        assert all(n <= 65535 for n in g[1:]) and g[0] <= 2**31 - 1, g
+
+
+def test_mixed_dtypes_and_partial_gradients():
+    """float32 x with float16 r (autocast-style); gradients only where asked for."""
+    from mcan_deploy.kernels.rcab import fused_channel_attention
+    from mcan_deploy.kernels.reference import channel_attention_tail
+
+    x, _, wd, bd, wu, bu = _inputs((2, 16, 9, 13, 4), torch.float32, False)
+    _, r, *_ = _inputs((2, 16, 9, 13, 4), torch.float16, False, seed=5)
+    r = r.detach().requires_grad_()
+    y = fused_channel_attention(x, r, wd, bd, wu, bu)  # only r needs a gradient
+    assert y.dtype == torch.float32
+    y.sum().backward()
+    rr = r.detach().double().requires_grad_()
+    y_ref = channel_attention_tail(x.double(), rr, wd.double(), bd.double(), wu.double(), bu.double())
+    y_ref.sum().backward()
+    _close(y, y_ref, torch.float16, "y")
+    assert r.grad.dtype == torch.float16
+    _close(r.grad, rr.grad, torch.float16, "dr")
+
+
+def test_double_backward_is_refused_not_silently_wrong():
+    from mcan_deploy.kernels.rcab import fused_channel_attention
+
+    args = [t.detach().requires_grad_() for t in _inputs((1, 8, 4, 4, 2), torch.float32, False)]
+    (g,) = torch.autograd.grad(fused_channel_attention(*args).pow(2).sum(), args[1], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
+        g.sum().backward()
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_maps_beyond_int32_offsets_are_applied_in_pieces(monkeypatch, channels_last):
+    """The kernels index within an image in int32; the runner splits bigger maps (lowered limit)."""
+    from mcan_deploy.kernels import rcab as K
+    from mcan_deploy.runners import TorchRunner, TritonRunner
+
+    model = build_model(ModelConfig(n_blocks=1, n_resblocks=1, n_feats=8))
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(8, 30, 20, generator=g).to(DEVICE)
+    if channels_last:
+        h = h.permute(1, 2, 0).contiguous().permute(2, 0, 1)  # (C, H, W) with channels innermost
+    r = torch.randn(8, 30, 20, generator=g).to(DEVICE)
+    gate = torch.rand(8, generator=g).to(DEVICE)
+    want = h.clone()
+    TorchRunner(model, DEVICE).gate_add(want, r.clone(), gate)
+    monkeypatch.setattr(K, "MAX_OFFSET", 1000)  # < 8 * 30 * 20: needs several pieces
+    with pytest.raises(ValueError, match="exceed int32"):
+        K.scale_add(r[None], gate[None], x=h[None], out=h[None].clone())
+    TritonRunner(copy.deepcopy(model), DEVICE).gate_add(h, r, gate)
+    torch.testing.assert_close(h, want, rtol=1e-6, atol=1e-6)

@@ -26,6 +26,7 @@ def test_smoke_run_writes_every_section_with_small_differences(tmp_path):
                    check=True, env=env, capture_output=True, timeout=300)
     (js,) = tmp_path.glob("rcab-smoke-*.json")
     res = json.loads(js.read_text())
+    assert res["wrong_results"] == [] and "errors" not in res
     assert {"torch", "triton", "date"} <= set(res["machine"])
     seen = {(r["section"], r["dtype"], r["impl"]) for r in res["rows"]}
     for section in ("tail_fwd", "tail_bwd", "rcab_fwd", "n_fwd"):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, NonFiniteError, ConfigError
 from .io import atomic_write_bytes
 from .model import MCAN, build_model
 
@@ -27,6 +27,9 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[
     """Atomically write tensors with JSON-encoded metadata to a safetensors file."""
     from safetensors.torch import save
 
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # a NaN checkpoint would poison every resume; the previous file stays
+        raise NonFiniteError(f"{path}: not written, {len(bad)} tensor(s) hold NaN or inf (first: {bad[0]})")
     data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write_bytes(path, save(data, metadata={"format": FORMAT, "meta": json.dumps(meta)}))
 

@@ -129,9 +129,10 @@ class DataConfig:
     augment: bool = True  # random 0/90/180/270 rotation and horizontal flip
     val_max_size: int = 1500  # validation images are centre-cropped to at most this side
     shave: int = 0  # border pixels ignored by PSNR / SSIM
+    max_pixels: int = 200_000_000  # image files declaring more pixels are refused before decoding
 
     def __post_init__(self) -> None:
-        for name in ("patch_size", "batch_size", "val_max_size"):
+        for name in ("patch_size", "batch_size", "val_max_size", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} = {getattr(self, name)} must be >= 1")
         if self.shave < 0:
@@ -147,8 +148,19 @@ class TrainConfig:
     val_every: int = 500  # iterations between validations (and one at every phase end)
     checkpoint_every: int = 500  # iterations between resumable checkpoints
     strip_size: int = 192  # side of the test crop shown in the report's image strip
+    # a NaN/inf loss (or weights): "retry" restores the last good checkpoint and continues with
+    # the phase's learning rates x nonfinite_lr_factor, at most nonfinite_retries times per
+    # phase; "stop" keeps that checkpoint and stops with the reason
+    on_nonfinite: Literal["retry", "stop"] = "retry"
+    nonfinite_retries: int = 3
+    nonfinite_lr_factor: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.on_nonfinite not in ("retry", "stop"):
+            raise ConfigError(f"train.on_nonfinite = {self.on_nonfinite!r} is not one of ['retry', 'stop']")
+        if self.nonfinite_retries < 0 or not 0 < self.nonfinite_lr_factor < 1:
+            raise ConfigError(f"train.nonfinite_retries = {self.nonfinite_retries} must be >= 0 and "
+                              f"train.nonfinite_lr_factor = {self.nonfinite_lr_factor} in (0, 1)")
         if self.log_every < 1 or self.strip_size < 1:
             raise ConfigError(f"train.log_every = {self.log_every} and train.strip_size = "
                               f"{self.strip_size} must be >= 1")

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
-from .io import IMAGE_SUFFIXES, list_images, read_image
+from .errors import DataError, ImageReadError
+from .io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images, read_image
 
 log = logging.getLogger(__name__)
 
@@ -45,47 +45,57 @@ def _child(folder: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
+def _problem_report(root: Path, problems: list[str]) -> DataError:
+    shown = problems[:50]
+    more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+    return DataError(f"{root}: {len(problems)} problem{'s' * (len(problems) > 1)} with the image pairs "
+                     "(fix them all, then run again):\n  - " + "\n  - ".join(shown) + more)
+
+
+def _by_key(files: list[Path], key, problems: list[str], what: str) -> dict:
+    """Files by pairing key; two files with one key (001.png and 001.jpg) are a problem."""
+    out: dict = {}
+    for f in files:
+        k = key(f)
+        if k is None:
+            continue
+        if k in out:
+            problems.append(f"{out[k]} and {f}: two {what} files for one pair; keep one")
+        else:
+            out[k] = f
+    return out
+
+
 def find_pairs(root: str | Path) -> list[Pair]:
-    """All LR/HR pairs under ``root`` in either layout; ``DataError`` if there are none or an
-    HR file has no LR partner."""
+    """All LR/HR pairs under ``root`` in either layout. Every problem (a file without a partner,
+    two files for one pair) is collected and raised as one ``DataError``."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder; pass a folder with HR/ and LR/ or RealSR *_HR/*_LR files")
+    problems: list[str] = []
     hr_dir, lr_dir = _child(root, ("hr",)), _child(root, ("lr",))
     if hr_dir and lr_dir:
-        pairs = []
-        lr_by_stem = {p.stem: p for p in list_images(lr_dir)}
-        for hr in list_images(hr_dir):
-            lr = lr_by_stem.get(hr.stem)
-            if lr is None:
-                raise DataError(f"{hr}: no LR partner named {hr.stem}.* in {lr_dir}")
-            pairs.append(Pair(hr.stem, lr, hr))
+        hrs = _by_key(list_images(hr_dir), lambda p: p.stem, problems, "HR")
+        lrs = _by_key(list_images(lr_dir), lambda p: p.stem, problems, "LR")
+        problems += [f"{hrs[k]}: no LR partner named {k}.* in {lr_dir}" for k in sorted(set(hrs) - set(lrs))]
+        problems += [f"{lrs[k]}: no HR partner named {k}.* in {hr_dir}" for k in sorted(set(lrs) - set(hrs))]
+        pairs = [Pair(k, lrs[k], hrs[k]) for k in sorted(set(hrs) & set(lrs))]
     else:
-        pairs = _find_v3_pairs(root)
+        files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        v3_key = lambda rx: (lambda p: (p.parent, m["stem"]) if (m := rx.match(p.stem)) else None)  # noqa: E731
+        hrs = _by_key(files, v3_key(_V3_HR), problems, "HR")
+        lrs = _by_key(files, v3_key(_V3_LR), problems, "LR")
+        problems += [f"{hrs[k]}: no LR partner named {k[1]}_LR*.* beside it" for k in sorted(set(hrs) - set(lrs))]
+        problems += [f"{lrs[k]}: no HR partner named {k[1]}_HR.* beside it" for k in sorted(set(lrs) - set(hrs))]
+        pairs = [Pair(str(hrs[k].relative_to(root).with_name(k[1])), lrs[k], hrs[k])
+                 for k in sorted(set(hrs) & set(lrs))]
+    if problems:
+        raise _problem_report(root, problems)
     if not pairs:
         raise DataError(
             f"{root}: no image pairs found; expected HR/ and LR/ folders with the same file "
             "names, or RealSR v3 files such as Canon_001_HR.png beside Canon_001_LR2.png"
         )
-    return pairs
-
-
-def _find_v3_pairs(root: Path) -> list[Pair]:
-    files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    lrs: dict[tuple[Path, str], Path] = {}
-    for p in files:
-        m = _V3_LR.match(p.stem)
-        if m:
-            lrs[(p.parent, m["stem"])] = p
-    pairs = []
-    for p in files:
-        m = _V3_HR.match(p.stem)
-        if not m:
-            continue
-        lr = lrs.get((p.parent, m["stem"]))
-        if lr is None:
-            raise DataError(f"{p}: no LR partner named {m['stem']}_LR*.* beside it")
-        pairs.append(Pair(str(p.relative_to(root).with_name(m["stem"])), lr, p))
     return pairs
 
 
@@ -113,11 +123,16 @@ def upsample_factor(lr_size: tuple[int, int], hr_size: tuple[int, int], pair: Pa
     )
 
 
-def load_pair(pair: Pair) -> tuple[torch.Tensor, torch.Tensor]:
-    """(LR, HR) as float32 (3, H, W) tensors at the HR size, LR upsampled bicubically if needed."""
+def load_pair(pair: Pair, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LR, HR) as float32 (3, H, W) tensors at the HR size, LR upsampled bicubically if needed.
+    LR and HR must have the same colour kind (both gray or both colour, alpha on both or none)."""
     import cv2
 
-    lr_img, hr_img = read_image(pair.lr), read_image(pair.hr)
+    lr_img, hr_img = read_image(pair.lr, max_pixels), read_image(pair.hr, max_pixels)
+    kind = lambda im: ("gray" if im.gray else "colour") + (" + alpha" if im.alpha is not None else "")  # noqa: E731
+    if kind(lr_img) != kind(hr_img):
+        raise DataError(f"{pair.lr} ({kind(lr_img)}) and {pair.hr} ({kind(hr_img)}): channel counts differ; "
+                        "export both with the same channels")
     scale = upsample_factor(lr_img.size, hr_img.size, pair)
     lr = lr_img.rgb
     if scale > 1:
@@ -159,19 +174,28 @@ class PairedImages:
         return PairedImages(self.names, inputs, self.targets)
 
 
-def load_images(root: str | Path, max_size: int | None = None, progress: bool = True) -> PairedImages:
-    """Load every pair under ``root`` (optionally centre-cropped to ``max_size``)."""
+def load_images(root: str | Path, max_size: int | None = None, progress: bool = True,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> PairedImages:
+    """Load every pair under ``root`` (optionally centre-cropped to ``max_size``). A bad pair
+    (unreadable file, sizes or channels that do not match) does not stop the loading: all of
+    them are named in one ``DataError`` at the end."""
     from tqdm.auto import tqdm
 
     pairs = find_pairs(root)
-    names, inputs, targets = [], [], []
+    names, inputs, targets, problems = [], [], [], []
     for pair in tqdm(pairs, desc=f"load {Path(root).name}", unit="img", disable=not progress, leave=False):
-        lr, hr = load_pair(pair)
+        try:
+            lr, hr = load_pair(pair, max_pixels)
+        except (DataError, ImageReadError) as exc:
+            problems.append(str(exc))
+            continue
         if max_size:
             lr, hr = center_crop(lr, max_size), center_crop(hr, max_size)
         names.append(pair.name)
         inputs.append(lr)
         targets.append(hr)
+    if problems:
+        raise _problem_report(Path(root), problems)
     log.info("loaded %d pairs from %s (%.1f megapixels)", len(names), root,
              sum(t.shape[-1] * t.shape[-2] for t in targets) / 1e6)
     return PairedImages(names, inputs, targets)

@@ -25,3 +25,11 @@ class DataError(MCANError):
 
 class CheckpointError(MCANError):
     """A model file, checkpoint or run directory is missing, corrupt or does not match."""
+
+
+class NonFiniteError(MCANError):
+    """A loss or a tensor about to be saved is NaN or infinite (training diverged)."""
+
+
+class TrainingDiverged(MCANError):
+    """Training hit non-finite values and the plan says stop (or its retries are used up)."""

@@ -17,6 +17,9 @@ import numpy as np
 from .errors import ImageReadError, MCANError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+# Files whose header declares more pixels are refused before decoding (a float32 RGB copy of a
+# 200 MP image is 2.4 GB); callers pass their own limit (mcan-upscale --max-pixels, data.max_pixels).
+DEFAULT_MAX_PIXELS = 200_000_000
 
 
 @dataclass
@@ -62,29 +65,52 @@ def _to_unit_float(arr: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
     if arr.dtype == np.uint16:
         return arr.astype(np.float32) / 65535.0, 16
     if arr.dtype == np.float32:
+        if not np.isfinite(arr).all():
+            raise ImageReadError(f"{path}: float image holds NaN or infinite values; fix or re-export it")
         return np.clip(arr, 0.0, 1.0), 32
     raise ImageReadError(
         f"{path}: unsupported pixel type {arr.dtype}; use 8- or 16-bit PNG/TIFF or JPEG"
     )
 
 
-def read_image(path: str | Path) -> LoadedImage:
-    """Decode an image file; raises ``ImageReadError`` naming the file when it cannot."""
+def _check_pixels(path: Path, w: int, h: int, max_pixels: int, what: str) -> None:
+    if w * h > max_pixels:
+        raise ImageReadError(
+            f"{path}: {what} {w}x{h} = {w * h / 1e6:.1f} MP, above the limit of {max_pixels / 1e6:.1f} MP; "
+            "raise the limit (mcan-upscale --max-pixels, data.max_pixels) if the file is trusted"
+        )
+
+
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Decode an image file; raises ``ImageReadError`` naming the file when it cannot.
+
+    The size declared in the header is checked against ``max_pixels`` before any decoding."""
     import cv2
+
+    from .imagesize import header_size
 
     path = Path(path)
     try:
-        buf = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file") from None
     except OSError as exc:
-        raise ImageReadError(f"{path}: cannot read ({exc.strerror})") from None
-    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
-    if arr is None:
+        raise ImageReadError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not data:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+    declared = header_size(data)
+    if declared is not None:
+        _check_pixels(path, *declared, max_pixels, "header declares")
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # e.g. OpenCV's own size limit, or a decoder failure
+        raise ImageReadError(f"{path}: not a readable image ({str(exc).strip().splitlines()[-1][:200]})") from None
+    if arr is None or arr.size == 0:
         raise ImageReadError(
-            f"{path}: not a readable image (empty, truncated or not one of "
+            f"{path}: not a readable image (truncated, corrupt or not one of "
             f"{', '.join(IMAGE_SUFFIXES)})"
         )
+    _check_pixels(path, arr.shape[1], arr.shape[0], max_pixels, "decoded size")
     arr, depth = _to_unit_float(arr, path)
     alpha = None
     gray = False

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .errors import MCANError
-from .io import IMAGE_SUFFIXES, list_images, read_image, write_image
+from .io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images, read_image, write_image
 from .runners import Runner
 from .tiling import TileConfig, TileReport, upscale_tensor
 
@@ -83,9 +83,15 @@ class Prepared:
     gray: bool
 
 
-def prepare(job: Job, scale: float = 1.0) -> Prepared:
-    """Read ``job.src`` and resize it (and its alpha) by ``scale``."""
-    img = read_image(job.src)
+def prepare(job: Job, scale: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS) -> Prepared:
+    """Read ``job.src`` and resize it (and its alpha) by ``scale``; ``max_pixels`` bounds the
+    file's declared size (before decoding) and the size after ``scale``."""
+    img = read_image(job.src, max_pixels)
+    h, w = img.size
+    th, tw = max(1, round(h * scale)), max(1, round(w * scale))
+    if th * tw > max_pixels:
+        raise MCANError(f"{job.src}: {w}x{h} x {scale:g} = {tw}x{th} = {tw * th / 1e6:.1f} MP, above the "
+                        f"limit of {max_pixels / 1e6:.1f} MP; lower --scale or raise --max-pixels")
     rgb = resize(img.rgb, scale)
     alpha = resize(img.alpha, scale) if img.alpha is not None else None
     x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
@@ -100,9 +106,10 @@ def write_result(job: Job, prepared: Prepared, out: torch.Tensor) -> None:
 
 
 def upscale_file(runner: Runner, job: Job, cfg: TileConfig, scale: float = 1.0,
-                 progress: Callable[[int], None] | None = None) -> TileReport:
+                 progress: Callable[[int], None] | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> TileReport:
     """Upscale one file into ``job.dst`` (written atomically)."""
-    prepared = prepare(job, scale)
+    prepared = prepare(job, scale, max_pixels)
     out, report = upscale_tensor(runner, prepared.x, cfg, progress)
     write_result(job, prepared, out)
     return report

@@ -40,12 +40,12 @@ def spied_run(monkeypatch):
     calls = []
     real = phases_mod.run_stage
 
-    def spy(forward, optimizer, sample, stage, start, log_every, callbacks, progress=None):
+    def spy(forward, optimizer, sample, stage, start, log_every, callbacks, progress=None, **kw):
         model = spy.model
         before = _block_states(model)
         with torch.no_grad():
             peak = forward(torch.full((1, 3, 16, 16), 3.0)).max().item()
-        out = real(forward, optimizer, sample, stage, start, log_every, callbacks, progress)
+        out = real(forward, optimizer, sample, stage, start, log_every, callbacks, progress, **kw)
         after = _block_states(model)
         calls.append(dict(stage=stage.name, clamp=stage.clamp, peak=peak,
                           changed=[not _same(b, a) for b, a in zip(before, after)]))

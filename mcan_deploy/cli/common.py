@@ -18,18 +18,32 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 
-def run_main(prog: str, body: Callable[[], int]) -> int:
-    """Run ``body``; an ``MCANError`` becomes one line on stderr and exit code 1."""
+def run_main(prog: str, body: Callable[[], int], debug: bool = False) -> int:
+    """Run ``body``; an ``MCANError`` becomes its message on stderr and exit code 1, any other
+    exception one line naming its type (``debug``: the traceback instead)."""
     try:
         return body()
     except MCANError as exc:
+        if debug:
+            raise
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the one place that turns the unexpected into a line
+        if debug:
+            raise
+        msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        print(f"{prog}: error: unexpected {type(exc).__name__}: {msg} (run again with --debug for "
+              "the traceback, and please report it)", file=sys.stderr)
         return EXIT_ERROR
 
 
 def cli_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
              argv: list[str] | None) -> int:
-    """Parse ``argv``, set up logging (``-v`` for debug) and run, turning errors into exit codes."""
+    """Parse ``argv``, set up logging (``-v`` for debug) and run, turning errors into exit codes
+    (``--debug``: tracebacks instead of one-line errors)."""
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
-    setup_logging(getattr(args, "verbose", False))
-    return run_main(parser.prog, lambda: run(args))
+    setup_logging(getattr(args, "verbose", False) or args.debug)
+    return run_main(parser.prog, lambda: run(args), args.debug)

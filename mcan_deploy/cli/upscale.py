@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RCAB channel-attention tail for PyTorch models: eager torch or the fused "
                         "Triton kernels (CUDA; falls back to torch where Triton cannot run)")
     p.add_argument("--suffix", help="output format, e.g. .png (default: the input's)")
+    p.add_argument("--max-pixels", type=float, default=200e6,
+                   help="refuse images larger than this many pixels, from the file's header before "
+                        "decoding, and after --scale (default 200e6)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -64,6 +67,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if not (math.isfinite(args.scale) and args.scale > 0):
         raise MCANError(f"--scale {args.scale}: must be a number > 0")
+    if not (math.isfinite(args.max_pixels) and args.max_pixels >= 1):
+        raise MCANError(f"--max-pixels {args.max_pixels}: must be a number >= 1")
     if args.suffix and args.suffix.lower() not in IMAGE_SUFFIXES:
         raise MCANError(f"--suffix {args.suffix}: choose one of {', '.join(IMAGE_SUFFIXES)}")
     runner = load_runner(args.model, args.device, args.dtype, args.rcab)
@@ -83,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
                 skipped += 1
                 continue
             try:
-                prepared = prepare(job, args.scale)
+                prepared = prepare(job, args.scale, int(args.max_pixels))
                 _, h, w = prepared.x.shape
                 with tqdm(total=planned_windows(runner, h, w, cfg), desc=job.src.name, unit="tile",
                           leave=False, disable=args.no_progress) as bar:
@@ -92,7 +97,17 @@ def _run(args: argparse.Namespace) -> int:
                 log.info("%s -> %s (%dx%d): %s", job.src, job.dst, w, h, report.summary())
                 done += 1
             except MCANError as exc:
+                if args.debug:
+                    raise
                 log.error("%s", exc)
+                failed += 1
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop a batch
+                if args.debug:
+                    raise
+                log.error("%s: unexpected %s: %s (--debug for the traceback)", job.src, type(exc).__name__,
+                          (str(exc).strip().splitlines() or [""])[0][:300])
                 failed += 1
     print(f"mcan-upscale: {done} written, {skipped} skipped, {failed} failed "
           f"in {time.perf_counter() - t0:.1f} s -> {args.out}")

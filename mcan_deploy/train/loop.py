@@ -6,6 +6,7 @@ how it is clamped and which data it sees is decided by the phase runner.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import LossName, StageConfig
+from ..errors import NonFiniteError
 from ..metrics import rgb_to_y
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -59,9 +61,11 @@ def run_stage(
     log_every: int,
     callbacks: LoopCallbacks,
     progress: str | None = None,
+    lr_scale: float = 1.0,
 ) -> int:
     """Train from ``start_iter`` to the end of ``stage``; returns the iteration reached (less
-    than the total only when ``should_stop`` asked to stop)."""
+    than the total only when ``should_stop`` asked to stop). The stage's learning rates are
+    multiplied by ``lr_scale``; a NaN or infinite loss raises ``NonFiniteError``."""
     from tqdm.auto import tqdm
 
     criterion = loss_function(stage.loss)
@@ -73,7 +77,7 @@ def run_stage(
     it = start_iter
     try:
         while it < total:
-            lr = stage.lr_at(it)
+            lr = stage.lr_at(it) * lr_scale
             for group in optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
@@ -84,7 +88,10 @@ def run_stage(
             loss.backward()
             optimizer.step()
             it += 1
-            loss_sum += loss.item()
+            value = loss.item()
+            if not math.isfinite(value):  # the step above may have spoilt the weights: the caller restores
+                raise NonFiniteError(f"stage {stage.name}, iteration {it}: loss is {value} (learning rate {lr:g})")
+            loss_sum += value
             n += 1
             bar.update(1)
             if it % log_every == 0 or it == total:

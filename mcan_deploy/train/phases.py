@@ -25,11 +25,11 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..checkpoint import (load_tensors, optimizer_from_flat, optimizer_to_flat, save_block,
+from ..checkpoint import (config_to_dict, load_tensors, optimizer_from_flat, optimizer_to_flat, save_block,
                           save_model, save_tensors)
 from ..config import Plan, PhaseConfig, dump_plan, load_plan, plan_to_dict
 from ..data import PairedImages, PatchSampler, load_images, split_dirs
-from ..errors import CheckpointError, MCANError
+from ..errors import CheckpointError, DataError, MCANError, NonFiniteError, TrainingDiverged
 from ..metrics import psnr, ssim
 from ..model import MCAN, build_model, inherit_block, init_block
 from ..runners import resolve_device
@@ -54,6 +54,8 @@ class RunPaths:
     def run_info(self) -> Path: return self.root / "run.json"
     @property
     def metrics(self) -> Path: return self.root / "metrics.jsonl"
+    @property
+    def events(self) -> Path: return self.root / "events.jsonl"  # append-only: never cut on resume
     @property
     def checkpoint(self) -> Path: return self.root / "checkpoints" / "last.safetensors"
     @property
@@ -206,7 +208,16 @@ class PhaseRunner:
         if not self.paths.checkpoint.exists():
             return Position(), None, 0
         tensors, meta = load_tensors(self.paths.checkpoint)
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        want = config_to_dict(self.plan.model)
+        if meta.get("model", want) != want:
+            diff = _first_difference(meta["model"], want)
+            raise CheckpointError(f"{self.paths.checkpoint}: written for another model, differing at "
+                                  f"model.{diff}; pass a new --out for this plan")
+        try:
+            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        except RuntimeError as exc:  # shapes or names do not fit this plan's model
+            raise CheckpointError(f"{self.paths.checkpoint}: does not fit this plan's model "
+                                  f"({str(exc).splitlines()[0][:200]}); pass a new --out") from None
         pos = Position(**meta["position"])
         log.info("resuming %s at phase %s, stage %d, iteration %d", self.paths.root,
                  self.plan.phases[pos.phase].name if pos.phase < len(self.plan.phases) else "end",
@@ -215,9 +226,10 @@ class PhaseRunner:
 
     def _save_checkpoint(self, model: MCAN, pos: Position, metrics: MetricsLog,
                          optimizer: torch.optim.Optimizer | None = None,
-                         sampler: PatchSampler | None = None) -> None:
+                         sampler: PatchSampler | None = None, lr_scale: float = 1.0) -> None:
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        meta: dict[str, Any] = {"position": dataclasses.asdict(pos), "metrics_lines": metrics.count}
+        meta: dict[str, Any] = {"position": dataclasses.asdict(pos), "metrics_lines": metrics.count,
+                                "model": config_to_dict(self.plan.model), "lr_scale": lr_scale}
         if optimizer is not None:
             opt_tensors, meta["optim"] = optimizer_to_flat(optimizer)
             tensors.update(opt_tensors)
@@ -228,9 +240,16 @@ class PhaseRunner:
     # ----- data -----------------------------------------------------------------------------
     def _load_data(self) -> tuple[PairedImages, PairedImages]:
         train_dir, test_dir = split_dirs(self.data_root)
-        train = load_images(train_dir, progress=self.progress).to(self.device)
-        val = load_images(test_dir, max_size=self.plan.data.val_max_size,
-                          progress=self.progress).to(self.device)
+        limit = self.plan.data.max_pixels
+        loaded, problems = [], []
+        for folder, max_size in ((train_dir, None), (test_dir, self.plan.data.val_max_size)):
+            try:  # both splits are checked before either error is raised: one report for all
+                loaded.append(load_images(folder, max_size=max_size, progress=self.progress, max_pixels=limit))
+            except DataError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise DataError("\n".join(problems))
+        train, val = (d.to(self.device) for d in loaded)
         return train, val
 
     def _inputs_before(self, pi: int, train: PairedImages, val: PairedImages) -> tuple[PairedImages, PairedImages]:
@@ -273,7 +292,8 @@ class PhaseRunner:
         log.info("phase %s: %s initialisation", phase.name, phase.init)
 
     def _train_phase(self, model: MCAN, pi: int, pos: Position, resume: dict[str, Any] | None,
-                     train: PairedImages, val: PairedImages, metrics: MetricsLog) -> None:
+                     train: PairedImages, val: PairedImages, metrics: MetricsLog,
+                     lr_scale: float = 1.0) -> None:
         phase = self.plan.phases[pi]
         cfg = self.plan
         if phase.kind == "train_block":
@@ -314,24 +334,24 @@ class PhaseRunner:
                     module.train()
                 if cfg.train.checkpoint_every and it % cfg.train.checkpoint_every == 0 \
                         and it < stage.total_iters:
-                    self._save_checkpoint(model, Position(pi, si, it), metrics, optimizer, sampler)
+                    self._save_checkpoint(model, Position(pi, si, it), metrics, optimizer, sampler, lr_scale)
 
             module.train()
             t0 = time.perf_counter()
             reached = run_stage(
                 forward, optimizer, sampler.sample, stage, start, cfg.train.log_every,
                 LoopCallbacks(on_log, on_iter_end, self.should_stop),
-                progress=f"{phase.name} {stage.name}" if self.progress else None,
+                progress=f"{phase.name} {stage.name}" if self.progress else None, lr_scale=lr_scale,
             )
             if reached < stage.total_iters:
-                self._save_checkpoint(model, Position(pi, si, reached), metrics, optimizer, sampler)
+                self._save_checkpoint(model, Position(pi, si, reached), metrics, optimizer, sampler, lr_scale)
                 raise TrainingInterrupted(
                     f"stopped at phase {phase.name}, stage {stage.name}, iteration {reached}; "
                     f"checkpoint written to {self.paths.checkpoint}; run the same command to resume"
                 )
             log.info("phase %s stage %s: %d iterations in %.1f s", phase.name, stage.name,
                      stage.total_iters - start, time.perf_counter() - t0)
-            self._save_checkpoint(model, Position(pi, si + 1, 0), metrics, sampler=sampler)
+            self._save_checkpoint(model, Position(pi, si + 1, 0), metrics, sampler=sampler, lr_scale=lr_scale)
         module.eval()
         final_clamp = phase.stages[-1].clamp
         scores = self._validate(forward_for(final_clamp), val)
@@ -400,7 +420,13 @@ class PhaseRunner:
                 train, val = self._generate(model, pi, train, val, metrics)
             else:
                 src_train, src_val = (train_raw, val_raw) if phase.kind == "train_joint" else (train, val)
-                self._train_phase(model, pi, pos, resume, src_train, src_val, metrics)
+                lr_scale = resume["meta"].get("lr_scale", 1.0) if resume else 1.0
+                for attempt in range(self.plan.train.nonfinite_retries + 1):
+                    try:
+                        self._train_phase(model, pi, pos, resume, src_train, src_val, metrics, lr_scale)
+                        break
+                    except NonFiniteError as exc:
+                        pos, resume, metrics, lr_scale = self._recover(model, pi, exc, attempt, lr_scale)
             resume, pos = None, Position(pi + 1)
             self._save_checkpoint(model, pos, metrics)
         model.eval()
@@ -408,6 +434,38 @@ class PhaseRunner:
         write_report(self.paths, self.plan, model, val_raw)
         log.info("run finished in %.1f s: %s", time.perf_counter() - t_run, self.paths.root)
         return self._result(metrics, already_finished=False)
+
+    def _recover(self, model: MCAN, pi: int, exc: NonFiniteError, attempt: int,
+                 lr_scale: float) -> tuple[Position, dict[str, Any] | None, MetricsLog, float]:
+        """After a NaN/inf: stop with the reason, or restore the last good checkpoint and go on
+        with lower learning rates (train.on_nonfinite)."""
+        tc, phase = self.plan.train, self.plan.phases[pi]
+        if tc.on_nonfinite == "stop" or attempt >= tc.nonfinite_retries:
+            why = ("train.on_nonfinite = 'stop'" if tc.on_nonfinite == "stop"
+                   else f"{tc.nonfinite_retries} retries with lower learning rates did not help")
+            raise TrainingDiverged(
+                f"phase {phase.name}: {exc}; stopped ({why}). The last good checkpoint "
+                f"{self.paths.checkpoint} is kept: lower this phase's learning rates in the plan"
+                + (" or set train.on_nonfinite = 'retry'" if tc.on_nonfinite == "stop" else "")
+            ) from None
+        if self.paths.checkpoint.exists():
+            pos, resume, keep = self._load_position(model)
+        else:  # diverged before the first checkpoint: start the run's model afresh
+            with seeded(self.plan.train.seed):
+                model.load_state_dict(build_model(self.plan.model).state_dict())
+            pos, resume, keep = Position(), None, 0
+        if pos.phase != pi:
+            raise TrainingDiverged(f"phase {phase.name}: {exc}; the last checkpoint is from another phase")
+        metrics = MetricsLog(self.paths.metrics, keep)
+        lr_scale *= tc.nonfinite_lr_factor
+        with self.paths.events.open("a") as f:
+            f.write(json.dumps({"event": "nonfinite", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                "phase": phase.name, "detail": str(exc), "restart": dataclasses.asdict(pos),
+                                "lr_scale": lr_scale}) + "\n")
+        log.warning("phase %s: %s; restarting from the last good checkpoint (stage %d, iteration %d) "
+                    "with learning rates x%g (retry %d of %d)", phase.name, exc, pos.stage, pos.iter,
+                    lr_scale, attempt + 1, tc.nonfinite_retries)
+        return pos, resume, metrics, lr_scale
 
     def _result(self, metrics: MetricsLog, already_finished: bool) -> RunResult:
         records = metrics.records()

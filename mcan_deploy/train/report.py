@@ -85,6 +85,11 @@ def write_report(paths: RunPaths, plan: Plan, model: MCAN, val: PairedImages | N
     data_s = sum(v["data"] for v in times.values())
     lines += ["", f"Training time {total_s:.1f} s over {sum(v['iters'] for v in times.values())} "
               f"iterations; {100 * data_s / total_s if total_s else 0:.1f}% of it waiting for data.", ""]
+    if paths.events.exists():  # NaN/inf restarts (train.on_nonfinite): say so beside the numbers
+        events = read_metrics(paths.events)
+        lines += ["## Events", ""] + [f"- phase {e['phase']}: {e['detail']}; restarted at stage {e['restart']['stage']}, "
+                                      f"iteration {e['restart']['iter']} with learning rates x{e['lr_scale']:g}"
+                                      for e in events] + [""]
     _plot_curves(paths, records)
     lines += ["## Curves", "", "![validation and training curves](curves.png)", ""]
     if val is not None and len(val):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .errors import CheckpointError, NonFiniteError, ConfigError
+from .errors import CheckpointError, ConfigError, NonFiniteError
 from .io import atomic_write_bytes
 from .model import MCAN, build_model
 
@@ -81,8 +81,65 @@ def save_model(path: str | Path, model: MCAN, **extra: Any) -> None:
     save_tensors(path, model.state_dict(), {"model": config_to_dict(model.config), **extra})
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> MCAN:
-    """Rebuild N from a model file written by ``save_model``."""
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; a raw pickle stream
+
+
+def is_pickle_file(path: str | Path) -> bool:
+    """Whether ``path`` looks like a pickle-based PyTorch file (.pt/.pth/.ckpt), by its bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return any(head.startswith(m) for m in _PICKLE_MAGIC)
+
+
+def infer_config(state: dict[str, torch.Tensor], source: str) -> ModelConfig:
+    """The ``ModelConfig`` that a state dict of ``MCAN`` fits, from its keys and shapes."""
+    import re
+
+    blocks = {int(m[1]) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if not blocks or "blocks.0.head.weight" not in state:
+        raise CheckpointError(f"{source}: not an MCAN state dict (no blocks.0.head.weight); "
+                              "only mcan-deploy MCAN weights can be converted")
+    rcabs = {int(m[1]) for k in state if (m := re.match(r"blocks\.0\.body\.(\d+)\.conv1\.weight$", k))}
+    head = state["blocks.0.head.weight"]
+    down = state.get("blocks.0.body.0.ca.down.weight")
+    return ModelConfig(n_blocks=max(blocks) + 1, n_resblocks=len(rcabs), n_feats=head.shape[0],
+                       n_colors=head.shape[1], reduction=head.shape[0] // down.shape[0] if down is not None else 4)
+
+
+def _load_pickle(path: Path) -> MCAN:
+    """A pickle-based file, loaded with torch's restricted unpickler (weights_only: tensors and
+    plain containers only, no code); the caller asked for it with --trust-pickle."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ...
+        raise CheckpointError(f"{path}: refused by torch.load(weights_only=True) "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    for key in ("state_dict", "model", "params"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise CheckpointError(f"{path}: holds no state dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    model = build_model(infer_config(state, str(path)))
+    _load_state(model, state, path)
+    return model
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", trust_pickle: bool = False) -> MCAN:
+    """Rebuild N from a model file written by ``save_model``.
+
+    Pickle-based files (.pt/.pth) can run code when loaded and are refused, unless
+    ``trust_pickle``: then their tensors are read with ``torch.load(weights_only=True)``."""
+    if is_pickle_file(path):
+        if not trust_pickle:
+            raise CheckpointError(
+                f"{path}: a pickle-based PyTorch file, refused (loading pickles can run code). Re-save "
+                "it as safetensors, or pass --trust-pickle to read only its tensors (torch.load with "
+                "weights_only=True)")
+        return _load_pickle(Path(path)).to(device).eval()
     tensors, meta = load_tensors(path)
     if "model" not in meta:
         raise CheckpointError(f"{path}: holds no model config; is it a training checkpoint?")

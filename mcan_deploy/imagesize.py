@@ -1,36 +1,49 @@
-"""An image's size from its header, before any pixel is decoded: the guard against files whose
-header declares an enormous image (decompression bombs).
+"""An image's declared size from its header, before any pixel is decoded: the guard against
+files whose header declares an enormous image (decompression bombs).
 
-Pillow reads the header of PNG, JPEG, BMP, WebP and most TIFFs lazily; TIFFs it does not open
-(e.g. 3-channel float32, which OpenCV writes) are read from their first IFD here.
+PNG and TIFF headers are read here (a PNG's IHDR chunk, a TIFF's first IFD: also the float RGB
+TIFFs that OpenCV writes and Pillow does not open); Pillow reads JPEG, BMP and WebP headers
+lazily. Where Pillow itself calls the file a decompression bomb, the pixel count it names is used.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 
-__all__ = ["header_size"]
+__all__ = ["declared_size"]
 
 _TIFF_WIDTH, _TIFF_LENGTH = 256, 257
-_TIFF_TYPES = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # SHORT, LONG, LONG8 (BigTIFF)
+_TIFF_TYPES = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8 (BigTIFF)
 
 
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) declared by the file's header, or None if no header could be read."""
-    from PIL import Image, UnidentifiedImageError
+def declared_size(data: bytes) -> tuple[int, str] | None:
+    """(pixels, "WxH") declared by the file's header, or None if no header could be read."""
+    for reader in (_png_size, _tiff_size):
+        wh = reader(data)
+        if wh is not None:
+            return wh[0] * wh[1], f"{wh[0]}x{wh[1]}"
+    from PIL import Image
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # bomb and corrupt-EXIF warnings: we judge the size
             with Image.open(io.BytesIO(data)) as im:  # lazy: reads the header only
-                return int(im.size[0]), int(im.size[1])
-    except Image.DecompressionBombError:
-        pass  # Pillow's own, lower limit: read the size ourselves below where we can
-    except (UnidentifiedImageError, OSError, ValueError, struct.error, SyntaxError, EOFError):
-        pass
-    return _tiff_size(data)
+                w, h = int(im.size[0]), int(im.size[1])
+                return w * h, f"{w}x{h}"
+    except Image.DecompressionBombError as exc:  # "Image size (N pixels) exceeds limit of ..."
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        return (int(m[1]), f"{int(m[1])} pixels") if m else None
+    except Exception:  # noqa: BLE001 - Pillow raises many kinds for files it cannot read
+        return None
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    return None
 
 
 def _tiff_size(data: bytes) -> tuple[int, int] | None:
@@ -40,22 +53,22 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
         magic = struct.unpack_from(order + "H", data, 2)[0]
         if magic == 42:
             ifd = struct.unpack_from(order + "I", data, 4)[0]
-            n, entry, count_fmt, head = struct.unpack_from(order + "H", data, ifd)[0], 12, "I", 2
+            n, entry, value_at = struct.unpack_from(order + "H", data, ifd)[0], 12, 8
+            first = ifd + 2
         elif magic == 43:
             ifd = struct.unpack_from(order + "Q", data, 8)[0]
-            n, entry, count_fmt, head = struct.unpack_from(order + "Q", data, ifd)[0], 20, "Q", 8
+            n, entry, value_at = struct.unpack_from(order + "Q", data, ifd)[0], 20, 12
+            first = ifd + 8
         else:
             return None
         found: dict[int, int] = {}
         for i in range(min(n, 4096)):
-            at = ifd + head + i * entry
+            at = first + i * entry
             tag, typ = struct.unpack_from(order + "HH", data, at)
             if tag in (_TIFF_WIDTH, _TIFF_LENGTH) and typ in _TIFF_TYPES:
-                fmt, _ = _TIFF_TYPES[typ]
-                value_at = at + 4 + struct.calcsize(count_fmt)
-                found[tag] = struct.unpack_from(order + fmt, data, value_at)[0]
+                found[tag] = struct.unpack_from(order + _TIFF_TYPES[typ], data, at + value_at)[0]
         if _TIFF_WIDTH in found and _TIFF_LENGTH in found:
             return found[_TIFF_WIDTH], found[_TIFF_LENGTH]
-    except (KeyError, struct.error):
+    except (KeyError, struct.error, OverflowError):  # offsets past the end, or beyond any index
         pass
     return None

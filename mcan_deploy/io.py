@@ -73,10 +73,10 @@ def _to_unit_float(arr: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
     )
 
 
-def _check_pixels(path: Path, w: int, h: int, max_pixels: int, what: str) -> None:
-    if w * h > max_pixels:
+def _check_pixels(path: Path, pixels: int, size: str, max_pixels: int, what: str) -> None:
+    if pixels > max_pixels:
         raise ImageReadError(
-            f"{path}: {what} {w}x{h} = {w * h / 1e6:.1f} MP, above the limit of {max_pixels / 1e6:.1f} MP; "
+            f"{path}: {what} {size} = {pixels / 1e6:.1f} MP, above the limit of {max_pixels / 1e6:.1f} MP; "
             "raise the limit (mcan-upscale --max-pixels, data.max_pixels) if the file is trusted"
         )
 
@@ -87,7 +87,7 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
     The size declared in the header is checked against ``max_pixels`` before any decoding."""
     import cv2
 
-    from .imagesize import header_size
+    from .imagesize import declared_size
 
     path = Path(path)
     try:
@@ -98,7 +98,7 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
         raise ImageReadError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not data:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
-    declared = header_size(data)
+    declared = declared_size(data)
     if declared is not None:
         _check_pixels(path, *declared, max_pixels, "header declares")
     try:
@@ -110,7 +110,7 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
             f"{path}: not a readable image (truncated, corrupt or not one of "
             f"{', '.join(IMAGE_SUFFIXES)})"
         )
-    _check_pixels(path, arr.shape[1], arr.shape[0], max_pixels, "decoded size")
+    _check_pixels(path, arr.shape[0] * arr.shape[1], f"{arr.shape[1]}x{arr.shape[0]}", max_pixels, "decoded size")
     arr, depth = _to_unit_float(arr, path)
     alpha = None
     gray = False

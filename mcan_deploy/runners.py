@@ -61,7 +61,7 @@ class LayerRunner(Runner, Protocol):
 
 
 def load_runner(model_path: str | Path, device: str = "auto", dtype: str = "float32",
-                rcab_impl: str = "torch") -> Runner:
+                rcab_impl: str = "torch", trust_pickle: bool = False) -> Runner:
     """A runner for a model file: ``.onnx`` through ONNX Runtime, else safetensors through torch
     (``rcab_impl="triton"``: with the fused Triton RCAB tail)."""
     if Path(model_path).suffix.lower() == ".onnx":
@@ -80,7 +80,7 @@ def load_runner(model_path: str | Path, device: str = "auto", dtype: str = "floa
     cls = {"torch": TorchRunner, "triton": TritonRunner}.get(rcab_impl)
     if cls is None:
         raise MCANError(f"--rcab {rcab_impl}: choose torch or triton")
-    return cls.create(load_model(model_path), device, dtype)
+    return cls.create(load_model(model_path, trust_pickle=trust_pickle), device, dtype)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'all' (N in one file) or block numbers like 1,2,3 (one <stem>.N<i>.onnx each, "
                         "for block-by-block tiling)")
     p.add_argument("--no-clamp", action="store_true", help="export N_i instead of N_i+ (no [0, 1] clamp)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="accept a pickle-based .pt/.pth model, reading only its tensors "
+                        "(torch.load weights_only=True); refused without this flag")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -44,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
         raise MCANError(f"ONNX export needs {', '.join(missing)}: pip install 'mcan-deploy[onnx]'")
     from ..export.onnx import export_onnx, file_sha256
 
-    model = load_model(args.model)
+    model = load_model(args.model, trust_pickle=args.trust_pickle)
     files = export_onnx(model, args.out, blocks=args.blocks, opset=args.opset, fp16=args.fp16,
                         clamp=not args.no_clamp, source_hash=file_sha256(args.model))
     for f in files:

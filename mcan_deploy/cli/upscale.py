@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "decoding, and after --scale (default 200e6)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="accept a pickle-based .pt/.pth model, reading only its tensors "
+                        "(torch.load weights_only=True); refused without this flag")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -71,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
         raise MCANError(f"--max-pixels {args.max_pixels}: must be a number >= 1")
     if args.suffix and args.suffix.lower() not in IMAGE_SUFFIXES:
         raise MCANError(f"--suffix {args.suffix}: choose one of {', '.join(IMAGE_SUFFIXES)}")
-    runner = load_runner(args.model, args.device, args.dtype, args.rcab)
+    runner = load_runner(args.model, args.device, args.dtype, args.rcab, args.trust_pickle)
     jobs = plan_jobs(args.inputs, args.out, args.suffix)
     cuda = runner.device.type == "cuda"
     ca_stats = args.ca_stats

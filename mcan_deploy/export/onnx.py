@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,21 +76,98 @@ def onnx_metadata(model: MCAN, start: int, stop: int, opset: int, dtype: str, cl
     }
 
 
-def read_metadata(path: str | Path) -> dict[str, object]:
-    """The mcan-deploy metadata of an ONNX file; ``ExportError`` if it is not one of ours."""
+# ONNX files are checked before any runtime parses them for tensors: this many bytes at most,
+# the file and its external-data files together (mcan-export writes tens of MB).
+MAX_ONNX_BYTES = 2**31
+
+
+def _all_tensors(proto) -> Iterator:
+    """Every TensorProto of a model: initializers, tensor attributes, subgraphs, functions."""
+    def graph_tensors(g):
+        yield from g.initializer
+        for sp in g.sparse_initializer:
+            yield sp.values
+            yield sp.indices
+        yield from node_tensors(g.node)
+
+    def node_tensors(nodes):
+        for node in nodes:
+            for a in node.attribute:
+                if a.HasField("t"):
+                    yield a.t
+                yield from a.tensors
+                if a.HasField("g"):
+                    yield from graph_tensors(a.g)
+                for g in a.graphs:
+                    yield from graph_tensors(g)
+
+    yield from graph_tensors(proto.graph)
+    for f in proto.functions:
+        yield from node_tensors(f.node)
+
+
+def check_external_data(proto, path: Path, max_bytes: int = MAX_ONNX_BYTES) -> None:
+    """Refuse external-data references that leave the model's folder (absolute paths, '..',
+    links pointing out: the path-traversal class of ONNX loader bugs), point at missing files or
+    past their end, or add up to more than ``max_bytes`` with the model file."""
+    import onnx
+
+    folder = path.resolve().parent
+    total = path.stat().st_size
+    for t in _all_tensors(proto):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        target = (folder / loc).resolve()
+        if not loc or Path(loc).is_absolute() or not target.is_relative_to(folder):
+            raise ExportError(f"{path}: tensor '{t.name}' points its external data at {loc!r}, outside "
+                              f"the model's folder {folder}; refused")
+        if not target.is_file():
+            raise ExportError(f"{path}: tensor '{t.name}' needs external data {loc!r}, which is missing")
+        try:
+            offset, length = int(info.get("offset", 0)), int(info.get("length", target.stat().st_size))
+        except ValueError:
+            raise ExportError(f"{path}: tensor '{t.name}' has a malformed external-data offset/length") from None
+        if offset < 0 or length < 0 or offset + length > target.stat().st_size:
+            raise ExportError(f"{path}: tensor '{t.name}' reads bytes {offset}..{offset + length} of "
+                              f"{loc!r}, which holds {target.stat().st_size}; refused")
+        total += length
+    if total > max_bytes:
+        raise ExportError(f"{path}: model and external data hold {total} bytes, above the limit of "
+                          f"{max_bytes}; refused")
+
+
+def read_metadata(path: str | Path, max_bytes: int = MAX_ONNX_BYTES) -> dict[str, object]:
+    """The mcan-deploy metadata of an ONNX file; ``ExportError`` if it is not one of ours, is
+    larger than ``max_bytes`` or has external data outside its folder (checked before any
+    runtime loads it)."""
     import onnx
 
     path = Path(path)
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        size = path.stat().st_size
     except FileNotFoundError:
         raise ExportError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if size > max_bytes:
+        raise ExportError(f"{path}: {size} bytes, above the limit of {max_bytes} for an ONNX file; refused")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and friends for corrupt files
         raise ExportError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})"[:400]) from None
+    check_external_data(proto, path, max_bytes)
     props = {p.key: p.value for p in proto.metadata_props}
     if META_KEY not in props:
         raise ExportError(f"{path}: ONNX file without mcan-deploy metadata; export it with mcan-export")
-    return json.loads(props[META_KEY])
+    try:
+        meta = json.loads(props[META_KEY])
+        if not isinstance(meta, dict) or not {"n_blocks", "blocks", "block_radii", "model", "dtype"} <= set(meta):
+            raise ValueError("keys missing")
+    except ValueError as exc:
+        raise ExportError(f"{path}: malformed mcan-deploy metadata ({exc}); re-export with mcan-export") from None
+    return meta
 
 
 def _export_one(module: nn.Module, opset: int) -> bytes:

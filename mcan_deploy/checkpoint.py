@@ -81,17 +81,27 @@ def save_model(path: str | Path, model: MCAN, **extra: Any) -> None:
     save_tensors(path, model.state_dict(), {"model": config_to_dict(model.config), **extra})
 
 
-_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; a raw pickle stream
-
-
-def is_pickle_file(path: str | Path) -> bool:
-    """Whether ``path`` looks like a pickle-based PyTorch file (.pt/.pth/.ckpt), by its bytes."""
+def is_safetensors(path: str | Path) -> bool:
+    """Whether ``path`` starts like a safetensors file: an 8-byte little-endian header length
+    that fits the file, then a JSON object."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            head = f.read(9)
+            size = Path(path).stat().st_size
     except OSError:
         return False
-    return any(head.startswith(m) for m in _PICKLE_MAGIC)
+    return len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size
+
+
+def looks_like_pickle(path: str | Path) -> bool:
+    """torch.save's zip archive, a protocol 2-5 pickle stream, or the legacy tar format."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    return (head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05")
+            or head[257:262] == b"ustar")
 
 
 def infer_config(state: dict[str, torch.Tensor], source: str) -> ModelConfig:
@@ -133,13 +143,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", trust_pickl
 
     Pickle-based files (.pt/.pth) can run code when loaded and are refused, unless
     ``trust_pickle``: then their tensors are read with ``torch.load(weights_only=True)``."""
-    if is_pickle_file(path):
-        if not trust_pickle:
+    if Path(path).is_file() and not is_safetensors(path):
+        if trust_pickle:
+            return _load_pickle(Path(path)).to(device).eval()
+        if looks_like_pickle(path):
             raise CheckpointError(
                 f"{path}: a pickle-based PyTorch file, refused (loading pickles can run code). Re-save "
                 "it as safetensors, or pass --trust-pickle to read only its tensors (torch.load with "
                 "weights_only=True)")
-        return _load_pickle(Path(path)).to(device).eval()
+        raise CheckpointError(f"{path}: not a safetensors model file (corrupt, truncated or another format; "
+                              "a PyTorch .pt/.pth loads only with --trust-pickle)")
     tensors, meta = load_tensors(path)
     if "model" not in meta:
         raise CheckpointError(f"{path}: holds no model config; is it a training checkpoint?")

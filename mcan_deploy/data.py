@@ -66,13 +66,15 @@ def _by_key(files: list[Path], key, problems: list[str], what: str) -> dict:
     return out
 
 
-def find_pairs(root: str | Path) -> list[Pair]:
+def find_pairs(root: str | Path, problems: list[str] | None = None) -> list[Pair]:
     """All LR/HR pairs under ``root`` in either layout. Every problem (a file without a partner,
-    two files for one pair) is collected and raised as one ``DataError``."""
+    two files for one pair) is collected and raised as one ``DataError``, or, given a
+    ``problems`` list, appended to it (the good pairs are returned)."""
+    collect = problems is not None
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder; pass a folder with HR/ and LR/ or RealSR *_HR/*_LR files")
-    problems: list[str] = []
+    problems = problems if problems is not None else []
     hr_dir, lr_dir = _child(root, ("hr",)), _child(root, ("lr",))
     if hr_dir and lr_dir:
         hrs = _by_key(list_images(hr_dir), lambda p: p.stem, problems, "HR")
@@ -89,9 +91,9 @@ def find_pairs(root: str | Path) -> list[Pair]:
         problems += [f"{lrs[k]}: no HR partner named {k[1]}_HR.* beside it" for k in sorted(set(lrs) - set(hrs))]
         pairs = [Pair(str(hrs[k].relative_to(root).with_name(k[1])), lrs[k], hrs[k])
                  for k in sorted(set(hrs) & set(lrs))]
-    if problems:
+    if problems and not collect:
         raise _problem_report(root, problems)
-    if not pairs:
+    if not pairs and not problems:
         raise DataError(
             f"{root}: no image pairs found; expected HR/ and LR/ folders with the same file "
             "names, or RealSR v3 files such as Canon_001_HR.png beside Canon_001_LR2.png"
@@ -181,8 +183,9 @@ def load_images(root: str | Path, max_size: int | None = None, progress: bool = 
     them are named in one ``DataError`` at the end."""
     from tqdm.auto import tqdm
 
-    pairs = find_pairs(root)
-    names, inputs, targets, problems = [], [], [], []
+    problems: list[str] = []
+    pairs = find_pairs(root, problems)  # pairing problems join the loading problems in one report
+    names, inputs, targets = [], [], []
     for pair in tqdm(pairs, desc=f"load {Path(root).name}", unit="img", disable=not progress, leave=False):
         try:
             lr, hr = load_pair(pair, max_pixels)

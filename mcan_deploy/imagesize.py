@@ -16,7 +16,8 @@ import warnings
 __all__ = ["declared_size"]
 
 _TIFF_WIDTH, _TIFF_LENGTH = 256, 257
-_TIFF_TYPES = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8 (BigTIFF)
+_TIFF_TYPES = {1: "B", 3: "H", 4: "I", 8: "h", 9: "i", 16: "Q"}  # every integer type a reader may accept
+_PIL_FORMATS = ["JPEG", "BMP", "WEBP", "PNG", "TIFF"]  # the formats mcan-deploy reads, no others
 
 
 def declared_size(data: bytes) -> tuple[int, str] | None:
@@ -30,7 +31,7 @@ def declared_size(data: bytes) -> tuple[int, str] | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # bomb and corrupt-EXIF warnings: we judge the size
-            with Image.open(io.BytesIO(data)) as im:  # lazy: reads the header only
+            with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as im:  # lazy: the header only
                 w, h = int(im.size[0]), int(im.size[1])
                 return w * h, f"{w}x{h}"
     except Image.DecompressionBombError as exc:  # "Image size (N pixels) exceeds limit of ..."
@@ -66,7 +67,9 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
             at = first + i * entry
             tag, typ = struct.unpack_from(order + "HH", data, at)
             if tag in (_TIFF_WIDTH, _TIFF_LENGTH) and typ in _TIFF_TYPES:
-                found[tag] = struct.unpack_from(order + _TIFF_TYPES[typ], data, at + value_at)[0]
+                # a repeated tag: the largest value counts (readers differ in which one they use)
+                value = abs(struct.unpack_from(order + _TIFF_TYPES[typ], data, at + value_at)[0])
+                found[tag] = max(found.get(tag, 0), value)
         if _TIFF_WIDTH in found and _TIFF_LENGTH in found:
             return found[_TIFF_WIDTH], found[_TIFF_LENGTH]
     except (KeyError, struct.error, OverflowError):  # offsets past the end, or beyond any index

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that ``atomic_write_bytes`` leaves when its process is killed
+    mid-write (``.NAME.<12 hex>.tmp``), in ``folder`` and below; returns what was removed."""
+    import re
+
+    pattern = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
+    gone = [p for p in Path(folder).rglob(".*.tmp") if p.is_file() and pattern.match(p.name)]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
+
+
 def _to_unit_float(arr: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0, 8
@@ -91,6 +104,13 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
 
     path = Path(path)
     try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a folder, a FIFO (which would block), a device
+            raise ImageReadError(f"{path}: not a regular file")
+        # no image within the pixel limit needs more bytes than 16-bit RGBA, uncompressed
+        if st.st_size > 8 * max_pixels + 2**26:
+            raise ImageReadError(f"{path}: {st.st_size} bytes, more than an image of at most "
+                                 f"{max_pixels / 1e6:.1f} MP can hold; refused")
         data = path.read_bytes()
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file") from None
@@ -99,8 +119,9 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
     if not data:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
     declared = declared_size(data)
-    if declared is not None:
-        _check_pixels(path, *declared, max_pixels, "header declares")
+    if declared is None:  # never decode what the pixel limit could not be checked on
+        raise ImageReadError(f"{path}: not a readable image (no PNG, JPEG, TIFF, BMP or WebP header)")
+    _check_pixels(path, *declared, max_pixels, "header declares")
     try:
         arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # e.g. OpenCV's own size limit, or a decoder failure

@@ -4,6 +4,7 @@ ONNX files. Each case fails with one line naming the file and the reason (a trac
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 
@@ -85,13 +86,42 @@ def test_pixel_limit_is_checked_from_the_header_for_every_format(tmp_path):
         path = tmp_path / f"x{suffix}"
         path.write_bytes(encoded(suffix, arr))
         assert read_image(path, max_pixels=600).size == (20, 30)
-        with pytest.raises(ImageReadError, match="header declares 30x20 = 0.0 MP"):
+        with pytest.raises(ImageReadError, match="header declares 30x20 = 0.0 MP"):  # before decoding
             read_image(path, max_pixels=599)
 
 
+@pytest.mark.parametrize("suffix", [".hdr", ".pfm", ".pam", ".ppm"])
+def test_other_formats_behind_an_image_name_are_not_decoded(suffix, tmp_path):
+    """OpenCV would decode these (a Radiance HDR can be a run-length bomb): without a header the
+    pixel limit can check, nothing is decoded."""
+    arr = np.zeros((40, 40, 3), np.float32 if suffix in (".hdr", ".pfm") else np.uint8)
+    (tmp_path / "x.png").write_bytes(encoded(suffix, arr))
+    with pytest.raises(ImageReadError, match="no PNG, JPEG, TIFF, BMP or WebP header"):
+        read_image(tmp_path / "x.png")
+
+
+def test_tiff_with_a_repeated_size_tag_counts_the_largest(tmp_path):
+    entries = [(256, 3, 1, 4000), (256, 3, 1, 10), (257, 3, 1, 10)]  # width twice: libtiff takes the first
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHIHH", t, ty, n, v, 0) for t, ty, n, v in entries)
+    (tmp_path / "dup.tif").write_bytes(b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x00" * 4)
+    with pytest.raises(ImageReadError, match="header declares 4000x10 = 0.0 MP, above the limit"):
+        read_image(tmp_path / "dup.tif", max_pixels=1000)
+
+
+def test_a_file_larger_than_any_image_within_the_limit_is_not_read(tmp_path):
+    with open(tmp_path / "big.png", "wb") as f:
+        f.write(encoded(".png", rgb8()))
+        f.truncate(2**27)  # 128 MB, sparse: no disk used
+    with pytest.raises(ImageReadError, match="134217728 bytes, more than an image of at most"):
+        read_image(tmp_path / "big.png", max_pixels=10)
+
+
 def test_folder_given_as_a_file_and_non_ascii_names(tmp_path, model_file, capsys):
-    with pytest.raises(ImageReadError, match="cannot read"):
+    with pytest.raises(ImageReadError, match="not a regular file"):
         read_image(tmp_path)
+    os.mkfifo(tmp_path / "pipe.png")  # would block a plain read forever
+    with pytest.raises(ImageReadError, match="pipe.png: not a regular file"):
+        read_image(tmp_path / "pipe.png")
     path, _ = model_file
     src = tmp_path / "eingänge_写真"
     src.mkdir()
@@ -190,20 +220,18 @@ def test_every_pair_problem_is_named_in_one_report_before_training(tmp_path, cap
     text = str(info.value)
     assert "3 problems" in text and all(s in text for s in ("no_lr.png: no LR partner", "no_hr.png: no HR partner",
                                                             "dup.jpg and", "dup.png: two HR files"))
-    # through mcan-train: discovery and loading problems of both splits, in one error
+    # through mcan-train: pairing and loading problems of both splits, all in one error
     import tomli_w
 
     plan = tmp_path / "plan.toml"
     plan.write_text(tomli_w.dumps(tiny_plan_dict()))
-    (root / "train" / "HR" / "no_lr.png").unlink()
-    (root / "train" / "LR" / "no_hr.png").unlink()
-    (root / "train" / "HR" / "dup.jpg").unlink()
     rc = train_main(["--config", str(plan), "--data", str(root), "--out", str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 1
-    for needle in ("3 problems", "size.png (64x30) and", "sizes do not differ by one integer scale",
+    for needle in ("train: 6 problems", "no_lr.png: no LR partner", "no_hr.png: no HR partner", "two HR files",
+                   "size.png (64x30) and", "sizes do not differ by one integer scale",
                    "gray.png (gray) and", "(colour): channel counts differ", "broken.png: not a readable image",
-                   "t2.png: no LR partner"):
+                   "test: 1 problem", "t2.png: no LR partner"):
         assert needle in err, (needle, err)
     assert not (tmp_path / "run" / "checkpoints").exists(), "nothing trained"
 
@@ -242,12 +270,44 @@ def test_pickle_models_are_refused_or_read_with_weights_only(tmp_path, model_fil
     assert loaded.config == model.config
     assert all(loaded.state_dict()[k].equal(v) for k, v in model.state_dict().items())
 
+    # protocol 0 pickles and legacy files do not start with the usual magic: still never unpickled
+    import pickle
+
+    (tmp_path / "old.pth").write_bytes(pickle.dumps({"w": 1}, protocol=0))
+    with pytest.raises(CheckpointError, match="not a safetensors model file .* --trust-pickle"):
+        load_model(tmp_path / "old.pth")
+
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": model.state_dict(), "x": _Payload(marker)}, evil)
     with pytest.raises(CheckpointError, match=r"refused by torch.load\(weights_only=True\)"):
         load_model(evil, trust_pickle=True)
     assert not marker.exists(), "the payload must never run"
+
+
+def test_a_safetensors_file_whose_first_byte_is_0x80_is_not_taken_for_a_pickle(tmp_path, model_file):
+    """The first 8 bytes are the header length: 0x80 in 1 of 32 files; a pickle also starts so."""
+    _, model = model_file
+    for pad in range(40):
+        path = tmp_path / f"m{pad}.safetensors"
+        save_model(path, model, note="x" * pad)
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no header length with a 0x80 first byte in 40 tries")
+    assert load_model(path).config == model.config
+
+
+def test_export_refuses_to_overwrite_its_input(tmp_path, model_file, capsys):
+    pytest.importorskip("onnx")
+    from mcan_deploy.cli.export import main as export_main
+
+    path, _ = model_file
+    copy = tmp_path / "m.safetensors"
+    copy.write_bytes(path.read_bytes())
+    assert export_main([str(copy), "-o", str(copy)]) == 1
+    assert "would overwrite the model" in capsys.readouterr().err
+    assert load_model(copy).config.n_blocks == 1, "the model is intact"
 
 
 # ---- hostile ONNX files ----------------------------------------------------------------------
@@ -287,6 +347,36 @@ def test_onnx_external_data_outside_the_folder_is_refused(tmp_path, location, me
     (path.parent / "short.bin").write_bytes(b"\0" * 4)
     with pytest.raises(ExportError, match=message):
         read_metadata(path)
+
+
+def test_onnx_checks_reach_sparse_constants_and_links_to_the_model(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from mcan_deploy.export.onnx import ExportError, read_metadata
+
+    values = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+    values.ClearField("float_data")
+    values.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", "../secret.bin"), ("offset", "0"), ("length", "4")):
+        e = values.external_data.add()
+        e.key, e.value = k, v
+    sparse = helper.make_sparse_tensor(values, helper.make_tensor("i", TensorProto.INT64, [1], [0]), [4])
+    node = helper.make_node("Constant", [], ["y"], sparse_value=sparse)
+    graph = helper.make_graph([node], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    (tmp_path / "models").mkdir()
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 4)
+    onnx.save_model(helper.make_model(graph), str(tmp_path / "models" / "sparse.onnx"))
+    with pytest.raises(ExportError, match="outside the model's folder"):
+        read_metadata(tmp_path / "models" / "sparse.onnx")
+    # a link to a model elsewhere: locations are joined to the link's folder, as runtimes do
+    path = _onnx_with_external(tmp_path, "w.bin")
+    (path.parent / "w.bin").write_bytes(b"\0" * 16)
+    (tmp_path / "dl").mkdir()
+    (tmp_path / "dl" / "m.onnx").symlink_to(path)
+    (tmp_path / "dl" / "w.bin").symlink_to(tmp_path / "secret.bin")
+    with pytest.raises(ExportError, match="outside the model's folder"):
+        read_metadata(tmp_path / "dl" / "m.onnx")
 
 
 def test_onnx_size_limits_and_legit_external_data(tmp_path, model_file):

@@ -77,11 +77,66 @@ def test_nan_loss_with_stop_policy_keeps_the_good_checkpoint_and_names_the_fix(n
     tensors, meta = load_tensors(run / "checkpoints" / "last.safetensors")
     assert meta["position"] == {"phase": 0, "stage": 1, "iter": 0}
     assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
-    # the same command after fixing nothing but the cause resumes from there
+    # the advice works: lower the phase's learning rates, run the same command, it resumes there
     nan_at["at"] = set()
-    plan["train"]["on_nonfinite"] = "retry"
-    with pytest.raises(CheckpointError, match="another plan"):  # the policy is part of the plan
-        train(plan_from_dict(plan), sample_dir, run, device="cpu", progress=False)
+    plan["phases"][0]["stages"][1]["lr"] = [5e-5, 5e-6]
+    result = train(plan_from_dict(plan), sample_dir, run, device="cpu", progress=False)
+    assert not result.already_finished and (run / "model.safetensors").is_file()
+    assert "5e-05" in (run / "plan.toml").read_text(), "the run records the plan it went on with"
+    adam = [ln for ln in _lines(run) if ln["kind"] == "train" and ln["phase"] == "1-1" and ln["stage"] == "adam"]
+    assert adam[0]["iter"] == 2 and adam[0]["lr"] == pytest.approx(5e-5)
+    other = tiny_plan_dict()
+    other["data"]["patch_size"] = 16  # anything but rates and the NaN policy is still refused
+    with pytest.raises(CheckpointError, match="another plan, differing at data.patch_size"):
+        train(plan_from_dict(other), sample_dir, run, device="cpu", progress=False)
+
+
+def test_nan_before_any_training_checkpoint_keeps_the_identity_baseline(nan_at, sample_dir, tmp_path):
+    nan_at["at"] = {2}  # phase 1-1, adadelta iteration 2: only the run's first checkpoint exists
+    run = tmp_path / "run"
+    result = train(plan_from_dict(tiny_plan_dict()), sample_dir, run, device="cpu", progress=False)
+    assert result.identity.get("psnr", 0) > 20, "the identity line survives the restart"
+    assert [ln["kind"] for ln in _lines(run)].count("identity") == 1
+    assert _events(run)[0]["restart"] == {"phase": 0, "stage": 0, "iter": 0}
+
+
+def test_sigkill_inside_a_checkpoint_write_then_resume(sample_dir, tmp_path):
+    """A real kill (os._exit inside fsync, after the new bytes are written, before the rename):
+    the previous checkpoint loads, the temp file is cleaned up on resume, and the run finishes
+    with the same weights as one never killed."""
+    import subprocess
+    import sys
+    import textwrap
+
+    import tomli_w
+
+    plan = tmp_path / "plan.toml"
+    plan.write_text(tomli_w.dumps(tiny_plan_dict()))
+    script = textwrap.dedent(f"""
+        import os, sys
+        from mcan_deploy.config import load_plan
+        from mcan_deploy.train import train
+        calls = {{"n": 0}}
+        real = os.fsync
+        def fsync(fd):
+            calls["n"] += 1
+            if calls["n"] == 4:  # the 4th atomic write of the run: a mid-phase checkpoint
+                os._exit(9)
+            real(fd)
+        os.fsync = fsync
+        train(load_plan({str(plan)!r}), {str(sample_dir)!r}, {str(tmp_path / "run")!r}, device="cpu", progress=False)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
+    assert proc.returncode == 9, proc.stderr.decode()[-2000:]
+    ck = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in ck.iterdir() if p.name.endswith(".tmp")], "the kill left a temp file"
+    load_tensors(ck / "last.safetensors")  # the previous checkpoint is intact
+    train(plan_from_dict(tiny_plan_dict()), sample_dir, tmp_path / "run", device="cpu", progress=False)
+    assert not [p for p in ck.iterdir() if p.name.endswith(".tmp")]
+    train(plan_from_dict(tiny_plan_dict()), sample_dir, tmp_path / "clean", device="cpu", progress=False)
+    a, _ = load_tensors(tmp_path / "run" / "model.safetensors")
+    b, _ = load_tensors(tmp_path / "clean" / "model.safetensors")
+    assert all(a[k].equal(b[k]) for k in a)
 
 
 def test_retries_are_bounded(nan_at, sample_dir, tmp_path):

@@ -47,6 +47,12 @@ def _run(args: argparse.Namespace) -> int:
         raise MCANError(f"ONNX export needs {', '.join(missing)}: pip install 'mcan-deploy[onnx]'")
     from ..export.onnx import export_onnx, file_sha256
 
+    from pathlib import Path
+
+    out, src = Path(args.out), Path(args.model).resolve()
+    siblings = [out.with_name(f"{out.stem}.N{i}{out.suffix or '.onnx'}") for i in range(1, 1000)]
+    if any(o.resolve() == src for o in [out, *siblings]):
+        raise MCANError(f"-o {args.out}: would overwrite the model {args.model}; choose another output path")
     model = load_model(args.model, trust_pickle=args.trust_pickle)
     files = export_onnx(model, args.out, blocks=args.blocks, opset=args.opset, fp16=args.fp16,
                         clamp=not args.no_clamp, source_hash=file_sha256(args.model))

@@ -96,6 +96,9 @@ def _all_tensors(proto) -> Iterator:
                 if a.HasField("t"):
                     yield a.t
                 yield from a.tensors
+                for sp in ([a.sparse_tensor] if a.HasField("sparse_tensor") else []) + list(a.sparse_tensors):
+                    yield sp.values
+                    yield sp.indices
                 if a.HasField("g"):
                     yield from graph_tensors(a.g)
                 for g in a.graphs:
@@ -104,6 +107,9 @@ def _all_tensors(proto) -> Iterator:
     yield from graph_tensors(proto.graph)
     for f in proto.functions:
         yield from node_tensors(f.node)
+    for info in proto.training_info:
+        for g in (info.initialization, info.algorithm):
+            yield from graph_tensors(g)
 
 
 def check_external_data(proto, path: Path, max_bytes: int = MAX_ONNX_BYTES) -> None:
@@ -112,26 +118,32 @@ def check_external_data(proto, path: Path, max_bytes: int = MAX_ONNX_BYTES) -> N
     past their end, or add up to more than ``max_bytes`` with the model file."""
     import onnx
 
-    folder = path.resolve().parent
+    # runtimes join locations to the folder of the path as given (a link to the model is not
+    # followed first), so that folder, resolved, is what every target must stay inside
+    base = path.absolute().parent
+    folder = base.resolve()
     total = path.stat().st_size
     for t in _all_tensors(proto):
         if t.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in t.external_data}
         loc = info.get("location", "")
-        target = (folder / loc).resolve()
-        if not loc or Path(loc).is_absolute() or not target.is_relative_to(folder):
+        try:
+            target = (base / loc).resolve()
+            inside = bool(loc) and not Path(loc).is_absolute() and "\\" not in loc and target.is_relative_to(folder)
+            exists = inside and target.is_file()
+            file_size = target.stat().st_size if exists else 0
+            offset, length = int(info.get("offset", 0)), int(info.get("length", file_size))
+        except (OSError, ValueError):  # a NUL byte in the name, no permission, a malformed number
+            raise ExportError(f"{path}: tensor '{t.name}' has unusable external-data fields; refused") from None
+        if not inside:
             raise ExportError(f"{path}: tensor '{t.name}' points its external data at {loc!r}, outside "
                               f"the model's folder {folder}; refused")
-        if not target.is_file():
+        if not exists:
             raise ExportError(f"{path}: tensor '{t.name}' needs external data {loc!r}, which is missing")
-        try:
-            offset, length = int(info.get("offset", 0)), int(info.get("length", target.stat().st_size))
-        except ValueError:
-            raise ExportError(f"{path}: tensor '{t.name}' has a malformed external-data offset/length") from None
-        if offset < 0 or length < 0 or offset + length > target.stat().st_size:
+        if offset < 0 or length < 0 or offset + length > file_size:
             raise ExportError(f"{path}: tensor '{t.name}' reads bytes {offset}..{offset + length} of "
-                              f"{loc!r}, which holds {target.stat().st_size}; refused")
+                              f"{loc!r}, which holds {file_size}; refused")
         total += length
     if total > max_bytes:
         raise ExportError(f"{path}: model and external data hold {total} bytes, above the limit of "

@@ -141,8 +141,15 @@ def _first_difference(a: Any, b: Any, key: str = "") -> str | None:
 
 
 def _what_trains(plan: Plan) -> dict[str, Any]:
+    """The plan without what may change when a run resumes: how RCABs run (torch or Triton),
+    the learning rates (the remedy after a NaN stop) and the NaN policy itself."""
     data = plan_to_dict(plan)
     data.get("model", {}).pop("rcab_impl", None)
+    for key in ("on_nonfinite", "nonfinite_retries", "nonfinite_lr_factor"):
+        data.get("train", {}).pop(key, None)
+    for phase in data.get("phases", []):
+        for stage in phase.get("stages", []):
+            stage.pop("lr", None)
     return data
 
 
@@ -187,6 +194,13 @@ class PhaseRunner:
                     f"{p.run_info}: this run trains on {info['data']}, not {self.data_root}; "
                     "pass the same --data to resume, or a new --out"
                 )
+            from ..io import atomic_write_bytes, remove_stale_temp_files
+
+            remove_stale_temp_files(p.root)  # left by a process killed mid-write
+            changed = _first_difference(plan_to_dict(old), plan_to_dict(self.plan))
+            if changed:  # learning rates or the NaN policy: the run records the plan it goes on with
+                log.warning("%s: resuming with a changed plan (first change: %s)", p.plan, changed)
+                atomic_write_bytes(p.plan, dump_plan(self.plan).encode())
             return
         if p.root.exists() and any(p.root.iterdir()):
             raise CheckpointError(
@@ -330,7 +344,7 @@ class PhaseRunner:
                 if cfg.train.val_every and it % cfg.train.val_every == 0 and it < stage.total_iters:
                     module.eval()
                     metrics.write(kind="val", **base, iter=it, step=offset + it,
-                                  lr=stage.lr_at(it - 1), **self._validate(forward, val))
+                                  lr=stage.lr_at(it - 1) * lr_scale, **self._validate(forward, val))
                     module.train()
                 if cfg.train.checkpoint_every and it % cfg.train.checkpoint_every == 0 \
                         and it < stage.total_iters:
@@ -410,6 +424,8 @@ class PhaseRunner:
         if not metrics.count:
             metrics.write(kind="identity", phase="LR", stage="", iter=0, step=0, lr=0.0,
                           **self._validate(lambda x: x, val_raw))
+        if resume is None and pos == Position():  # a first checkpoint: what a NaN in phase 1 restores
+            self._save_checkpoint(model, pos, metrics)
         train, val = self._inputs_before(pos.phase, train_raw, val_raw)
         t_run = time.perf_counter()
         for pi in range(pos.phase, n_phases):
@@ -447,6 +463,7 @@ class PhaseRunner:
                 f"phase {phase.name}: {exc}; stopped ({why}). The last good checkpoint "
                 f"{self.paths.checkpoint} is kept: lower this phase's learning rates in the plan"
                 + (" or set train.on_nonfinite = 'retry'" if tc.on_nonfinite == "stop" else "")
+                + ", then run the same command to resume from it"
             ) from None
         if self.paths.checkpoint.exists():
             pos, resume, keep = self._load_position(model)

@@ -23,13 +23,18 @@ from .model import MCAN, build_model
 FORMAT = "mcan-deploy/1"
 
 
+def check_finite(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """``NonFiniteError`` if a floating tensor holds NaN or inf (the file is then not written)."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteError(f"{path}: not written, {len(bad)} tensor(s) hold NaN or inf (first: {bad[0]})")
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Atomically write tensors with JSON-encoded metadata to a safetensors file."""
     from safetensors.torch import save
 
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:  # a NaN checkpoint would poison every resume; the previous file stays
-        raise NonFiniteError(f"{path}: not written, {len(bad)} tensor(s) hold NaN or inf (first: {bad[0]})")
+    check_finite(tensors, path)  # a NaN checkpoint would poison every resume; the previous file stays
     data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write_bytes(path, save(data, metadata={"format": FORMAT, "meta": json.dumps(meta)}))
 

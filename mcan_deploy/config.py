@@ -126,15 +126,21 @@ class DataConfig:
 
     patch_size: int = 48  # LR (= HR) patch side in pixels
     batch_size: int = 16
+    # split each batch into this many chunks with accumulated gradients: less memory per step;
+    # with k = 2, 4, ... it reproduces bitwise a run of k processes under torchrun
+    micro_batches: int = 1
     augment: bool = True  # random 0/90/180/270 rotation and horizontal flip
     val_max_size: int = 1500  # validation images are centre-cropped to at most this side
     shave: int = 0  # border pixels ignored by PSNR / SSIM
     max_pixels: int = 200_000_000  # image files declaring more pixels are refused before decoding
 
     def __post_init__(self) -> None:
-        for name in ("patch_size", "batch_size", "val_max_size", "max_pixels"):
+        for name in ("patch_size", "batch_size", "val_max_size", "max_pixels", "micro_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} = {getattr(self, name)} must be >= 1")
+        if self.batch_size % self.micro_batches:
+            raise ConfigError(f"data.batch_size = {self.batch_size} does not split into data.micro_batches = "
+                              f"{self.micro_batches} equal chunks")
         if self.shave < 0:
             raise ConfigError(f"data.shave = {self.shave} must be >= 0")
 

@@ -78,6 +78,9 @@ def test_unknown_key_names_key_and_file(tmp_path):
     (lambda d: d.update(phases=[]), "no \\[\\[phases\\]\\]"),
     (lambda d: d["train"].update(log_every=0), "log_every = 0"),
     (lambda d: d["data"].update(batch_size=0), "batch_size = 0 must be >= 1"),
+    (lambda d: d["data"].update(micro_batches=3), "batch_size = 4 does not split into data.micro_batches = 3"),
+    (lambda d: d["train"].update(on_nonfinite="ignore"), "on_nonfinite = 'ignore' is not one of"),
+    (lambda d: d["train"].update(nonfinite_lr_factor=1.5), "nonfinite_lr_factor = 1.5 in \\(0, 1\\)"),
 ])
 def test_invalid_plans(mutate, message):
     data = tiny_plan_dict()

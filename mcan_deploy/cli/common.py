@@ -14,8 +14,16 @@ EXIT_INTERRUPTED = 130
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    """INFO (DEBUG with -v) on stderr; under torchrun only rank 0 logs below WARNING, and every
+    line names its rank."""
+    import os
+
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    level = logging.DEBUG if verbose else logging.INFO
+    if world != "1" and rank != "0":
+        level = max(level, logging.WARNING)
+    tag = f"[rank {rank}] " if world != "1" else ""
+    logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {tag}%(message)s", datefmt="%H:%M:%S")
 
 
 def run_main(prog: str, body: Callable[[], int], debug: bool = False) -> int:

@@ -2,6 +2,9 @@
 
 Running the same command again after an interruption continues from the last checkpoint; a
 finished run says so and exits 0. Ctrl-C or SIGTERM writes a checkpoint first (exit 130).
+Under torchrun (``torchrun --nproc_per_node K -m mcan_deploy.cli.train ...``) every phase trains
+with DistributedDataParallel (NCCL on GPUs, gloo on CPUs), each process on its slice of the
+global batch; rank 0 writes the run directory. A run resumes with any number of processes.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ def _run(args: argparse.Namespace) -> int:
     from ..config import load_plan
     from ..train import TrainingInterrupted, train
 
+    from .. import distributed
+
     plan = load_plan(args.config)
     if args.rcab:
         import dataclasses
@@ -70,13 +75,19 @@ def _run(args: argparse.Namespace) -> int:
     stop.install()
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    dist, device = distributed.init(args.device)
     try:
         with logging_redirect_tqdm():  # log lines print above the progress bars
-            result = train(plan, args.data, args.out, device=args.device,
-                           progress=not args.no_progress, should_stop=stop)
+            result = train(plan, args.data, args.out, device=device,
+                           progress=not args.no_progress, should_stop=stop, dist=dist)
     except TrainingInterrupted as exc:
-        print(f"mcan-train: {exc}", file=sys.stderr)
+        if dist.is_main:
+            print(f"mcan-train: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        distributed.shutdown()
+    if not dist.is_main:
+        return 0
     state = "already finished" if result.already_finished else "finished"
     ident = result.identity.get("psnr", float("nan"))
     print(f"mcan-train: run {state}: {result.paths.root}")

@@ -2,6 +2,8 @@
 
 Outputs are written atomically; an existing output is skipped unless --overwrite; a bad file is
 reported by name and the batch goes on; the exit code is 0 only if every file succeeded.
+Under torchrun (``torchrun --nproc_per_node K -m mcan_deploy.cli.upscale ...``, also across
+machines) the files are split over the processes, each file processed once, one GPU each.
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ import argparse
 import logging
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from .common import cli_main
+
+if TYPE_CHECKING:
+    from ..distributed import Dist
 
 log = logging.getLogger("mcan-upscale")
 
@@ -56,16 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    from ..errors import MCANError
-    from ..runners import LayerRunner, load_runner
-    from ..tiling import TileConfig, default_tile, planned_windows, upscale_tensor
-    from ..upscale import plan_jobs, prepare, write_result
-
     import math
 
+    from ..errors import MCANError
     from ..io import IMAGE_SUFFIXES
 
     if not (math.isfinite(args.scale) and args.scale > 0):
@@ -74,8 +73,26 @@ def _run(args: argparse.Namespace) -> int:
         raise MCANError(f"--max-pixels {args.max_pixels}: must be a number >= 1")
     if args.suffix and args.suffix.lower() not in IMAGE_SUFFIXES:
         raise MCANError(f"--suffix {args.suffix}: choose one of {', '.join(IMAGE_SUFFIXES)}")
-    runner = load_runner(args.model, args.device, args.dtype, args.rcab, args.trust_pickle)
-    jobs = plan_jobs(args.inputs, args.out, args.suffix)
+    from .. import distributed
+
+    dist, device = distributed.init(args.device)
+    try:
+        return _upscale(args, dist, device)
+    finally:
+        distributed.shutdown()
+
+
+def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from ..errors import MCANError
+    from ..runners import LayerRunner, load_runner
+    from ..tiling import TileConfig, default_tile, planned_windows, upscale_tensor
+    from ..upscale import plan_jobs, prepare, write_result
+
+    runner = load_runner(args.model, device, args.dtype, args.rcab, args.trust_pickle)
+    jobs = dist.shard(plan_jobs(args.inputs, args.out, args.suffix))  # all ranks plan all, take a share
     cuda = runner.device.type == "cuda"
     ca_stats = args.ca_stats
     if ca_stats == "auto":
@@ -85,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
     done = skipped = failed = 0
     t0 = time.perf_counter()
     with logging_redirect_tqdm():
-        for job in tqdm(jobs, desc="images", unit="img", disable=args.no_progress):
+        for job in tqdm(jobs, desc="images", unit="img", disable=args.no_progress or not dist.is_main):
             if job.dst.exists() and not args.overwrite:
                 log.info("skip %s: %s exists (use --overwrite)", job.src, job.dst)
                 skipped += 1
@@ -112,8 +129,11 @@ def _run(args: argparse.Namespace) -> int:
                 log.error("%s: unexpected %s: %s (--debug for the traceback)", job.src, type(exc).__name__,
                           (str(exc).strip().splitlines() or [""])[0][:300])
                 failed += 1
-    print(f"mcan-upscale: {done} written, {skipped} skipped, {failed} failed "
-          f"in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    done, skipped, failed = dist.sum_ints([done, skipped, failed])
+    if dist.is_main:
+        ranks = f" by {dist.world} processes" if dist.enabled else ""
+        print(f"mcan-upscale: {done} written, {skipped} skipped, {failed} failed{ranks} "
+              f"in {time.perf_counter() - t0:.1f} s -> {args.out}")
     return 1 if failed else 0
 
 

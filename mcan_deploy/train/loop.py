@@ -6,6 +6,7 @@ how it is clamped and which data it sees is decided by the phase runner.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -50,6 +51,9 @@ class LoopCallbacks:
     on_log: Callable[[int, float, float, float, float], None]  # iter, loss, lr, s/iter, data share
     on_iter_end: Callable[[int], None]  # after each completed iteration (validation, checkpoints)
     should_stop: Callable[[], bool]  # checked after each iteration
+    # the loss as logged and checked for NaN: under DDP the mean over all ranks, so that every
+    # rank sees the same value (and takes the same path) and it equals the global batch's loss
+    loss_value: Callable[[torch.Tensor], float] = lambda loss: loss.item()
 
 
 def run_stage(
@@ -62,10 +66,17 @@ def run_stage(
     callbacks: LoopCallbacks,
     progress: str | None = None,
     lr_scale: float = 1.0,
+    micro_batches: int = 1,
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> int:
     """Train from ``start_iter`` to the end of ``stage``; returns the iteration reached (less
     than the total only when ``should_stop`` asked to stop). The stage's learning rates are
-    multiplied by ``lr_scale``; a NaN or infinite loss raises ``NonFiniteError``."""
+    multiplied by ``lr_scale``; a NaN or infinite loss raises ``NonFiniteError``.
+
+    ``micro_batches`` splits each batch into that many equal chunks whose gradients add up
+    (gradient accumulation; ``no_sync``: DDP's, so ranks exchange gradients once per step).
+    Each chunk's loss is scaled by 1/k, a power of two for k = 2, 4, ..., so a 1-process run with
+    k chunks computes bitwise what k DDP processes compute on one chunk each."""
     from tqdm.auto import tqdm
 
     criterion = loss_function(stage.loss)
@@ -83,12 +94,18 @@ def run_stage(
             t0 = time.perf_counter()
             x, y = sample()
             data_time += time.perf_counter() - t0
-            loss = criterion(forward(x), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            chunks = list(zip(x.tensor_split(micro_batches), y.tensor_split(micro_batches)))
+            loss = torch.zeros((), device=x.device)
+            for j, (xc, yc) in enumerate(chunks):
+                sync = no_sync() if no_sync is not None and j < len(chunks) - 1 else contextlib.nullcontext()
+                with sync:
+                    part = criterion(forward(xc), yc) / len(chunks)
+                    part.backward()
+                loss = loss + part.detach()
             optimizer.step()
             it += 1
-            value = loss.item()
+            value = callbacks.loss_value(loss)
             if not math.isfinite(value):  # the step above may have spoilt the weights: the caller restores
                 raise NonFiniteError(f"stage {stage.name}, iteration {it}: loss is {value} (learning rate {lr:g})")
             loss_sum += value

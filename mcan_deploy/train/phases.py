@@ -25,10 +25,11 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..checkpoint import (config_to_dict, load_tensors, optimizer_from_flat, optimizer_to_flat, save_block,
+from ..checkpoint import (check_finite, config_to_dict, load_tensors, optimizer_from_flat, optimizer_to_flat, save_block,
                           save_model, save_tensors)
 from ..config import Plan, PhaseConfig, dump_plan, load_plan, plan_to_dict
 from ..data import PairedImages, PatchSampler, load_images, split_dirs
+from ..distributed import Dist
 from ..errors import CheckpointError, DataError, MCANError, NonFiniteError, TrainingDiverged
 from ..metrics import psnr, ssim
 from ..model import MCAN, build_model, inherit_block, init_block
@@ -95,24 +96,36 @@ class Position:
 
 
 class MetricsLog:
-    """Append-only JSON-lines log that can be cut back to a checkpoint's line count."""
+    """Append-only JSON-lines log that can be cut back to a checkpoint's line count. Only the
+    main process writes (``enabled``); the others keep the same count for their checkpoints."""
 
-    def __init__(self, path: Path, keep_lines: int) -> None:
+    def __init__(self, path: Path, keep_lines: int, enabled: bool = True) -> None:
         self.path = path
+        self.enabled = enabled
         lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) > keep_lines:  # lines written after the checkpoint are replayed on resume
+        if enabled and len(lines) > keep_lines:  # lines written after the checkpoint are replayed on resume
             path.write_text("".join(line + "\n" for line in lines[:keep_lines]))
         self.count = min(len(lines), keep_lines)
 
     def write(self, **record: Any) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
         self.count += 1
 
     def records(self) -> list[dict[str, Any]]:
         from .report import read_metrics
 
         return read_metrics(self.path)
+
+
+class _Discard:
+    def write(self, _text: str) -> None: ...
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The global torch seed of one process under torchrun (recorded in run.json)."""
+    return seed + 1_000_003 * rank
 
 
 @contextlib.contextmanager
@@ -141,12 +154,14 @@ def _first_difference(a: Any, b: Any, key: str = "") -> str | None:
 
 
 def _what_trains(plan: Plan) -> dict[str, Any]:
-    """The plan without what may change when a run resumes: how RCABs run (torch or Triton),
-    the learning rates (the remedy after a NaN stop) and the NaN policy itself."""
+    """The plan without what may change when a run resumes: how RCABs run (torch or Triton) and
+    how many chunks a batch is computed in, the learning rates (the remedy after a NaN stop) and
+    the NaN policy itself."""
     data = plan_to_dict(plan)
     data.get("model", {}).pop("rcab_impl", None)
     for key in ("on_nonfinite", "nonfinite_retries", "nonfinite_lr_factor"):
         data.get("train", {}).pop(key, None)
+    data.get("data", {}).pop("micro_batches", None)  # how a batch is computed, not what it is
     for phase in data.get("phases", []):
         for stage in phase.get("stages", []):
             stage.pop("lr", None)
@@ -157,14 +172,23 @@ class PhaseRunner:
     """Runs one plan into one run directory. Holds no state beyond that run."""
 
     def __init__(self, plan: Plan, data_root: str | Path, out_dir: str | Path, device: str = "auto",
-                 progress: bool = True, should_stop: Callable[[], bool] = lambda: False) -> None:
+                 progress: bool = True, should_stop: Callable[[], bool] = lambda: False,
+                 dist: Dist | None = None) -> None:
         self.plan = plan
         self.data_root = Path(data_root).resolve()
         self.paths = RunPaths(Path(out_dir))
         self.device = resolve_device(device)
-        self.progress = progress
-        self.should_stop = should_stop
+        self.dist = dist or Dist()
+        self.main = self.dist.is_main
+        self.progress = progress and self.main
+        # under torchrun a stop request (SIGTERM reaches every rank, not at the same iteration)
+        # stops all ranks at the same iteration
+        self.should_stop = (lambda: self.dist.any(should_stop())) if self.dist.enabled else should_stop
         self.stage_offsets = self._stage_offsets()
+        if plan.data.batch_size % (self.dist.world * plan.data.micro_batches):
+            raise MCANError(f"data.batch_size = {plan.data.batch_size} does not split over {self.dist.world} "
+                            f"processes x data.micro_batches = {plan.data.micro_batches}; use a batch size "
+                            "divisible by --nproc_per_node x nodes x micro_batches")
 
     # ----- set-up and resume ---------------------------------------------------------------
     def _stage_offsets(self) -> dict[tuple[int, int], int]:
@@ -178,6 +202,24 @@ class PhaseRunner:
         return offsets
 
     def _prepare_dir(self) -> None:
+        """Check (every rank, before anyone writes) and create (rank 0) the run directory."""
+        self.dist.barrier()
+        changed = self._check_dir()
+        self.dist.barrier()
+        if self.main and not self.paths.plan.exists():
+            self._create_dir()
+        elif self.main:
+            from ..io import atomic_write_bytes, remove_stale_temp_files
+
+            remove_stale_temp_files(self.paths.root)  # left by a process killed mid-write
+            if changed:  # learning rates or the NaN policy: the run records the plan it goes on with
+                log.warning("%s: resuming with a changed plan (first change: %s)", self.paths.plan, changed)
+                atomic_write_bytes(self.paths.plan, dump_plan(self.plan).encode())
+        self.dist.barrier()
+
+    def _check_dir(self) -> str | None:
+        """Refuse a run directory this plan cannot use; returns the first allowed change of the
+        plan (learning rates, NaN policy) against the run's, if any."""
         p = self.paths
         if p.plan.exists():
             old = load_plan(p.plan)
@@ -194,25 +236,27 @@ class PhaseRunner:
                     f"{p.run_info}: this run trains on {info['data']}, not {self.data_root}; "
                     "pass the same --data to resume, or a new --out"
                 )
-            from ..io import atomic_write_bytes, remove_stale_temp_files
-
-            remove_stale_temp_files(p.root)  # left by a process killed mid-write
-            changed = _first_difference(plan_to_dict(old), plan_to_dict(self.plan))
-            if changed:  # learning rates or the NaN policy: the run records the plan it goes on with
-                log.warning("%s: resuming with a changed plan (first change: %s)", p.plan, changed)
-                atomic_write_bytes(p.plan, dump_plan(self.plan).encode())
-            return
+            return _first_difference(plan_to_dict(old), plan_to_dict(self.plan))
         if p.root.exists() and any(p.root.iterdir()):
             raise CheckpointError(
                 f"{p.root}: folder exists and is not a run directory (no plan.toml); "
                 "pass an empty or new --out"
             )
+        return None
+
+    def _create_dir(self) -> None:
+        p = self.paths
         p.root.mkdir(parents=True, exist_ok=True)
         from ..io import atomic_write_bytes
 
+        seed = self.plan.train.seed
         atomic_write_bytes(p.run_info, json.dumps({
             "data": str(self.data_root), "device": str(self.device), "torch": torch.__version__,
             "mcan_deploy": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            # every rank draws the same global batch from the shared sampler seed and trains on
+            # its own slice of it; the per-rank seeds serve any other randomness of a process
+            "world_size": self.dist.world, "sampler_seed": seed,
+            "rank_seeds": [rank_seed(seed, r) for r in range(self.dist.world)],
         }, indent=2).encode())
         atomic_write_bytes(p.plan, dump_plan(self.plan).encode())
 
@@ -249,7 +293,10 @@ class PhaseRunner:
             tensors.update(opt_tensors)
         if sampler is not None:
             tensors["rng.sampler"] = sampler.get_state()
-        save_tensors(self.paths.checkpoint, tensors, meta)
+        check_finite(tensors, self.paths.checkpoint)  # every rank: they must all take the NaN path
+        if self.main:
+            save_tensors(self.paths.checkpoint, tensors, meta)
+        self.dist.barrier()  # a rank that reads it next (a NaN restart) finds it written
 
     # ----- data -----------------------------------------------------------------------------
     def _load_data(self) -> tuple[PairedImages, PairedImages]:
@@ -281,6 +328,8 @@ class PhaseRunner:
     @torch.no_grad()
     def _validate(self, forward: Callable[[torch.Tensor], torch.Tensor], val: PairedImages) -> dict[str, float]:
         sums = dict(loss=0.0, psnr=0.0, psnr_y=0.0, ssim=0.0, ssim_y=0.0)
+        if not self.main:  # only rank 0 reports validation
+            return {k: float("nan") for k in sums}
         shave = self.plan.data.shave
         for x, y in zip(val.inputs, val.targets):
             out = forward(x[None]).clamp(0, 1)
@@ -322,6 +371,16 @@ class PhaseRunner:
             self._init_phase(model, pi, phase)
         sampler = PatchSampler(train, cfg.data.patch_size, cfg.data.batch_size, cfg.data.augment,
                                seed=cfg.train.seed * 1000 + pi)
+        sample = sampler.sample
+        train_forward_for = forward_for
+        no_sync = None
+        if self.dist.enabled:  # DDP: each rank trains on its slice of the same global batch
+            from torch.nn.parallel import DistributedDataParallel
+
+            ddp = DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            train_forward_for = lambda clamp: (lambda x: ddp(x, clamp=clamp))  # noqa: E731
+            no_sync = ddp.no_sync
+            sample = lambda: tuple(t.tensor_split(self.dist.world)[self.dist.rank] for t in sampler.sample())  # noqa: E731
         for si in range(pos.stage, len(phase.stages)):
             stage = phase.stages[si]
             start = pos.iter if si == pos.stage else 0
@@ -332,7 +391,7 @@ class PhaseRunner:
                 if start > 0:
                     optimizer_from_flat(optimizer, resume["tensors"], resume["meta"]["optim"])
             resume = None
-            forward = forward_for(stage.clamp)
+            forward = forward_for(stage.clamp)  # validation: the module itself, on rank 0
             offset = self.stage_offsets[(pi, si)]
             base = dict(phase=phase.name, stage=stage.name, block=what)
 
@@ -353,9 +412,10 @@ class PhaseRunner:
             module.train()
             t0 = time.perf_counter()
             reached = run_stage(
-                forward, optimizer, sampler.sample, stage, start, cfg.train.log_every,
-                LoopCallbacks(on_log, on_iter_end, self.should_stop),
+                train_forward_for(stage.clamp), optimizer, sample, stage, start, cfg.train.log_every,
+                LoopCallbacks(on_log, on_iter_end, self.should_stop, self.dist.mean),
                 progress=f"{phase.name} {stage.name}" if self.progress else None, lr_scale=lr_scale,
+                micro_batches=cfg.data.micro_batches, no_sync=no_sync,
             )
             if reached < stage.total_iters:
                 self._save_checkpoint(model, Position(pi, si, reached), metrics, optimizer, sampler, lr_scale)
@@ -369,7 +429,7 @@ class PhaseRunner:
         module.eval()
         final_clamp = phase.stages[-1].clamp
         scores = self._validate(forward_for(final_clamp), val)
-        if phase.kind == "train_block":
+        if phase.kind == "train_block" and self.main:
             save_block(self.paths.block(phase.block), module, cfg.model, phase.block)
         metrics.write(kind="phase", phase=phase.name, stage=phase.stages[-1].name, block=what,
                       iter=phase.stages[-1].total_iters, step=self.stage_offsets[(pi, len(phase.stages))],
@@ -385,13 +445,21 @@ class PhaseRunner:
 
         phase = self.plan.phases[pi]
         block = model.blocks[phase.block - 1].eval()
-        run = lambda xs, split: [block(x[None], clamp=True)[0] for x in  # noqa: E731
-                                 tqdm(xs, desc=f"{phase.name} {split}", unit="img", leave=False,
-                                      disable=not self.progress)]
+        d = self.dist
+
+        def run(xs: list[torch.Tensor], split: str) -> list[torch.Tensor]:
+            # image i is made by rank i % world, then broadcast from it to every rank
+            out = [block(x[None], clamp=True)[0] if i % d.world == d.rank else torch.empty_like(x)
+                   for i, x in enumerate(tqdm(xs, desc=f"{phase.name} {split}", unit="img", leave=False,
+                                              disable=not self.progress))]
+            return [d.broadcast_(t, i % d.world) for i, t in enumerate(out)]
+
         new_train, new_val = train.with_inputs(run(train.inputs, "train")), val.with_inputs(run(val.inputs, "val"))
         tensors = {f"train.{i}": t for i, t in enumerate(new_train.inputs)}
         tensors.update({f"val.{i}": t for i, t in enumerate(new_val.inputs)})
-        save_tensors(self.paths.generated(phase.name), tensors, {"phase": phase.name})
+        check_finite(tensors, self.paths.generated(phase.name))
+        if self.main:
+            save_tensors(self.paths.generated(phase.name), tensors, {"phase": phase.name})
         scores = self._validate(lambda x: x, new_val)
         metrics.write(kind="phase", phase=phase.name, stage="generate", block=f"N{phase.block}",
                       iter=0, step=self.stage_offsets[(pi, 0)], lr=0.0, **scores)
@@ -411,11 +479,12 @@ class PhaseRunner:
                                   f"({exc.strerror or exc}); pass a writable folder to --out") from None
         with seeded(self.plan.train.seed):
             model = build_model(self.plan.model)
+        torch.manual_seed(rank_seed(self.plan.train.seed, self.dist.rank))
         pos, resume, keep_lines = self._load_position(model)
-        metrics = MetricsLog(self.paths.metrics, keep_lines)
+        metrics = MetricsLog(self.paths.metrics, keep_lines, enabled=self.main)
         n_phases = len(self.plan.phases)
         if pos.phase >= n_phases and self.paths.model.exists():
-            if not self.paths.report.exists():
+            if self.main and not self.paths.report.exists():
                 write_report(self.paths, self.plan, model.to(self.device), None)
             log.info("run %s already finished; nothing to do", self.paths.root)
             return self._result(metrics, already_finished=True)
@@ -446,8 +515,10 @@ class PhaseRunner:
             resume, pos = None, Position(pi + 1)
             self._save_checkpoint(model, pos, metrics)
         model.eval()
-        save_model(self.paths.model, model, plan=[p.name for p in self.plan.phases])
-        write_report(self.paths, self.plan, model, val_raw)
+        if self.main:
+            save_model(self.paths.model, model, plan=[p.name for p in self.plan.phases])
+            write_report(self.paths, self.plan, model, val_raw)
+        self.dist.barrier()
         log.info("run finished in %.1f s: %s", time.perf_counter() - t_run, self.paths.root)
         return self._result(metrics, already_finished=False)
 
@@ -473,9 +544,9 @@ class PhaseRunner:
             pos, resume, keep = Position(), None, 0
         if pos.phase != pi:
             raise TrainingDiverged(f"phase {phase.name}: {exc}; the last checkpoint is from another phase")
-        metrics = MetricsLog(self.paths.metrics, keep)
+        metrics = MetricsLog(self.paths.metrics, keep, enabled=self.main)
         lr_scale *= tc.nonfinite_lr_factor
-        with self.paths.events.open("a") as f:
+        with self.paths.events.open("a") if self.main else contextlib.nullcontext(_Discard()) as f:
             f.write(json.dumps({"event": "nonfinite", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                 "phase": phase.name, "detail": str(exc), "restart": dataclasses.asdict(pos),
                                 "lr_scale": lr_scale}) + "\n")
@@ -492,7 +563,8 @@ class PhaseRunner:
 
 
 def train(plan: Plan, data_root: str | Path, out_dir: str | Path, device: str = "auto",
-          progress: bool = True, should_stop: Callable[[], bool] = lambda: False) -> RunResult:
+          progress: bool = True, should_stop: Callable[[], bool] = lambda: False,
+          dist: Dist | None = None) -> RunResult:
     """Run ``plan`` on the pairs under ``data_root`` (``train/`` and ``test/``) into ``out_dir``,
     resuming from its checkpoint if the folder holds an unfinished run of the same plan."""
-    return PhaseRunner(plan, data_root, out_dir, device, progress, should_stop).run()
+    return PhaseRunner(plan, data_root, out_dir, device, progress, should_stop, dist).run()

@@ -72,6 +72,22 @@ class Dist:
         torch.distributed.all_reduce(t)
         return [int(v) for v in t.tolist()]
 
+    def check_same(self, what: str, value: object) -> None:
+        """Raise on every rank unless ``value`` is equal on all of them: ranks that see different
+        files (no shared filesystem, a node-local copy) would otherwise split work wrongly or
+        call collectives out of step."""
+        if not self.enabled:
+            return
+        import hashlib
+
+        digest = hashlib.sha256(repr(value).encode()).hexdigest()
+        seen: list[object] = [None] * self.world
+        torch.distributed.all_gather_object(seen, digest)
+        odd = [r for r, d in enumerate(seen) if d != seen[0]]
+        if odd:
+            raise MCANError(f"{what} differs between rank 0 and rank(s) {odd}: every process must see the "
+                            "same files (put --data, --out and the inputs on a filesystem all machines share)")
+
     def broadcast_(self, t: torch.Tensor, src: int) -> torch.Tensor:
         """``t`` (same shape on every rank) takes rank ``src``'s values, in place."""
         if self.enabled:
@@ -79,7 +95,7 @@ class Dist:
         return t
 
     def _device(self) -> torch.device:
-        backend = torch.distributed.get_backend()
+        backend = str(torch.distributed.get_backend())
         return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
 
@@ -96,9 +112,11 @@ def from_env() -> Dist:
     return Dist(rank, world, local)
 
 
-def init(device: str = "auto", timeout_min: float = 30.0) -> tuple[Dist, str]:
-    """Join the process group torchrun set up (NCCL where each process has a GPU, else gloo) and
-    pick this process's device: ``auto``/``cuda`` become ``cuda:LOCAL_RANK`` under torchrun.
+def init(device: str = "auto", timeout_min: float = 120.0, backend: str | None = None) -> tuple[Dist, str]:
+    """Join the process group torchrun set up (NCCL where each process has a GPU, else gloo,
+    unless ``backend`` says) and pick this process's device: ``auto``/``cuda`` become
+    ``cuda:LOCAL_RANK`` under torchrun. ``timeout_min`` bounds how long a rank waits for the
+    others at a collective (rank 0 validating and writing the report, while the others wait).
     Returns the ``Dist`` and the device string to use."""
     d = from_env()
     if not d.enabled:
@@ -113,7 +131,7 @@ def init(device: str = "auto", timeout_min: float = 30.0) -> tuple[Dist, str]:
     elif device == "auto":
         device = "cpu"
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if cuda else "gloo",
+        torch.distributed.init_process_group(backend or ("nccl" if cuda else "gloo"),
                                              timeout=datetime.timedelta(minutes=timeout_min))
     log.debug("rank %d of %d (local %d) on %s", d.rank, d.world, d.local_rank, device)
     return d, device

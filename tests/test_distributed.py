@@ -51,7 +51,7 @@ def demo_plan_dict(micro_batches: int = 1) -> dict:
 def torchrun(*args: str, n: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-                           "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                           "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -94,8 +94,7 @@ def test_two_processes_train_the_demo_plan_like_one(single_run, sample_dir, tmp_
     la, lb = _lines(single_run), _lines(out)
     assert [(x["kind"], x["phase"], x["iter"]) for x in la] == [(x["kind"], x["phase"], x["iter"]) for x in lb]
     assert [x["loss"] for x in la] == [x["loss"] for x in lb], "the logged loss is the global batch's"
-    info = json.loads((out / "run.json").read_text())
-    assert info["world_size"] == 2 and len(set(info["rank_seeds"])) == 2
+    assert json.loads((out / "run.json").read_text())["world_size"] == 2
     assert not any(p.name.endswith(".tmp") for p in out.rglob("*"))
 
 
@@ -134,7 +133,12 @@ def test_two_process_upscale_writes_the_same_files(single_run, tmp_path):
     assert "5 written, 0 skipped, 0 failed by 2 processes" in proc.stdout
     for i in range(5):
         assert (tmp_path / "one" / f"{i}.png").read_bytes() == (tmp_path / "two" / f"{i}.png").read_bytes()
-    assert sum(f"{i}.png ->" in proc.stderr for i in range(5)) >= 2, "rank 0 logs its own files"
+    logged = {i for i in range(5) if f"{i}.png ->" in proc.stderr}
+    assert logged == {0, 2, 4}, "rank 0 takes every second file and only rank 0 logs below WARNING"
+    (tmp_path / "two" / "3.png").unlink()
+    proc = torchrun("mcan_deploy.cli.upscale", str(model), str(src), "-o", str(tmp_path / "two"), "--no-progress",
+                    "--tile", "32")
+    assert "1 written, 4 skipped, 0 failed by 2 processes" in proc.stdout, "counts summed over the ranks"
 
 
 def test_shards_cover_every_item_once():
@@ -147,3 +151,34 @@ def test_shards_cover_every_item_once():
 def test_batch_that_does_not_split_over_the_processes_is_refused(sample_dir, tmp_path):
     with pytest.raises(MCANError, match="data.batch_size = 16 does not split over 3 processes"):
         PhaseRunner(plan_from_dict(demo_plan_dict()), sample_dir, tmp_path / "r", device="cpu", dist=Dist(0, 3, 0))
+
+
+def test_sigterm_under_torchrun_stops_every_rank_at_one_checkpoint_then_resumes(single_run, sample_dir, tmp_path):
+    """torchrun passes SIGTERM to every rank, each at its own moment: the stop flag is agreed
+    on (all-reduced), so all ranks stop after the same iteration and one checkpoint is written."""
+    import signal
+    import time
+
+    plan = tmp_path / "plan.toml"
+    plan.write_text(tomli_w.dumps(demo_plan_dict()))
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+            "mcan_deploy.cli.train", "--config", str(plan), "--data", str(sample_dir), "--out", str(out),
+            "--device", "cpu", "--no-progress"]
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def lines() -> int:
+        path = out / "metrics.jsonl"
+        return sum(1 for _ in path.open()) if path.exists() else 0
+
+    deadline = time.time() + 120
+    while time.time() < deadline and lines() < 4:  # identity + some training lines: mid-phase
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, "torchrun reports the stopped workers as failed"
+    assert "checkpoint written" in err and "Traceback" not in err.split("checkpoint written")[0][-500:], err[-3000:]
+    assert not (out / "model.safetensors").exists()
+    torchrun("mcan_deploy.cli.train", "--config", str(plan), "--data", str(sample_dir), "--out", str(out),
+             "--device", "cpu", "--no-progress")
+    _assert_bitwise(_weights(single_run), _weights(out))

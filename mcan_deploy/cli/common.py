@@ -24,6 +24,13 @@ def setup_logging(verbose: bool = False) -> None:
         level = max(level, logging.WARNING)
     tag = f"[rank {rank}] " if world != "1" else ""
     logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {tag}%(message)s", datefmt="%H:%M:%S")
+    if not verbose:  # OpenCV's own decoder warnings ("PNG input buffer is incomplete") would add a
+        try:         # second line to our one-line error for the same file
+            import cv2
+
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        except (ImportError, AttributeError):
+            pass
 
 
 def run_main(prog: str, body: Callable[[], int], debug: bool = False) -> int:

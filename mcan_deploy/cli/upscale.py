@@ -75,7 +75,9 @@ def _run(args: argparse.Namespace) -> int:
         raise MCANError(f"--suffix {args.suffix}: choose one of {', '.join(IMAGE_SUFFIXES)}")
     from .. import distributed
 
-    dist, device = distributed.init(args.device)
+    # gloo only counts the results at the end; ranks whose share finishes early wait there for
+    # the others, however long their images take
+    dist, device = distributed.init(args.device, timeout_min=7 * 24 * 60, backend="gloo")
     try:
         return _upscale(args, dist, device)
     finally:
@@ -92,7 +94,9 @@ def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
     from ..upscale import plan_jobs, prepare, write_result
 
     runner = load_runner(args.model, device, args.dtype, args.rcab, args.trust_pickle)
-    jobs = dist.shard(plan_jobs(args.inputs, args.out, args.suffix))  # all ranks plan all, take a share
+    jobs = plan_jobs(args.inputs, args.out, args.suffix)
+    dist.check_same("the list of input files", [(str(j.src), str(j.dst)) for j in jobs])
+    jobs = dist.shard(jobs)  # every rank planned all files; each takes its share
     cuda = runner.device.type == "cuda"
     ca_stats = args.ca_stats
     if ca_stats == "auto":
@@ -111,7 +115,7 @@ def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
                 prepared = prepare(job, args.scale, int(args.max_pixels))
                 _, h, w = prepared.x.shape
                 with tqdm(total=planned_windows(runner, h, w, cfg), desc=job.src.name, unit="tile",
-                          leave=False, disable=args.no_progress) as bar:
+                          leave=False, disable=args.no_progress or not dist.is_main) as bar:
                     out, report = upscale_tensor(runner, prepared.x, cfg, progress=bar.update)
                 write_result(job, prepared, out)
                 log.info("%s -> %s (%dx%d): %s", job.src, job.dst, w, h, report.summary())

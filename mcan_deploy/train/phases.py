@@ -490,6 +490,10 @@ class PhaseRunner:
             return self._result(metrics, already_finished=True)
         model.to(self.device)
         train_raw, val_raw = self._load_data()
+        # ranks that read different checkpoints or data would call collectives out of step
+        self.dist.check_same("the checkpoint position", (pos, keep_lines))
+        self.dist.check_same("the training data", [(n, tuple(t.shape)) for d in (train_raw, val_raw)
+                                                   for n, t in zip(d.names, d.targets)])
         if not metrics.count:
             metrics.write(kind="identity", phase="LR", stage="", iter=0, step=0, lr=0.0,
                           **self._validate(lambda x: x, val_raw))

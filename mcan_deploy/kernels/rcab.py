@@ -272,8 +272,9 @@ def gate(sums: torch.Tensor, count: float, wd: torch.Tensor, bd: torch.Tensor, w
          bu: torch.Tensor) -> torch.Tensor:
     """(B, C) float32 gate s from channel sums (B, C) over ``count`` pixels: the MLP step.
 
-    The tiling engine calls it with sums gathered over every tile of an image. Weights are the
-    1x1 convolutions' tensors: W_D (C/r, C, 1, 1), b_D, W_U (C, C/r, 1, 1), b_U."""
+    For callers that gather the sums themselves, e.g. over every tile of an image (the tiling
+    engine's runners use their own ``ca_scale`` for this (C,)-sized step). Weights are the 1x1
+    convolutions' tensors: W_D (C/r, C, 1, 1), b_D, W_U (C, C/r, 1, 1), b_U."""
     if not count > 0:
         raise ValueError(f"gate: pixel count {count} must be > 0")
     part = sums.to(torch.float32).reshape(sums.shape[0], 1, -1).contiguous()

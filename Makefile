@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench study clean
 
 install: $(STAMP)
 
@@ -37,6 +37,15 @@ test: install
 bench: install
 	$(BIN)/mcan-bench --quick --out benchmarks/results/bench-quick-cpu-$$(date +%Y%m%d)
 	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-json=benchmarks/results/cpu-$$(date +%Y%m%d).json
+
+# The report's experiments with error bars (docs/experiments.md): every experiment of configs/study/
+# at the CPU scale, 3 seeds each, on the City100 Nikon pairs, one thread (timings are compared at
+# equal threads). Resumable; finished runs are found, not retrained. STUDY_SCALE=full runs the
+# report's own configuration (a GPU job: --device auto picks CUDA).
+STUDY_DATA ?= ../shared/data/city100_nikon
+STUDY_SCALE ?= cpu
+study: install
+	OMP_NUM_THREADS=1 $(BIN)/mcan-study configs/study/*.toml --data $(STUDY_DATA) --scale $(STUDY_SCALE) --threads 1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -33,3 +33,7 @@ class NonFiniteError(MCANError):
 
 class TrainingDiverged(MCANError):
     """Training hit non-finite values and the plan says stop (or its retries are used up)."""
+
+
+class StudyError(MCANError):
+    """A study's run directory is missing or unfinished, or its runs cannot be compared."""

@@ -42,27 +42,29 @@ def psnr(a: torch.Tensor, b: torch.Tensor, shave: int = 0, y: bool = False) -> f
     return sum(vals) / len(vals)
 
 
-def _gaussian_window(sigma: float = 1.5, radius: int = 5) -> torch.Tensor:
+def _gaussian_1d(sigma: float = 1.5, radius: int = 5) -> torch.Tensor:
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
+    return g / g.sum()
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, shave: int = 0, y: bool = False) -> float:
     """Structural similarity (Wang et al. 2004): 11x11 Gaussian window, sigma 1.5, K1 0.01,
-    K2 0.03, data range 1, averaged over the valid window positions and the channels."""
+    K2 0.03, data range 1, averaged over the valid window positions and the channels.
+
+    The Gaussian window is separable, so it is applied as an 11-tap row and an 11-tap column
+    filter (22 multiply-adds a pixel instead of 121; validation of large crops is several times
+    faster); the result equals the 2-D window's to float64 rounding."""
     a, b = _prepare(a, b, shave, y)
-    c = a.shape[1]
-    w = _gaussian_window().to(a)[None, None].repeat(c, 1, 1, 1)
-
-    def filt(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, w, groups=c)
-
-    mu_a, mu_b = filt(a), filt(b)
-    var_a = filt(a * a) - mu_a**2
-    var_b = filt(b * b) - mu_b**2
-    cov = filt(a * b) - mu_a * mu_b
+    n, c = a.shape[:2]
+    g = _gaussian_1d().to(a)
+    # the five maps the window averages, as channels of one tensor: one filter call for all
+    maps = torch.cat([a, b, a * a, b * b, a * b], dim=1).reshape(n * 5 * c, 1, *a.shape[-2:])
+    f = F.conv2d(F.conv2d(maps, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
+    mu_a, mu_b, e_aa, e_bb, e_ab = f.reshape(n, 5, c, *f.shape[-2:]).unbind(1)
+    var_a = e_aa - mu_a**2
+    var_b = e_bb - mu_b**2
+    cov = e_ab - mu_a * mu_b
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return float(s.flatten(1).mean(1).mean())

@@ -359,6 +359,7 @@ class PhaseRunner:
                      lr_scale: float = 1.0) -> None:
         phase = self.plan.phases[pi]
         cfg = self.plan
+        t_phase = time.perf_counter()
         if phase.kind == "train_block":
             module = model.blocks[phase.block - 1]
             forward_for = lambda clamp: (lambda x: module(x, clamp=clamp))  # noqa: E731
@@ -433,7 +434,7 @@ class PhaseRunner:
             save_block(self.paths.block(phase.block), module, cfg.model, phase.block)
         metrics.write(kind="phase", phase=phase.name, stage=phase.stages[-1].name, block=what,
                       iter=phase.stages[-1].total_iters, step=self.stage_offsets[(pi, len(phase.stages))],
-                      lr=phase.stages[-1].lr[-1], **scores)
+                      lr=phase.stages[-1].lr[-1], seconds=time.perf_counter() - t_phase, **scores)
         log.info("phase %s (%s): validation PSNR %.3f dB (Y %.3f dB)", phase.name, what,
                  scores["psnr"], scores["psnr_y"])
 
@@ -446,6 +447,7 @@ class PhaseRunner:
         phase = self.plan.phases[pi]
         block = model.blocks[phase.block - 1].eval()
         d = self.dist
+        t_phase = time.perf_counter()
 
         def run(xs: list[torch.Tensor], split: str) -> list[torch.Tensor]:
             # image i is made by rank i % world, then broadcast from it to every rank
@@ -460,9 +462,10 @@ class PhaseRunner:
         check_finite(tensors, self.paths.generated(phase.name))
         if self.main:
             save_tensors(self.paths.generated(phase.name), tensors, {"phase": phase.name})
+        seconds = time.perf_counter() - t_phase  # the generation itself, without its validation
         scores = self._validate(lambda x: x, new_val)
         metrics.write(kind="phase", phase=phase.name, stage="generate", block=f"N{phase.block}",
-                      iter=0, step=self.stage_offsets[(pi, 0)], lr=0.0, **scores)
+                      iter=0, step=self.stage_offsets[(pi, 0)], lr=0.0, seconds=seconds, **scores)
         log.info("phase %s: generated LR_%d from N%d+ (validation PSNR %.3f dB)", phase.name,
                  phase.block, phase.block, scores["psnr"])
         return new_train, new_val

@@ -1,0 +1,101 @@
+"""``mcan-study EXPERIMENT.toml ... --data DIR``: reproduce the report's experiments with error bars.
+
+Each experiment file (``configs/study/``) names a claim of the report, the plans that test it and
+the seeds. Every (plan, seed) trains into ``RUNS/<scale>/<plan>/seed<k>`` (resumable; experiments
+that share a plan share its runs), then ``OUT/<experiment>/results.json``, ``table.md`` and the
+plots are written. ``--aggregate-only`` remakes them from finished runs without training;
+``--max-iters 2`` is a smoke run of every plan (kept apart from real runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from .common import EXIT_INTERRUPTED, cli_main
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: give integers separated by commas, e.g. 0,1,2") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: give integers >= 0, e.g. 0,1,2")
+    return seeds
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an integer >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mcan-study", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiments", nargs="+", help="experiment files, e.g. configs/study/*.toml")
+    p.add_argument("--data", required=True, help="dataset folder with train/ and test/ (City100: "
+                   "../shared/data/city100_nikon)")
+    p.add_argument("--scale", default="cpu", help="which plans of each experiment: cpu (scaled down, about an "
+                   "hour on 2 cores for all) or full (the report's configuration, for a GPU)")
+    p.add_argument("--runs", default="runs/study", help="where the run directories go (default runs/study)")
+    p.add_argument("--out", help="where results.json, table.md and plots go (default docs/experiments/<scale>, "
+                   "or <scale>-max<N> for a smoke run, so a smoke run never overwrites real results)")
+    p.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default: each experiment's own)")
+    p.add_argument("--max-iters", type=_positive, help="cut every span of iterations to this many: a smoke run")
+    p.add_argument("--aggregate-only", action="store_true", help="no training: tables and plots from finished runs")
+    p.add_argument("--threads", type=_positive, help="CPU threads for torch (timings are comparable only at "
+                   "equal threads; the committed CPU results used 1)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    parser.set_defaults(command="mcan-study " + shlex.join(argv))  # recorded in results.json
+    return cli_main(parser, _run, argv)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..study import load_experiment, run_study
+    from ..study.runs import scale_dir
+    from ..train import TrainingInterrupted
+    from .train import StopFlag
+
+    experiments = [load_experiment(p) for p in args.experiments]  # every file checked before any training
+    for exp in experiments:
+        exp.plan_paths(args.scale)
+    out = args.out or f"docs/experiments/{scale_dir(args.scale, args.max_iters)}"
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    stop = StopFlag()
+    stop.install()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    try:
+        with logging_redirect_tqdm():
+            for exp in experiments:
+                r = run_study(exp, args.scale, args.data, args.runs, out, args.seeds, args.device,
+                              not args.no_progress, args.max_iters, train=not args.aggregate_only,
+                              command=args.command, should_stop=stop)
+                print(f"mcan-study: {exp.name}: {out}/{exp.name}/results.json, table.md, "
+                      + ", ".join(r["plots"]))
+    except TrainingInterrupted as exc:
+        print(f"mcan-study: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""From run directories to results: one analysis per kind of experiment.
+
+Each analysis returns a JSON-ready dict (the committed ``results.json``) and draws its plots; the
+markdown tables are rendered from that dict alone (``render.py``), so every number in them can be
+traced to ``results.json`` and from there to the run directories and the command that made them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import Plan
+from .budget import block_forward_flops_per_pixel, dataset_pixels, plan_budget, step_flops
+from .runs import RunData
+from .spec import Experiment
+from .stats import paired, summary, welch
+
+log = logging.getLogger(__name__)
+
+METRICS = ("psnr", "psnr_y", "ssim", "ssim_y")
+
+
+# ----- shared pieces -------------------------------------------------------------------------
+def _identity(runs: dict[str, list[RunData]]) -> dict[str, float]:
+    """LR against HR on the validation crops; every run of an experiment must agree on it."""
+    first = next(iter(runs.values()))[0].identity
+    for rs in runs.values():
+        for r in rs:
+            if any(abs(r.identity[m] - first[m]) > 1e-9 for m in METRICS):
+                from ..errors import StudyError
+
+                raise StudyError(f"{r.path}: its identity baseline differs from {next(iter(runs.values()))[0].path}'s "
+                                 "(other data or validation crop); the runs cannot share one table")
+    return {m: first[m] for m in METRICS}
+
+
+def _run_record(r: RunData) -> dict[str, Any]:
+    return {"seed": r.seed, "run": str(r.path), "final": {m: r.final[m] for m in METRICS},
+            "final_phase": r.final["phase"], "best_psnr": r.best_psnr(),
+            "phase_ends": [{k: p[k] for k in ("phase", "stage", "block", *METRICS)} for p in r.phase_ends],
+            "train_seconds": r.train_seconds, "generate_seconds": r.generate_seconds}
+
+
+def _budget(plan: Plan, data_root: Path) -> dict[str, Any]:
+    train_px, val_px = dataset_pixels(data_root, plan.data.val_max_size)
+    b = plan_budget(plan, train_px, val_px)
+    b["pixels_per_update"] = plan.data.batch_size * plan.data.patch_size**2
+    return b
+
+
+def _finals(rs: list[RunData]) -> dict[str, Any]:
+    out = {m: summary([r.final[m] for r in rs]) for m in METRICS}
+    out["best_psnr"] = summary([r.best_psnr() for r in rs])
+    out["train_seconds"] = summary([r.train_seconds for r in rs])
+    out["generate_seconds"] = summary([r.generate_seconds for r in rs])
+    out["wall_seconds"] = summary([r.train_seconds + r.generate_seconds for r in rs])
+    return out
+
+
+def _flops_axis(plan: Plan) -> tuple[dict[str, tuple[int, float, float]], float]:
+    """Per trained phase: (first global step, FLOPs before the phase, FLOPs per iteration), so a
+    validation at global step s of phase p sits at FLOPs before + (s - first) x per iteration."""
+    out, step, flops = {}, 0, 0.0
+    for p in plan.phases:
+        if p.kind == "generate":
+            continue  # generation FLOPs are in the budget table, not on the training axis
+        per = step_flops(plan.model, p.kind == "train_joint", plan.data.batch_size, plan.data.patch_size)
+        out[p.name] = (step, flops, float(per))
+        step += p.total_iters
+        flops += p.total_iters * per
+    return out, flops
+
+
+def _curves(rs: list[RunData], x: str) -> list[dict[str, Any]]:
+    """Validation curve of one plan over seeds: one point per validation, PSNR mean and std.
+    ``x`` is ``step`` (global iteration) or ``flops`` (training FLOPs so far)."""
+    axis, _ = _flops_axis(rs[0].plan)
+    points = []
+    for i, rec in enumerate(rs[0].curve):
+        vals = [r.curve[i]["psnr"] for r in rs if i < len(r.curve)]
+        first, before, per = axis[rec["phase"]]
+        xv = rec["step"] if x == "step" else before + (rec["step"] - first) * per
+        points.append({"phase": rec["phase"], "step": rec["step"], "x": xv, **summary(vals)})
+    return points
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _band(ax, points: list[dict[str, Any]], label: str, color: str | None = None, scale: float = 1.0) -> None:
+    xs = [p["x"] * scale for p in points]
+    mean = [p["mean"] for p in points]
+    lo = [p["mean"] - p["std"] for p in points]
+    hi = [p["mean"] + p["std"] for p in points]
+    line, = ax.plot(xs, mean, marker="o", ms=3, label=label, color=color)
+    ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
+
+
+def _dots(ax, labels: list[str], finals: dict[str, dict[str, Any]], identity: float, metric: str = "psnr") -> None:
+    """Every seed's final value as a dot, the mean +- std as an error bar, the identity line."""
+    for i, label in enumerate(labels):
+        s = finals[label][metric]
+        ax.scatter([i] * len(s["values"]), s["values"], s=14, alpha=0.6)
+        ax.errorbar([i + 0.15], [s["mean"]], yerr=[s["std"]], fmt="s", color="black", capsize=4)
+    ax.axhline(identity, color="gray", ls="--", label="identity (LR)")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set(ylabel="final validation PSNR RGB (dB)", title="Per seed (dots), mean +- std")
+    ax.legend(fontsize=8)
+
+
+# ----- compare: two plans at an equal budget (report sec. 3.1 and 4) ----------------------------
+def analyse_compare(exp: Experiment, runs: dict[str, list[RunData]], out: Path) -> dict[str, Any]:
+    identity = _identity(runs)
+    labels = list(runs)
+    finals = {label: _finals(rs) for label, rs in runs.items()}
+    diffs = {label: {m: welch(finals[label][m]["values"], finals[exp.baseline][m]["values"]) for m in (*METRICS, "best_psnr")}
+             for label in labels if label != exp.baseline}
+    budgets = {label: _budget(rs[0].plan, rs[0].data_root) for label, rs in runs.items()}
+    curves = {label: _curves(rs, "flops") for label, rs in runs.items()}
+    plt = _plt()
+    fig, (ax_c, ax_d) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    for label in labels:
+        _band(ax_c, curves[label], label, scale=1e-12)
+    ax_c.axhline(identity["psnr"], color="gray", ls="--", label="identity (LR)")
+    ax_c.set(xlabel="training TFLOPs so far (generation not included)", ylabel="validation PSNR RGB (dB)",
+             title=f"Validation, mean +- std over {len(next(iter(runs.values())))} seeds")
+    ax_c.legend(fontsize=8)
+    _dots(ax_d, labels, finals, identity["psnr"])
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+    return {"identity": identity, "finals": finals, "diffs": diffs, "budgets": budgets, "curves": curves,
+            "plots": ["curves.png"]}
+
+
+# ----- phases: validation after each phase (report sec. 5.2, fig. 8) ---------------------------
+def analyse_phases(exp: Experiment, runs: dict[str, list[RunData]], out: Path) -> dict[str, Any]:
+    identity = _identity(runs)
+    rs = runs["phased"]
+    names = [p["phase"] for p in rs[0].phase_ends if p["stage"] != "generate"]
+    per_phase = {}
+    prev_vals = {m: [identity[m]] * len(rs) for m in METRICS}
+    for name in names:
+        recs = [next(p for p in r.phase_ends if p["phase"] == name and p["stage"] != "generate") for r in rs]
+        vals = {m: [rec[m] for rec in recs] for m in METRICS}
+        block = recs[0]["block"]
+        per_phase[name] = {"block": block, "output": "N(LR)" if block == "N" else _chain(int(block[1:])), **{m: summary(vals[m]) for m in METRICS},
+                           "gain": {m: paired(vals[m], prev_vals[m]) for m in METRICS}}
+        prev_vals = vals
+    curves = _curves(rs, "step")
+    plt = _plt()
+    fig, (ax_c, ax_p) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    for name in names:
+        _band(ax_c, [p for p in curves if p["phase"] == name], f"phase {name}")
+    ax_c.axhline(identity["psnr"], color="gray", ls="--", label="identity (LR)")
+    ax_c.set(xlabel="iteration (all phases)", ylabel="validation PSNR RGB (dB)",
+             title=f"Validation during each phase: mean +- std over {len(rs)} seeds")
+    ax_c.legend(fontsize=8)
+    xs = ["LR", *names]
+    for r in rs:
+        ys = [identity["psnr"]] + [next(p["psnr"] for p in r.phase_ends if p["phase"] == n and p["stage"] != "generate")
+                                   for n in names]
+        ax_p.plot(xs, ys, marker="o", alpha=0.6, label=f"seed {r.seed}")
+    ax_p.set(xlabel="after phase", ylabel="validation PSNR RGB (dB)", title="Each seed after each phase")
+    ax_p.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "phases.png", dpi=110)
+    plt.close(fig)
+    return {"identity": identity, "phases": per_phase, "curves": curves, "plots": ["phases.png"],
+            "budgets": {"phased": _budget(rs[0].plan, rs[0].data_root)}}
+
+
+# ----- patch: patch sizes (report sec. 5.1) --------------------------------------------------
+def analyse_patch(exp: Experiment, runs: dict[str, list[RunData]], out: Path) -> dict[str, Any]:
+    identity = _identity(runs)
+    labels = sorted(runs, key=lambda k: runs[k][0].plan.data.patch_size)
+    finals = {label: _finals(runs[label]) for label in labels}
+    diffs = {f"{b} - {a}": {m: welch(finals[b][m]["values"], finals[a][m]["values"]) for m in METRICS}
+             for a, b in zip(labels, labels[1:])}
+    budgets = {label: _budget(runs[label][0].plan, runs[label][0].data_root) for label in labels}
+    curves = {label: _curves(runs[label], "step") for label in labels}
+    plt = _plt()
+    fig, (ax_c, ax_d) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    for label in labels:
+        _band(ax_c, curves[label], f"{label} ({runs[label][0].plan.data.patch_size} px)")
+    ax_c.axhline(identity["psnr"], color="gray", ls="--", label="identity (LR)")
+    ax_c.set(xlabel="iteration", ylabel="validation PSNR RGB (dB)",
+             title=f"One block, patch sizes: mean +- std over {len(next(iter(runs.values())))} seeds")
+    ax_c.legend(fontsize=8)
+    _dots(ax_d, labels, finals, identity["psnr"])
+    fig.tight_layout()
+    fig.savefig(out / "patch.png", dpi=110)
+    plt.close(fig)
+    return {"identity": identity, "finals": finals, "diffs": diffs, "budgets": budgets, "curves": curves,
+            "plots": ["patch.png"]}
+
+
+# ----- inverse: every block of the final N in turn (report sec. 5.3, fig. 9) -----------------
+@torch.no_grad()
+def _prefix_scores(r: RunData, val) -> list[dict[str, float]]:
+    """Metrics of N_1, N_2(N_1), ... of the run's final N on the validation images (their mean)."""
+    from ..checkpoint import load_model
+    from ..metrics import psnr, ssim
+
+    model = load_model(r.path / "model.safetensors").eval()
+    sums = [dict.fromkeys(METRICS, 0.0) for _ in model.blocks]
+    for x, y in zip(val.inputs, val.targets):
+        for k, o in enumerate(model.forward_all(x[None], clamp=True)):
+            for m, fn, yy in (("psnr", psnr, False), ("psnr_y", psnr, True), ("ssim", ssim, False), ("ssim_y", ssim, True)):
+                sums[k][m] += fn(o, y[None], r.plan.data.shave, y=yy)
+    return [{m: v / len(val) for m, v in s.items()} for s in sums]
+
+
+def analyse_inverse(exp: Experiment, runs: dict[str, list[RunData]], out: Path) -> dict[str, Any]:
+    from ..data import load_images, split_dirs
+
+    identity = _identity(runs)
+    first = runs["phased"][0]
+    val = load_images(split_dirs(first.data_root)[1], max_size=first.plan.data.val_max_size, progress=False,
+                      max_pixels=first.plan.data.max_pixels)
+    prefixes: dict[str, list[dict[str, Any]]] = {}
+    raw: dict[str, list[list[dict[str, float]]]] = {}
+    for label, rs in runs.items():
+        raw[label] = [_prefix_scores(r, val) for r in rs]  # [seed][k][metric]
+        n = len(raw[label][0])
+        rows = []
+        for k in range(n):
+            vals = {m: [s[k][m] for s in raw[label]] for m in METRICS}
+            before = {m: [s[k - 1][m] for s in raw[label]] if k else [identity[m]] * len(rs) for m in METRICS}
+            rows.append({"output": _chain(k + 1), **{m: summary(vals[m]) for m in METRICS},
+                         "gain": {m: paired(vals[m], before[m]) for m in METRICS}})
+        prefixes[label] = rows
+    contrast = {}
+    if "single" in raw:
+        contrast = {_chain(k + 1): welch([s[k]["psnr"] for s in raw["phased"]], [s[k]["psnr"] for s in raw["single"]])
+                    for k in range(len(raw["phased"][0]))}
+    _strip(runs, val, out)
+    _prefix_plot(prefixes, identity, out)
+    return {"identity": identity, "prefixes": prefixes, "phased_minus_single": contrast,
+            "validation_images": val.names, "plots": ["prefixes.png", "strip.png"]}
+
+
+def _chain(k: int) -> str:
+    s = "LR"
+    for i in range(1, k + 1):
+        s = f"N{i}({s})"
+    return s
+
+
+def _prefix_plot(prefixes: dict[str, list[dict[str, Any]]], identity: dict[str, float], out: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, rows in prefixes.items():
+        xs = list(range(1, len(rows) + 1))
+        ax.errorbar(xs, [r["psnr"]["mean"] for r in rows], yerr=[r["psnr"]["std"] for r in rows], marker="o",
+                    capsize=4, label=f"{label} N, its blocks in turn")
+    ax.axhline(identity["psnr"], color="gray", ls="--", label="identity (LR)")
+    ax.set_xticks(range(1, len(next(iter(prefixes.values()))) + 1),
+                  [_chain(k).replace("(LR)", "") for k in range(1, len(next(iter(prefixes.values()))) + 1)])
+    ax.set(xlabel="blocks of the final N applied", ylabel="validation PSNR RGB (dB)",
+           title="Inverse analysis: mean +- std over seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "prefixes.png", dpi=110)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def _strip(runs: dict[str, list[RunData]], val, out: Path) -> None:
+    """Fig. 9: LR, N_1, N_2(N_1), ..., HR on a test crop, one row per plan (seed of the first run)."""
+    from ..checkpoint import load_model
+    from ..data import center_crop
+    from ..metrics import psnr
+
+    plt = _plt()
+    rows = list(runs)
+    size = runs["phased"][0].plan.train.strip_size
+    x, y = center_crop(val.inputs[0], size), center_crop(val.targets[0], size)
+    n_blocks = runs["phased"][0].plan.model.n_blocks
+    fig, axes = plt.subplots(len(rows), n_blocks + 2, figsize=(2.6 * (n_blocks + 2), 2.9 * len(rows)), squeeze=False)
+    for row, label in zip(axes, rows):
+        r = runs[label][0]
+        outs = load_model(r.path / "model.safetensors").eval().forward_all(x[None], clamp=True)
+        panels = [("LR", x), *((_chain(k + 1).replace("(LR)", ""), o[0]) for k, o in enumerate(outs)), ("HR", y)]
+        for ax, (name, img) in zip(row, panels):
+            ax.imshow(img.clamp(0, 1).permute(1, 2, 0).float().cpu().numpy())
+            ax.set_title(name if name == "HR" else f"{name}\n{psnr(img, y):.2f} dB", fontsize=9)
+            ax.axis("off")
+        row[0].text(-0.08, 0.5, f"{label} N\n(seed {r.seed})", transform=row[0].transAxes, ha="right", va="center",
+                    fontsize=9)
+    fig.suptitle(f"Centre {x.shape[-1]}x{x.shape[-2]} crop of test image {val.names[0]}: each block of the final N "
+                 "in turn", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "strip.png", dpi=90)
+    plt.close(fig)
+
+
+ANALYSES = {"compare": analyse_compare, "phases": analyse_phases, "patch": analyse_patch,
+            "inverse": analyse_inverse}
+
+
+def analyse(exp: Experiment, runs: dict[str, list[RunData]], out: Path) -> dict[str, Any]:
+    """The experiment's results (plots written into ``out``), with every run's raw numbers."""
+    out.mkdir(parents=True, exist_ok=True)
+    result = ANALYSES[exp.kind](exp, runs, out)
+    result["runs"] = {label: [_run_record(r) for r in rs] for label, rs in runs.items()}
+    result["flops_per_pixel_block_forward"] = block_forward_flops_per_pixel(next(iter(runs.values()))[0].plan.model)
+    return result

@@ -1,0 +1,111 @@
+"""Training the (plan, seed) runs of an experiment, and reading back what they recorded."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import Plan, load_plan
+from ..errors import StudyError
+from .spec import Experiment
+
+log = logging.getLogger(__name__)
+
+
+def plan_for_seed(plan: Plan, seed: int, max_iters: int | None = None) -> Plan:
+    """The plan with ``train.seed`` set (initialisation and patch draws follow it); with
+    ``max_iters``, every span of iterations is cut to at most that many (a smoke run)."""
+    plan = dataclasses.replace(plan, train=dataclasses.replace(plan.train, seed=seed))
+    if max_iters is None:
+        return plan
+    phases = [dataclasses.replace(p, stages=[dataclasses.replace(s, iters=[min(n, max_iters) for n in s.iters])
+                                             for s in p.stages]) for p in plan.phases]
+    return dataclasses.replace(plan, phases=phases)
+
+
+def scale_dir(scale: str, max_iters: int | None = None) -> str:
+    """Smoke runs (``max_iters``) live apart from real ones: a run directory holds one plan."""
+    return scale if max_iters is None else f"{scale}-max{max_iters}"
+
+
+def run_dir(runs_root: str | Path, scale: str, plan_path: str | Path, seed: int,
+            max_iters: int | None = None) -> Path:
+    """Where one (plan, seed) run lives: ``RUNS/<scale>/<plan stem>/seed<k>``."""
+    return Path(runs_root) / scale_dir(scale, max_iters) / Path(plan_path).stem / f"seed{seed}"
+
+
+def run_experiment(exp: Experiment, scale: str, data_root: str | Path, runs_root: str | Path,
+                   seeds: list[int] | None = None, device: str = "auto", progress: bool = True,
+                   max_iters: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Train every (plan, seed) of the experiment that is not finished yet, seed by seed, so that an
+    interrupted study has whole seeds. A finished run is found and skipped by the trainer."""
+    from ..train import train
+
+    paths = exp.plan_paths(scale)
+    for seed in seeds if seeds is not None else exp.seeds:
+        for label, plan_path in paths.items():
+            out = run_dir(runs_root, scale, plan_path, seed, max_iters)
+            plan = plan_for_seed(load_plan(plan_path), seed, max_iters)
+            log.info("%s: %s, seed %d -> %s", exp.name, label, seed, out)
+            train(plan, data_root, out, device=device, progress=progress, should_stop=should_stop)
+
+
+@dataclass
+class RunData:
+    """What one finished run recorded, as the analyses need it."""
+
+    label: str
+    seed: int
+    path: Path
+    plan: Plan
+    identity: dict[str, Any]  # validation metrics of LR against HR
+    phase_ends: list[dict[str, Any]]  # one record per phase (train and generate), in order
+    curve: list[dict[str, Any]]  # every validation of a trained network, in order
+    train_seconds: float  # training iterations only (from the train lines)
+    generate_seconds: float  # generate phases (LR_i = N_i+(LR_{i-1}) over train and test)
+    data_root: Path
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """Validation of the finished network (the last trained phase)."""
+        return [r for r in self.phase_ends if r["stage"] != "generate"][-1]
+
+    def best_psnr(self) -> float:
+        """Highest validation PSNR of the last trained phase (what the report's fig. 7 quotes;
+        chosen on the test set, so optimistic)."""
+        last = self.final["phase"]
+        return max(r["psnr"] for r in self.curve if r["phase"] == last)
+
+
+def collect(path: Path, label: str, seed: int) -> RunData:
+    """Read a finished run directory; an unfinished or missing one is a ``StudyError``."""
+    from ..train.report import read_metrics, stage_times
+
+    if not (path / "model.safetensors").exists():
+        raise StudyError(f"{path}: run missing or unfinished (no model.safetensors); run the study "
+                         "without --aggregate-only to train it")
+    records = read_metrics(path / "metrics.jsonl")
+    identity = next((r for r in records if r["kind"] == "identity"), None)
+    if identity is None:
+        raise StudyError(f"{path / 'metrics.jsonl'}: no identity line; the run directory is damaged")
+    phase_ends = [r for r in records if r["kind"] == "phase"]
+    curve = [r for r in records if r["kind"] in ("val", "phase") and r["stage"] != "generate"]
+    info = json.loads((path / "run.json").read_text())
+    return RunData(label=label, seed=seed, path=path, plan=load_plan(path / "plan.toml"), identity=identity,
+                   phase_ends=phase_ends, curve=curve,
+                   train_seconds=sum(v["seconds"] for v in stage_times(records).values()),
+                   generate_seconds=sum(r.get("seconds", 0.0) for r in phase_ends if r["stage"] == "generate"),
+                   data_root=Path(info["data"]))
+
+
+def collect_experiment(exp: Experiment, scale: str, runs_root: str | Path, seeds: list[int] | None = None,
+                       max_iters: int | None = None) -> dict[str, list[RunData]]:
+    """Every run of the experiment, by label, in seed order."""
+    seeds = seeds if seeds is not None else exp.seeds
+    return {label: [collect(run_dir(runs_root, scale, p, s, max_iters), label, s) for s in seeds]
+            for label, p in exp.plan_paths(scale).items()}

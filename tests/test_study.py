@@ -1,0 +1,202 @@
+"""The reproduction study (mcan-study, configs/study/): every plan runs, and the numbers in
+results.json agree with what the run directories recorded and with hand computations."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from .helpers import REPO, SAMPLE
+from mcan_deploy.config import load_plan
+from mcan_deploy.errors import ConfigError
+from mcan_deploy.study import load_experiment, plan_for_seed
+from mcan_deploy.study.budget import backprops_per_block, block_forward_flops_per_pixel, step_flops
+from mcan_deploy.study.stats import paired, summary, t_critical, welch
+from mcan_deploy.train import train
+
+STUDY = REPO / "configs" / "study"
+EXPERIMENTS = sorted(STUDY.glob("*.toml"))
+ALL_PLANS = sorted({p for e in EXPERIMENTS for scale in load_experiment(e).plans.values() for p in scale.values()})
+
+
+@pytest.fixture(scope="module")
+def tiny_pairs(tmp_path_factory) -> Path:
+    """Two 128x128 training pairs and one test pair cut from the bundled City100 crops: large
+    enough for the 96-pixel patches of the patch study."""
+    import cv2
+
+    root = tmp_path_factory.mktemp("tiny_pairs")
+    for split, count in (("train", 2), ("test", 1)):
+        names = sorted(p.name for p in (SAMPLE / split / "HR").iterdir())[:count]
+        for kind in ("HR", "LR"):
+            (root / split / kind).mkdir(parents=True)
+            for name in names:
+                img = cv2.imread(str(SAMPLE / split / kind / name))
+                cv2.imwrite(str(root / split / kind / name), img[:128, :128])
+    return root
+
+
+def test_the_study_covers_every_experiment_of_the_issue():
+    kinds = sorted(load_experiment(e).kind for e in EXPERIMENTS)
+    assert kinds == ["compare", "compare", "inverse", "patch", "phases"]
+    for e in EXPERIMENTS:
+        exp = load_experiment(e)
+        assert len(exp.seeds) >= 3, f"{e}: at least 3 seeds"
+        assert set(exp.plans) == {"cpu", "full"}, f"{e}: a CPU and a full-scale set of plans"
+
+
+@pytest.mark.parametrize("plan_path", ALL_PLANS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_study_plan_trains_a_few_iterations(plan_path, tiny_pairs, tmp_path):
+    """Every plan an experiment names, at both scales, with each span cut to one iteration and a
+    batch of two: the plans cannot rot."""
+    plan = plan_for_seed(load_plan(plan_path), 1, max_iters=1)
+    plan = dataclasses.replace(plan, data=dataclasses.replace(plan.data, batch_size=2))
+    result = train(plan, tiny_pairs, tmp_path / "run", device="cpu", progress=False)
+    assert (tmp_path / "run" / "model.safetensors").exists()
+    trained = [p.name for p in plan.phases]
+    assert [r["phase"] for r in result.phases] == trained
+    assert all(math.isfinite(r["psnr"]) for r in result.phases)
+
+
+def test_equal_budget_of_the_cpu_plans_is_the_reports_count():
+    """Every parameter sees the same number of back-propagations in the phased plan and in its
+    single back-propagation baseline (report sec. 4: 15000 + 10000 = 25000; here 1/20 of it)."""
+    phased, single = (load_plan(STUDY / "cpu" / f"mcan_{n}.toml") for n in ("phased", "single"))
+    assert backprops_per_block(phased) == [750 + 500] * 3 == backprops_per_block(single)
+    assert backprops_per_block(load_plan(REPO / "configs" / "paper.toml")) == [25000] * 3
+    assert backprops_per_block(load_plan(REPO / "configs" / "baseline.toml")) == [25000] * 3
+    toy, toy_single = (load_plan(STUDY / "cpu" / f"toy_{n}.toml") for n in ("multiblock", "single"))
+    assert backprops_per_block(toy) == [1500, 1500] == backprops_per_block(toy_single)
+
+
+def test_flops_against_a_hand_count():
+    """One block's forward FLOPs per pixel: 2 x (multiply-adds of every 3x3 convolution), plus the
+    channel-attention MLP per image; a training step is forward + backward."""
+    cfg = load_plan(STUDY / "cpu" / "mcan_phased.toml").model
+    f, r = cfg.n_feats, cfg.n_resblocks
+    macs = 9 * (3 * f + 2 * r * f * f + f * f + f * 3)
+    ca_per_image = 2 * r * 2 * f * (f // cfg.reduction)
+    assert block_forward_flops_per_pixel(cfg) == pytest.approx(2 * macs + ca_per_image / 32**2, rel=1e-9)
+    fwd = 2 * macs * 16 * 48 * 48
+    step = step_flops(cfg, False, 16, 48)
+    # backward: the weight gradient of every conv, and the input gradient of all but the first
+    assert step == pytest.approx(fwd + fwd + (fwd - 2 * 9 * 3 * f * 16 * 48 * 48), rel=1e-3)
+    assert step_flops(cfg, True, 16, 48) == pytest.approx(3 * step + 2 * 2 * 9 * 3 * f * 16 * 48 * 48, rel=1e-3)
+
+
+def test_statistics_against_hand_computed_values():
+    s = summary([1.0, 2.0, 3.0])
+    assert (s["mean"], s["std"]) == (2.0, 1.0)
+    w = welch([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])  # variances 1 and 4, n = 3
+    assert w["diff"] == -2.0 and w["se"] == pytest.approx(math.sqrt(5 / 3))
+    assert w["df"] == pytest.approx((5 / 3) ** 2 / ((1 / 3) ** 2 / 2 + (4 / 3) ** 2 / 2))
+    assert w["t_crit"] == 4.303 and not w["exceeds_spread"]
+    p = paired([2.0, 3.0, 4.5], [1.0, 2.0, 3.0])  # differences 1, 1, 1.5
+    assert p["diff"] == pytest.approx(7 / 6) and p["se"] == pytest.approx(statistics.stdev([1, 1, 1.5]) / math.sqrt(3))
+    assert p["df"] == 2 and p["exceeds_spread"]  # t = 7.0 > 4.303
+    assert t_critical(1) == 12.706 and t_critical(2.9) == 4.303 and t_critical(100) == 1.96
+    assert welch([1.0, 1.0], [1.0, 1.0])["exceeds_spread"] is False
+
+
+def _psnr_np(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((np.clip(a, 0, 1) - np.clip(b, 0, 1)) ** 2, dtype=np.float64)
+    return float(-10 * np.log10(mse))
+
+
+def test_mcan_study_end_to_end(tiny_pairs, tmp_path):
+    """All five experiments through the command, each span cut to two iterations, two seeds. The
+    numbers in results.json are checked against the run directories and a numpy PSNR."""
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    cmd = [sys.executable, "-m", "mcan_deploy.cli.study", *map(str, EXPERIMENTS), "--data", str(tiny_pairs),
+           "--runs", str(runs), "--out", str(out), "--max-iters", "2", "--seeds", "0,1", "--no-progress",
+           "--threads", "1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {e.stem: json.loads((out / load_experiment(e).name / "results.json").read_text()) for e in EXPERIMENTS}
+    for name, r in results.items():
+        assert r["max_iters"] == 2 and r["seeds"] == [0, 1] and r["command"].startswith("mcan-study ")
+        for plot in r["plots"]:
+            png = out / r["experiment"]["name"] / plot
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+        table = (out / r["experiment"]["name"] / "table.md").read_text()
+        assert "identity" in table and r["experiment"]["title"] in table
+
+    # the identity baseline: LR against HR of the test image, by numpy
+    name = next((tiny_pairs / "test" / "HR").iterdir()).name
+    import cv2
+
+    lr, hr = (cv2.imread(str(tiny_pairs / "test" / k / name)) / 255.0 for k in ("LR", "HR"))
+    for r in results.values():
+        assert r["identity"]["psnr"] == pytest.approx(_psnr_np(lr, hr), abs=1e-6)
+
+    # compare: the finals are the last phase's validation of each run, mean and sample std
+    budget = results["budget"]
+    for label, runs_of in budget["runs"].items():
+        finals = []
+        for run in runs_of:
+            lines = [json.loads(x) for x in (Path(run["run"]) / "metrics.jsonl").read_text().splitlines()]
+            finals.append([x for x in lines if x["kind"] == "phase" and x["stage"] != "generate"][-1]["psnr"])
+        assert budget["finals"][label]["psnr"]["mean"] == pytest.approx(statistics.mean(finals), abs=1e-12)
+        assert budget["finals"][label]["psnr"]["std"] == pytest.approx(statistics.stdev(finals), abs=1e-12)
+    d = budget["diffs"]["phased"]["psnr"]
+    assert d["diff"] == pytest.approx(budget["finals"]["phased"]["psnr"]["mean"] - budget["finals"]["single"]["psnr"]["mean"])
+    # cut to 2 iterations a span: each block phase 2 + 2 + 2, phase 4 2 + 2; single 2 + 2
+    assert budget["budgets"]["phased"]["backprops_per_block"] == [10, 10, 10]
+    assert budget["budgets"]["single"]["backprops_per_block"] == [4, 4, 4]
+    assert budget["budgets"]["phased"]["generate_flops"] > 0 == budget["budgets"]["single"]["generate_flops"]
+
+    # phases: one row per trained phase, gains paired against the row before
+    ph = results["phases"]
+    assert list(ph["phases"]) == ["1-1", "2-1", "3", "4"]
+    first = ph["phases"]["1-1"]
+    assert first["gain"]["psnr"]["diff"] == pytest.approx(first["psnr"]["mean"] - ph["identity"]["psnr"])
+
+    # inverse: the whole chain of the final N is what phase 4 validated (two code paths, one model)
+    inv = results["inverse"]
+    assert [row["output"] for row in inv["prefixes"]["phased"]] == ["N1(LR)", "N2(N1(LR))", "N3(N2(N1(LR)))"]
+    assert inv["prefixes"]["phased"][-1]["psnr"]["mean"] == pytest.approx(budget["finals"]["phased"]["psnr"]["mean"],
+                                                                          abs=1e-5)
+
+    # patch: ordered by patch size, pixels per update follow it
+    pa = results["patch"]
+    assert list(pa["finals"]) == ["p24", "p48", "p96"]
+    assert [pa["budgets"][k]["pixels_per_update"] for k in pa["finals"]] == [16 * 24**2, 16 * 48**2, 16 * 96**2]
+
+    # a rerun trains nothing and remakes the same numbers
+    again = subprocess.run([*cmd[:3], str(STUDY / "budget.toml"), *cmd[3 + len(EXPERIMENTS):], "--aggregate-only"],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((out / "budget" / "results.json").read_text())["finals"] == budget["finals"]
+
+
+def test_unfinished_runs_and_bad_experiment_files_are_one_line_errors(tmp_path, tiny_pairs):
+    bad = tmp_path / "bad.toml"
+    text = (STUDY / "budget.toml").read_text().replace('"cpu/', f'"{STUDY}/cpu/').replace('"../', f'"{STUDY}/../')
+    bad.write_text(text.replace('baseline = "single"', 'baseline = "nope"'))
+    with pytest.raises(ConfigError, match=r"bad\.toml: experiment\.baseline = 'nope' is not a label"):
+        load_experiment(bad)
+    bad.write_text(text.replace("seeds = [0, 1, 2]", "seeds = [0, 1, 2]\nsed = 3"))
+    with pytest.raises(ConfigError, match=r"unknown keys \['sed'\]"):
+        load_experiment(bad)
+    bad.write_text(text.replace("cpu/mcan_single.toml", "cpu/missing.toml"))
+    with pytest.raises(ConfigError, match=r"plans\.cpu\.single = .*missing\.toml.*no such plan"):
+        load_experiment(bad)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mcan_deploy.cli.study", *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+
+    proc = cli(str(STUDY / "budget.toml"), "--data", str(tiny_pairs), "--runs", str(tmp_path / "r"),
+               "--out", str(tmp_path / "o"), "--aggregate-only")
+    assert proc.returncode == 1 and "run missing or unfinished" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli(str(STUDY / "budget.toml"), "--data", str(tiny_pairs), "--scale", "gpu")
+    assert proc.returncode == 1 and "no [plans.gpu]" in proc.stderr
+    proc = cli(str(STUDY / "budget.toml"), "--data", str(tiny_pairs), "--seeds", "a,b")
+    assert proc.returncode == 2 and "--seeds 'a,b'" in proc.stderr

@@ -118,6 +118,23 @@ def _dots(ax, labels: list[str], finals: dict[str, dict[str, Any]], identity: fl
     ax.legend(fontsize=8)
 
 
+def _curves_and_dots(path: Path, curves: dict[str, list[dict[str, Any]]], names: dict[str, str],
+                     finals: dict[str, dict[str, Any]], identity: float, xlabel: str, scale: float = 1.0) -> None:
+    """Validation curves with std bands (left) and every seed's final value (right)."""
+    plt = _plt()
+    fig, (ax_c, ax_d) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    for label, name in names.items():
+        _band(ax_c, curves[label], name, scale=scale)
+    ax_c.axhline(identity, color="gray", ls="--", label="identity (LR)")
+    n = next(iter(finals.values()))["psnr"]["n"]
+    ax_c.set(xlabel=xlabel, ylabel="validation PSNR RGB (dB)", title=f"Validation, mean +- std over {n} seeds")
+    ax_c.legend(fontsize=8)
+    _dots(ax_d, list(names), finals, identity)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # ----- compare: two plans at an equal budget (report sec. 3.1 and 4) ----------------------------
 def analyse_compare(exp: Experiment, runs: dict[str, list[RunData]], out: Path) -> dict[str, Any]:
     identity = _identity(runs)
@@ -127,18 +144,8 @@ def analyse_compare(exp: Experiment, runs: dict[str, list[RunData]], out: Path) 
              for label in labels if label != exp.baseline}
     budgets = {label: _budget(rs[0].plan, rs[0].data_root) for label, rs in runs.items()}
     curves = {label: _curves(rs, "flops") for label, rs in runs.items()}
-    plt = _plt()
-    fig, (ax_c, ax_d) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
-    for label in labels:
-        _band(ax_c, curves[label], label, scale=1e-12)
-    ax_c.axhline(identity["psnr"], color="gray", ls="--", label="identity (LR)")
-    ax_c.set(xlabel="training TFLOPs so far (generation not included)", ylabel="validation PSNR RGB (dB)",
-             title=f"Validation, mean +- std over {len(next(iter(runs.values())))} seeds")
-    ax_c.legend(fontsize=8)
-    _dots(ax_d, labels, finals, identity["psnr"])
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=110)
-    plt.close(fig)
+    _curves_and_dots(out / "curves.png", curves, {label: label for label in labels}, finals, identity["psnr"],
+                     "training TFLOPs so far (generation not included)", 1e-12)
     return {"identity": identity, "finals": finals, "diffs": diffs, "budgets": budgets, "curves": curves,
             "plots": ["curves.png"]}
 
@@ -189,18 +196,8 @@ def analyse_patch(exp: Experiment, runs: dict[str, list[RunData]], out: Path) ->
              for a, b in zip(labels, labels[1:])}
     budgets = {label: _budget(runs[label][0].plan, runs[label][0].data_root) for label in labels}
     curves = {label: _curves(runs[label], "step") for label in labels}
-    plt = _plt()
-    fig, (ax_c, ax_d) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
-    for label in labels:
-        _band(ax_c, curves[label], f"{label} ({runs[label][0].plan.data.patch_size} px)")
-    ax_c.axhline(identity["psnr"], color="gray", ls="--", label="identity (LR)")
-    ax_c.set(xlabel="iteration", ylabel="validation PSNR RGB (dB)",
-             title=f"One block, patch sizes: mean +- std over {len(next(iter(runs.values())))} seeds")
-    ax_c.legend(fontsize=8)
-    _dots(ax_d, labels, finals, identity["psnr"])
-    fig.tight_layout()
-    fig.savefig(out / "patch.png", dpi=110)
-    plt.close(fig)
+    names = {label: f"{label} ({runs[label][0].plan.data.patch_size} px)" for label in labels}
+    _curves_and_dots(out / "patch.png", curves, names, finals, identity["psnr"], "iteration")
     return {"identity": identity, "finals": finals, "diffs": diffs, "budgets": budgets, "curves": curves,
             "plots": ["patch.png"]}
 

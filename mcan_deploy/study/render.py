@@ -22,7 +22,7 @@ def pm(s: dict[str, Any], metric: str) -> str:
 def _verdict(v: dict[str, Any], metric: str) -> str:
     d = _digits(metric)
     unit = " dB" if "psnr" in metric else ""
-    return (f"{v['diff']:+.{d}f}{unit} | {v['se']:.{d}f} | {v['t']:+.2f} ({v['df']:.1f}) | {v['t_crit']:.2f} | "
+    return (f"{v['diff']:+.{d}f}{unit} | {v['se']:.{d}f} | {v['t']:+.2f} ({v['df']:.2f}) | {v['t_crit']:.2f} | "
             f"{'**yes**' if v['exceeds_spread'] else 'no'}")
 
 

@@ -147,7 +147,9 @@ def test_mcan_study_end_to_end(tiny_pairs, tmp_path):
         assert budget["finals"][label]["psnr"]["mean"] == pytest.approx(statistics.mean(finals), abs=1e-12)
         assert budget["finals"][label]["psnr"]["std"] == pytest.approx(statistics.stdev(finals), abs=1e-12)
     d = budget["diffs"]["phased"]["psnr"]
-    assert d["diff"] == pytest.approx(budget["finals"]["phased"]["psnr"]["mean"] - budget["finals"]["single"]["psnr"]["mean"])
+    phased_v, single_v = budget["finals"]["phased"]["psnr"]["values"], budget["finals"]["single"]["psnr"]["values"]
+    assert d["diff"] == pytest.approx(statistics.mean(phased_v) - statistics.mean(single_v))
+    assert d["higher_in"] == sum(p > q for p, q in zip(phased_v, single_v)) and d["seeds"] == 2
     # cut to 2 iterations a span: each block phase 2 + 2 + 2, phase 4 2 + 2; single 2 + 2
     assert budget["budgets"]["phased"]["backprops_per_block"] == [10, 10, 10]
     assert budget["budgets"]["single"]["backprops_per_block"] == [4, 4, 4]

@@ -52,6 +52,12 @@ def _budget(plan: Plan, data_root: Path) -> dict[str, Any]:
     return b
 
 
+def _compared(a: list[float], b: list[float]) -> dict[str, Any]:
+    """Welch's comparison of two plans, plus in how many seeds the first was higher (runs with
+    one seed start from the same initialisation of N_1 and the same first patches)."""
+    return {**welch(a, b), "higher_in": sum(x > y for x, y in zip(a, b)), "seeds": len(a)}
+
+
 def _finals(rs: list[RunData]) -> dict[str, Any]:
     out = {m: summary([r.final[m] for r in rs]) for m in METRICS}
     out["best_psnr"] = summary([r.best_psnr() for r in rs])
@@ -140,8 +146,8 @@ def analyse_compare(exp: Experiment, runs: dict[str, list[RunData]], out: Path) 
     identity = _identity(runs)
     labels = list(runs)
     finals = {label: _finals(rs) for label, rs in runs.items()}
-    diffs = {label: {m: welch(finals[label][m]["values"], finals[exp.baseline][m]["values"]) for m in (*METRICS, "best_psnr")}
-             for label in labels if label != exp.baseline}
+    diffs = {label: {m: _compared(finals[label][m]["values"], finals[exp.baseline][m]["values"])
+                     for m in (*METRICS, "best_psnr")} for label in labels if label != exp.baseline}
     budgets = {label: _budget(rs[0].plan, rs[0].data_root) for label, rs in runs.items()}
     curves = {label: _curves(rs, "flops") for label, rs in runs.items()}
     _curves_and_dots(out / "curves.png", curves, {label: label for label in labels}, finals, identity["psnr"],
@@ -192,7 +198,7 @@ def analyse_patch(exp: Experiment, runs: dict[str, list[RunData]], out: Path) ->
     identity = _identity(runs)
     labels = sorted(runs, key=lambda k: runs[k][0].plan.data.patch_size)
     finals = {label: _finals(runs[label]) for label in labels}
-    diffs = {f"{b} - {a}": {m: welch(finals[b][m]["values"], finals[a][m]["values"]) for m in METRICS}
+    diffs = {f"{b} - {a}": {m: _compared(finals[b][m]["values"], finals[a][m]["values"]) for m in METRICS}
              for a, b in zip(labels, labels[1:])}
     budgets = {label: _budget(runs[label][0].plan, runs[label][0].data_root) for label in labels}
     curves = {label: _curves(runs[label], "step") for label in labels}

@@ -23,12 +23,13 @@ def _verdict(v: dict[str, Any], metric: str) -> str:
     d = _digits(metric)
     unit = " dB" if "psnr" in metric else ""
     return (f"{v['diff']:+.{d}f}{unit} | {v['se']:.{d}f} | {v['t']:+.2f} ({v['df']:.2f}) | {v['t_crit']:.2f} | "
-            f"{'**yes**' if v['exceeds_spread'] else 'no'}")
+            f"{'**yes**' if v['exceeds_spread'] else 'no'} | "
+            + (f"{v['higher_in']} of {v['seeds']}" if "higher_in" in v else "-"))
 
 
 def _diff_table(title: str, diffs: dict[str, dict[str, Any]], metrics: tuple[str, ...]) -> list[str]:
-    lines = [f"| {title} | metric | difference | standard error | t (df) | 5% critical t | exceeds the spread? |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"| {title} | metric | difference | standard error | t (df) | 5% critical t | exceeds the spread? "
+             "| higher in (seed by seed) |", "|---|---|---|---|---|---|---|---|"]
     for name, per in diffs.items():
         for m in metrics:
             if m in per:

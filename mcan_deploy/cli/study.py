@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiments", nargs="+", help="experiment files, e.g. configs/study/*.toml")
     p.add_argument("--data", required=True, help="dataset folder with train/ and test/ (City100: "
                    "../shared/data/city100_nikon)")
-    p.add_argument("--scale", default="cpu", help="which plans of each experiment: cpu (scaled down, about an "
-                   "hour on 2 cores for all) or full (the report's configuration, for a GPU)")
+    p.add_argument("--scale", default="cpu", help="which plans of each experiment: cpu (scaled down: about 2.3 "
+                   "hours on one thread for all, from scratch) or full (the report's configuration, for a GPU)")
     p.add_argument("--runs", default="runs/study", help="where the run directories go (default runs/study)")
     p.add_argument("--out", help="where results.json, table.md and plots go (default docs/experiments/<scale>, "
                    "or <scale>-max<N> for a smoke run, so a smoke run never overwrites real results)")

@@ -7,19 +7,18 @@ traced to ``results.json`` and from there to the run directories and the command
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..config import Plan
+from ..errors import StudyError
+from ..train.report import chain_name, draw_panels, strip_panels
 from .budget import block_forward_flops_per_pixel, dataset_pixels, plan_budget, step_flops
 from .runs import RunData
 from .spec import Experiment
 from .stats import paired, summary, welch
-
-log = logging.getLogger(__name__)
 
 METRICS = ("psnr", "psnr_y", "ssim", "ssim_y")
 
@@ -31,8 +30,6 @@ def _identity(runs: dict[str, list[RunData]]) -> dict[str, float]:
     for rs in runs.values():
         for r in rs:
             if any(abs(r.identity[m] - first[m]) > 1e-9 for m in METRICS):
-                from ..errors import StudyError
-
                 raise StudyError(f"{r.path}: its identity baseline differs from {next(iter(runs.values()))[0].path}'s "
                                  "(other data or validation crop); the runs cannot share one table")
     return {m: first[m] for m in METRICS}
@@ -67,7 +64,7 @@ def _finals(rs: list[RunData]) -> dict[str, Any]:
     return out
 
 
-def _flops_axis(plan: Plan) -> tuple[dict[str, tuple[int, float, float]], float]:
+def _flops_axis(plan: Plan) -> dict[str, tuple[int, float, float]]:
     """Per trained phase: (first global step, FLOPs before the phase, FLOPs per iteration), so a
     validation at global step s of phase p sits at FLOPs before + (s - first) x per iteration."""
     out, step, flops = {}, 0, 0.0
@@ -78,13 +75,13 @@ def _flops_axis(plan: Plan) -> tuple[dict[str, tuple[int, float, float]], float]
         out[p.name] = (step, flops, float(per))
         step += p.total_iters
         flops += p.total_iters * per
-    return out, flops
+    return out
 
 
 def _curves(rs: list[RunData], x: str) -> list[dict[str, Any]]:
     """Validation curve of one plan over seeds: one point per validation, PSNR mean and std.
     ``x`` is ``step`` (global iteration) or ``flops`` (training FLOPs so far)."""
-    axis, _ = _flops_axis(rs[0].plan)
+    axis = _flops_axis(rs[0].plan)
     points = []
     for i, rec in enumerate(rs[0].curve):
         vals = [r.curve[i]["psnr"] for r in rs if i < len(r.curve)]
@@ -167,7 +164,8 @@ def analyse_phases(exp: Experiment, runs: dict[str, list[RunData]], out: Path) -
         recs = [next(p for p in r.phase_ends if p["phase"] == name and p["stage"] != "generate") for r in rs]
         vals = {m: [rec[m] for rec in recs] for m in METRICS}
         block = recs[0]["block"]
-        per_phase[name] = {"block": block, "output": "N(LR)" if block == "N" else _chain(int(block[1:])), **{m: summary(vals[m]) for m in METRICS},
+        per_phase[name] = {"block": block, "output": "N(LR)" if block == "N" else chain_name(int(block[1:])),
+                           **{m: summary(vals[m]) for m in METRICS},
                            "gain": {m: paired(vals[m], prev_vals[m]) for m in METRICS}}
         prev_vals = vals
     curves = _curves(rs, "step")
@@ -240,24 +238,17 @@ def analyse_inverse(exp: Experiment, runs: dict[str, list[RunData]], out: Path) 
         for k in range(n):
             vals = {m: [s[k][m] for s in raw[label]] for m in METRICS}
             before = {m: [s[k - 1][m] for s in raw[label]] if k else [identity[m]] * len(rs) for m in METRICS}
-            rows.append({"output": _chain(k + 1), **{m: summary(vals[m]) for m in METRICS},
+            rows.append({"output": chain_name(k + 1), **{m: summary(vals[m]) for m in METRICS},
                          "gain": {m: paired(vals[m], before[m]) for m in METRICS}})
         prefixes[label] = rows
     contrast = {}
     if "single" in raw:
-        contrast = {_chain(k + 1): welch([s[k]["psnr"] for s in raw["phased"]], [s[k]["psnr"] for s in raw["single"]])
+        contrast = {chain_name(k + 1): welch([s[k]["psnr"] for s in raw["phased"]], [s[k]["psnr"] for s in raw["single"]])
                     for k in range(len(raw["phased"][0]))}
     _strip(runs, val, out)
     _prefix_plot(prefixes, identity, out)
     return {"identity": identity, "prefixes": prefixes, "phased_minus_single": contrast,
             "validation_images": val.names, "plots": ["prefixes.png", "strip.png"]}
-
-
-def _chain(k: int) -> str:
-    s = "LR"
-    for i in range(1, k + 1):
-        s = f"N{i}({s})"
-    return s
 
 
 def _prefix_plot(prefixes: dict[str, list[dict[str, Any]]], identity: dict[str, float], out: Path) -> None:
@@ -269,7 +260,7 @@ def _prefix_plot(prefixes: dict[str, list[dict[str, Any]]], identity: dict[str, 
                     capsize=4, label=f"{label} N, its blocks in turn")
     ax.axhline(identity["psnr"], color="gray", ls="--", label="identity (LR)")
     ax.set_xticks(range(1, len(next(iter(prefixes.values()))) + 1),
-                  [_chain(k).replace("(LR)", "") for k in range(1, len(next(iter(prefixes.values()))) + 1)])
+                  [chain_name(k, "") for k in range(1, len(next(iter(prefixes.values()))) + 1)])
     ax.set(xlabel="blocks of the final N applied", ylabel="validation PSNR RGB (dB)",
            title="Inverse analysis: mean +- std over seeds")
     ax.legend(fontsize=8)
@@ -283,7 +274,6 @@ def _strip(runs: dict[str, list[RunData]], val, out: Path) -> None:
     """Fig. 9: LR, N_1, N_2(N_1), ..., HR on a test crop, one row per plan (seed of the first run)."""
     from ..checkpoint import load_model
     from ..data import center_crop
-    from ..metrics import psnr
 
     plt = _plt()
     rows = list(runs)
@@ -293,12 +283,7 @@ def _strip(runs: dict[str, list[RunData]], val, out: Path) -> None:
     fig, axes = plt.subplots(len(rows), n_blocks + 2, figsize=(2.6 * (n_blocks + 2), 2.9 * len(rows)), squeeze=False)
     for row, label in zip(axes, rows):
         r = runs[label][0]
-        outs = load_model(r.path / "model.safetensors").eval().forward_all(x[None], clamp=True)
-        panels = [("LR", x), *((_chain(k + 1).replace("(LR)", ""), o[0]) for k, o in enumerate(outs)), ("HR", y)]
-        for ax, (name, img) in zip(row, panels):
-            ax.imshow(img.clamp(0, 1).permute(1, 2, 0).float().cpu().numpy())
-            ax.set_title(name if name == "HR" else f"{name}\n{psnr(img, y):.2f} dB", fontsize=9)
-            ax.axis("off")
+        draw_panels(row, strip_panels(load_model(r.path / "model.safetensors").eval(), x, y), y)
         row[0].text(-0.08, 0.5, f"{label} N\n(seed {r.seed})", transform=row[0].transAxes, ha="right", va="center",
                     fontsize=9)
     fig.suptitle(f"Centre {x.shape[-1]}x{x.shape[-2]} crop of test image {val.names[0]}: each block of the final N "

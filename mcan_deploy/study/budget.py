@@ -60,9 +60,10 @@ def block_forward_flops_per_pixel(model: ModelConfig) -> float:
     return counter.get_total_flops() / side**2
 
 
-def dataset_pixels(data_root: str | Path, val_max_size: int) -> tuple[int, int]:
+@functools.lru_cache(maxsize=8)
+def dataset_pixels(data_root: Path, val_max_size: int) -> tuple[int, int]:
     """Pixels of the training images and of the (centre-cropped) validation images, from the HR
-    files' headers."""
+    files' headers (cached: every plan of a study asks for the same folder)."""
     train_dir, test_dir = split_dirs(data_root)
     totals = []
     for folder, crop in ((train_dir, None), (test_dir, val_max_size)):

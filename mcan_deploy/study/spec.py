@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import Plan, load_plan
 from ..errors import ConfigError
 
 Kind = Literal["compare", "phases", "patch", "inverse"]
@@ -56,9 +55,6 @@ class Experiment:
             raise ConfigError(f"{self.source}: no [plans.{scale}]; this experiment has scales "
                               f"{sorted(self.plans)}")
         return self.plans[scale]
-
-    def load_plans(self, scale: str) -> dict[str, Plan]:
-        return {label: load_plan(p) for label, p in self.plan_paths(scale).items()}
 
 
 def _need(table: dict[str, Any], key: str, tp: type, source: Path, where: str) -> Any:

@@ -102,14 +102,19 @@ def write_report(paths: RunPaths, plan: Plan, model: MCAN, val: PairedImages | N
     log.info("report written to %s", paths.report)
 
 
+def chain_name(k: int, inner: str = "LR") -> str:
+    """The output of the first ``k`` blocks as a formula: N2(N1(LR)) for k = 2, or N2(N1) with
+    no ``inner``."""
+    for i in range(1, k + 1):
+        inner = f"N{i}({inner})" if inner else f"N{i}"
+    return inner
+
+
 def _output_name(plan: Plan, r: dict[str, Any]) -> str:
     phase = next(p for p in plan.phases if p.name == r["phase"])
     if phase.kind == "train_joint":
         return "N(LR)"
-    chain = "LR"
-    for i in range(1, phase.block + 1):
-        chain = f"N{i}({chain})"
-    return chain + (" = LR_%d" % phase.block if phase.kind == "generate" else "")
+    return chain_name(phase.block) + (" = LR_%d" % phase.block if phase.kind == "generate" else "")
 
 
 def _plot_curves(paths: RunPaths, records: list[dict[str, Any]]) -> None:
@@ -144,6 +149,25 @@ def _plot_curves(paths: RunPaths, records: list[dict[str, Any]]) -> None:
 
 
 @torch.no_grad()
+def strip_panels(model: MCAN, x: torch.Tensor, y: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """LR, N1, N2(N1), ... of ``model`` on the crop ``x``, then HR: the panels of fig. 9."""
+    outs = model.forward_all(x[None], clamp=True)
+    return [("LR", x), *((chain_name(k + 1, ""), o[0]) for k, o in enumerate(outs)), ("HR", y)]
+
+
+def draw_panels(axes, panels: list[tuple[str, torch.Tensor]], y: torch.Tensor) -> list[str]:
+    """One image a panel, titled with its PSNR against ``y``; returns the table rows."""
+    rows = []
+    for ax, (name, img) in zip(np.atleast_1d(axes), panels):
+        ax.imshow(img.clamp(0, 1).permute(1, 2, 0).float().cpu().numpy())
+        ax.set_title(name if name == "HR" else f"{name}\n{psnr(img, y):.2f} dB", fontsize=9)
+        ax.axis("off")
+        if name != "HR":
+            rows.append(f"| {name} | {psnr(img, y):.3f} |")
+    return rows
+
+
+@torch.no_grad()
 def _write_strip(paths: RunPaths, plan: Plan, model: MCAN, val: PairedImages) -> list[str]:
     import matplotlib
 
@@ -152,21 +176,9 @@ def _write_strip(paths: RunPaths, plan: Plan, model: MCAN, val: PairedImages) ->
 
     size = plan.train.strip_size
     x, y = center_crop(val.inputs[0], size), center_crop(val.targets[0], size)
-    outs = model.forward_all(x[None], clamp=True)
-    panels, chain = [("LR", x)], "LR"
-    for i, o in enumerate(outs):
-        chain = f"N{i + 1}({chain})"
-        panels.append((chain.replace("(LR)", ""), o[0]))
-    panels.append(("HR", y))
+    panels = strip_panels(model, x, y)
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.2))
-    rows = []
-    for ax, (name, img) in zip(np.atleast_1d(axes), panels):
-        ax.imshow(img.clamp(0, 1).permute(1, 2, 0).float().cpu().numpy())
-        title = name if name == "HR" else f"{name}\n{psnr(img, y):.2f} dB"
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-        if name != "HR":
-            rows.append(f"| {name} | {psnr(img, y):.3f} |")
+    rows = draw_panels(axes, panels, y)
     fig.tight_layout(pad=0.4)
     fig.savefig(paths.strip, dpi=90)
     plt.close(fig)

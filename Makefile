@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[test,bench,onnx,kernels]"
+	$(BIN)/pip install --quiet -e ".[test,bench,onnx,kernels,openvino]"
 	touch $(STAMP)
 
 # The main job on the bundled sample: train the demo plan (all four phases) on the City100 crops,

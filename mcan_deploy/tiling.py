@@ -17,6 +17,7 @@ Nothing is kept between calls: the engine is a set of functions over their argum
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from .runners import LayerRunner, Runner
 log = logging.getLogger(__name__)
 
 CAStats = Literal["global", "tile"]
-PlanName = Literal["auto", "block", "all"]
+PlanName = Literal["auto", "block", "all", "whole", "layers"]
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,17 @@ class TileConfig:
     tile: int = 256  # core side; the window adds a receptive-field margin on each side
     batch: int = 1  # windows per call (on a CPU, one window at a time measured fastest)
     ca_stats: CAStats = "global"
-    plan: PlanName = "auto"  # tile statistics: run N block by block, all blocks per window, or measure
+    # whole: one call per block on the whole image (exact in any mode); layers: global statistics
+    # layer by layer; block / all: tile statistics block by block or all blocks per window;
+    # auto: whole where the runner asks for it and it fits max_memory, else layers or measured
+    plan: PlanName = "auto"
+    max_memory: int | None = None  # bytes the whole-image plan may take (None: half the available RAM)
 
     def __post_init__(self) -> None:
         if self.tile < 1 or self.batch < 1:
             raise MCANError(f"tile = {self.tile} and batch = {self.batch} must be >= 1")
+        if self.plan not in ("auto", "block", "all", "whole", "layers"):
+            raise MCANError(f"plan = {self.plan!r}: choose auto, whole, layers, block or all")
         if self.ca_stats not in ("global", "tile"):
             raise MCANError(f"ca_stats = {self.ca_stats!r}: choose 'global' or 'tile'")
 
@@ -171,6 +178,38 @@ def _global_block(runner: LayerRunner, i: int, x: torch.Tensor, cfg: TileConfig,
     return out.to(x.device)
 
 
+def available_memory() -> int:
+    """Bytes of RAM available to a new allocation (Linux MemAvailable; else physical pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def whole_image_plan(runner: Runner, h: int, w: int, cfg: TileConfig) -> str | None:
+    """Why the whole image runs in one call per block, or None. Runners that run whole images
+    much faster than windows (OpenVINO's whole-graph kernels keep features in their own layout)
+    say so with ``whole_image_bytes(h, w)``, their peak for one image; it must fit the budget."""
+    estimate = getattr(runner, "whole_image_bytes", None)
+    if cfg.plan == "whole":
+        return "chosen by the caller"
+    if cfg.plan != "auto" or cfg.ca_stats != "global" or estimate is None:
+        return None
+    need = estimate(h, w)
+    budget = cfg.max_memory if cfg.max_memory is not None else available_memory() // 2
+    if need > budget:
+        log.info("whole-image plan skipped: about %.1f GB needed, budget %.1f GB; running layer by layer",
+                 need / 1e9, budget / 1e9)
+        return None
+    return f"about {need / 1e9:.2f} GB of a {budget / 1e9:.1f} GB budget"
+
+
 def _measure(runner: Runner, x: torch.Tensor, cfg: TileConfig, margin: int, start: int, stop: int) -> float:
     """Seconds for one window batch of the given plan (the plan chooser's measured cost)."""
     sy, sx = spans(x.shape[1], cfg.tile, margin)[0], spans(x.shape[2], cfg.tile, margin)[0]
@@ -195,6 +234,8 @@ def choose_plan(runner: Runner, x: torch.Tensor, cfg: TileConfig) -> tuple[str, 
     _, h, w = x.shape
     n = runner.n_blocks
     total_margin = sum(runner.block_radii)
+    if cfg.plan == "layers":
+        raise MCANError("--plan layers runs global statistics; with --ca-stats tile use auto, block, all or whole")
     if cfg.plan != "auto":
         return cfg.plan, "chosen by the caller"
     if not runner.supports(0, n):
@@ -223,8 +264,7 @@ def upscale_tensor(runner: Runner, image: torch.Tensor, cfg: TileConfig = TileCo
     while True:
         try:
             t0 = time.perf_counter()
-            out, report = _upscale_once(runner, image, TileConfig(tile, cfg.batch, cfg.ca_stats, cfg.plan),
-                                        progress)
+            out, report = _upscale_once(runner, image, dataclasses.replace(cfg, tile=tile), progress)
             report.seconds = time.perf_counter() - t0
             report.oom_retries = retries
             return out, report
@@ -250,7 +290,17 @@ def _upscale_once(runner: Runner, image: torch.Tensor, cfg: TileConfig,
         raise MCANError(f"expected an image tensor (3, H, W), got shape {tuple(image.shape)}")
     _, h, w = image.shape
     exact_local = not runner.has_channel_attention
+    why_whole = whole_image_plan(runner, h, w, cfg)
+    if why_whole:  # one window holds the image: channel statistics are the whole image's
+        report = TileReport("global", "whole-image", max(h, w), [0], windows=1, notes=[why_whole])
+        out = runner.run_blocks(image[None], 0, runner.n_blocks)[0].to(image.device)
+        if progress:
+            progress(1)
+        return out, report
     if cfg.ca_stats == "global" and not exact_local:
+        if cfg.plan in ("block", "all"):
+            raise MCANError(f"--plan {cfg.plan} is a tile-statistics plan; with global statistics use auto, "
+                            "whole or layers (or --ca-stats tile)")
         if not isinstance(runner, LayerRunner):
             raise MCANError(f"{type(runner).__name__} cannot run global statistics; use --ca-stats tile")
         report = TileReport("global", "layer-by-layer", cfg.tile, [1, 2])

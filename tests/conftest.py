@@ -34,3 +34,15 @@ def _deterministic_threads():
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _openvino_cache(tmp_path_factory):
+    """Converted and compiled OpenVINO models go to a temporary folder, not the user's cache."""
+    old = os.environ.get("MCAN_DEPLOY_CACHE")
+    os.environ["MCAN_DEPLOY_CACHE"] = str(tmp_path_factory.mktemp("mcan-cache"))
+    yield
+    if old is None:
+        os.environ.pop("MCAN_DEPLOY_CACHE", None)
+    else:
+        os.environ["MCAN_DEPLOY_CACHE"] = old

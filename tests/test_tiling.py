@@ -151,7 +151,7 @@ def test_out_of_memory_halves_the_tile_and_says_so(mode, caplog):
     runner = OOMRunner(build_model(ModelConfig(n_blocks=2, n_resblocks=1, n_feats=8)), torch.device("cpu"))
     x = torch.rand(3, 70, 70)
     with caplog.at_level(logging.WARNING):
-        out, report = upscale_tensor(runner, x, TileConfig(tile=64, ca_stats=mode, plan="block"))
+        out, report = upscale_tensor(runner, x, TileConfig(tile=64, ca_stats=mode, plan="block" if mode == "tile" else "layers"))
     assert report.tile < 64 and report.oom_retries >= 1
     assert "out of memory with 64x64 tiles" in caplog.text
     ref = TorchRunner(runner.model, torch.device("cpu"))

@@ -25,7 +25,8 @@ log = logging.getLogger("mcan-upscale")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mcan-upscale", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="trained model: model.safetensors from mcan-train, or .onnx from mcan-export")
+    p.add_argument("model", help="trained model: model.safetensors from mcan-train, or .onnx / .xml (OpenVINO) "
+                                 "from mcan-export")
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     p.add_argument("-o", "--out", required=True, help="output folder (or file, for one input)")
     p.add_argument("--scale", type=float, default=1.0,
@@ -35,9 +36,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="windows per model call (default 1 on CPU, 4 on CUDA)")
     p.add_argument("--ca-stats", choices=["auto", "global", "tile"], default="auto",
                    help="channel-attention statistics: global (exact), per tile (approximate, flat memory), "
-                        "or auto: global where the back-end can (PyTorch), else tile (ONNX Runtime)")
-    p.add_argument("--plan", choices=["auto", "block", "all"], default="auto",
-                   help="tile statistics: block by block, all blocks per window, or measure (auto)")
+                        "or auto: global where the back-end can (PyTorch, OpenVINO), else tile (ONNX Runtime)")
+    p.add_argument("--backend", choices=["auto", "torch", "openvino", "onnxruntime"], default="auto",
+                   help="auto: onnxruntime for .onnx, openvino for .xml; for a model file OpenVINO on a CPU "
+                        "where it is installed, else PyTorch")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
+                   help="OpenVINO precision: auto is the file's own (fp32, or int8 for a calibrated int8 "
+                        "export); bf16 where the CPU has it")
+    p.add_argument("--threads", type=int, help="CPU threads (default: every core)")
+    p.add_argument("--cache-dir", help="where converted and compiled OpenVINO models are kept (default "
+                                       "$MCAN_DEPLOY_CACHE or ~/.cache/mcan-deploy)")
+    p.add_argument("--plan", choices=["auto", "whole", "layers", "block", "all"], default="auto",
+                   help="whole: each block on the whole image in one call (exact); layers: global statistics "
+                        "layer by layer over tiles; block/all: tile statistics block by block or all blocks per "
+                        "window; auto: whole where the back-end is faster so (OpenVINO) and it fits "
+                        "--max-memory, else layers (global) or measured (tile)")
+    p.add_argument("--max-memory", type=float,
+                   help="GB the whole-image plan may take (default: half the available RAM)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="compute precision (float16/bfloat16 on CUDA)")
@@ -69,6 +84,10 @@ def _run(args: argparse.Namespace) -> int:
 
     if not (math.isfinite(args.scale) and args.scale > 0):
         raise MCANError(f"--scale {args.scale}: must be a number > 0")
+    if args.max_memory is not None and not (math.isfinite(args.max_memory) and args.max_memory > 0):
+        raise MCANError(f"--max-memory {args.max_memory}: give gigabytes > 0")
+    if args.threads is not None and args.threads < 1:
+        raise MCANError(f"--threads {args.threads}: must be >= 1")
     if not (math.isfinite(args.max_pixels) and args.max_pixels >= 1):
         raise MCANError(f"--max-pixels {args.max_pixels}: must be a number >= 1")
     if args.suffix and args.suffix.lower() not in IMAGE_SUFFIXES:
@@ -93,7 +112,8 @@ def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
     from ..tiling import TileConfig, default_tile, planned_windows, upscale_tensor
     from ..upscale import plan_jobs, prepare, write_result
 
-    runner = load_runner(args.model, device, args.dtype, args.rcab, args.trust_pickle)
+    runner = load_runner(args.model, device, args.dtype, args.rcab, args.trust_pickle, backend=args.backend,
+                         precision=args.precision, threads=args.threads, cache_dir=args.cache_dir)
     jobs = plan_jobs(args.inputs, args.out, args.suffix)
     dist.check_same("the list of input files", [(str(j.src), str(j.dst)) for j in jobs])
     jobs = dist.shard(jobs)  # every rank planned all files; each takes its share
@@ -102,7 +122,8 @@ def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
     if ca_stats == "auto":
         ca_stats = "global" if isinstance(runner, LayerRunner) else "tile"
     cfg = TileConfig(tile=args.tile or default_tile(ca_stats, runner.device, max(runner.block_radii)),
-                     batch=args.batch or (4 if cuda else 1), ca_stats=ca_stats, plan=args.plan)
+                     batch=args.batch or (4 if cuda else 1), ca_stats=ca_stats, plan=args.plan,
+                     max_memory=int(args.max_memory * 1e9) if args.max_memory else None)
     done = skipped = failed = 0
     t0 = time.perf_counter()
     with logging_redirect_tqdm():

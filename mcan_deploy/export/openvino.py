@@ -1,0 +1,361 @@
+"""N as an OpenVINO model: every block whole, and every layer step the exact tiler needs.
+
+One ``ov.Model`` holds, for each block i (1-based names):
+
+- ``N<i>``: the block N_i+ (or N_i) on an image, for whole-image and tile-statistics runs;
+- ``N<i>.head``, ``N<i>.r<k>`` (RCAB k's residual conv2(relu(conv1(h)))), ``N<i>.g<k>`` (its
+  channel-attention gate from the pooled means) and ``N<i>.finish`` (body conv, long skip, tail,
+  plus the input): the layer steps of the exact ``global`` statistics mode, which pools each
+  RCAB's means over the whole image between two steps.
+
+Every step is a separate output with its own named inputs, so a runner compiles each as a
+sub-model, and one NNCF call quantizes all of them with consistent calibration data. The graph is
+converted from the PyTorch modules of ``model.py`` (nothing is re-implemented here). IR files
+carry the same metadata as the ONNX files (model config, blocks, receptive-field radii,
+precision, source hash) in the model's ``rt_info``.
+
+OpenVINO is imported inside the functions, so this module imports without it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import config_to_dict
+from ..errors import MCANError
+from ..model import MCAN, MCANBlock, receptive_field
+
+if TYPE_CHECKING:
+    from ..telemetry import import_openvino
+
+    ov = import_openvino()
+
+log = logging.getLogger(__name__)
+
+META_KEY = "mcan_deploy"
+FORMAT = "mcan-deploy-openvino/1"
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+class OpenVINOError(MCANError):
+    """An OpenVINO conversion, file or run failed."""
+
+
+def require_openvino(what: str) -> None:
+    """``OpenVINOError`` naming the install command if the openvino package is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        raise OpenVINOError(f"{what} needs OpenVINO: pip install 'mcan-deploy[openvino]'")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One compiled unit: an output name and the names of the inputs it reads."""
+
+    name: str
+    inputs: tuple[str, ...]
+
+
+def pieces(model: MCAN) -> list[Piece]:
+    """Every output of the OpenVINO model of ``model``, in output order."""
+    out = []
+    for i, block in enumerate(model.blocks, 1):
+        b = f"N{i}"
+        out.append(Piece(b, (f"{b}.x",)))
+        if isinstance(block, MCANBlock):
+            out.append(Piece(f"{b}.head", (f"{b}.x",)))
+            for k in range(len(block.body)):
+                out.append(Piece(f"{b}.r{k}", (f"{b}.h{k}",)))
+                out.append(Piece(f"{b}.g{k}", (f"{b}.m{k}",)))
+            out.append(Piece(f"{b}.finish", (f"{b}.x", f"{b}.h")))
+    return out
+
+
+def input_names(model: MCAN) -> list[str]:
+    """The model's inputs in order of first use (the order of the converted graph's parameters)."""
+    seen: dict[str, None] = {}
+    for p in pieces(model):
+        seen.update(dict.fromkeys(p.inputs))
+    return list(seen)
+
+
+class _Steps(nn.Module):
+    """Every piece of N as one module with one argument per input name (for conversion)."""
+
+    def __init__(self, model: MCAN, clamp: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.clamp = clamp
+        self.pieces = pieces(model)
+        self.inputs = input_names(model)
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feed = dict(zip(self.inputs, args))
+        outs = []
+        for p in self.pieces:
+            block_name, _, step = p.name.partition(".")
+            block = self.model.blocks[int(block_name[1:]) - 1]
+            x = [feed[n] for n in p.inputs]
+            if not step:
+                outs.append(block(x[0], clamp=self.clamp))
+            elif step == "head":
+                outs.append(block.head(x[0]))
+            elif step == "finish":
+                out = x[0] + block.tail(block.head(x[0]) + block.body_conv(x[1]))
+                outs.append(out.clamp(0.0, 1.0) if self.clamp else out)
+            elif step[0] == "r":
+                rcab = block.body[int(step[1:])]
+                outs.append(rcab.conv2(torch.relu(rcab.conv1(x[0]))))
+            else:
+                outs.append(block.body[int(step[1:])].ca.scale(x[0]))
+        return tuple(outs)
+
+
+def _example_shape(name: str, cfg: Any, side: int) -> tuple[int, ...]:
+    step = name.partition(".")[2]
+    if step == "x":
+        return (1, cfg.n_colors, side, side)
+    if step.startswith("m"):
+        return (1, cfg.n_feats, 1, 1)
+    return (1, cfg.n_feats, side, side)
+
+
+def metadata(model: MCAN, precision: str, clamp: bool, source_hash: str, **extra: Any) -> dict[str, Any]:
+    radii = [receptive_field(b) // 2 for b in model.blocks]
+    return {
+        "format": FORMAT,
+        "model": config_to_dict(model.config),
+        "blocks": [0, len(model.blocks)],
+        "n_blocks": len(model.blocks),
+        "block_radii": radii,
+        "receptive_field": 2 * sum(radii) + 1,
+        "precision": precision,
+        "clamp": clamp,
+        "source_sha256": source_hash,
+        "pieces": [[p.name, list(p.inputs)] for p in pieces(model)],
+        **extra,
+    }
+
+
+def to_openvino(model: MCAN, clamp: bool = True, source_hash: str = "") -> ov.Model:
+    """Convert N (float32, torch RCAB path) into the OpenVINO model of every piece, with its
+    metadata; dynamic batch, height and width."""
+    import copy
+
+    from ..telemetry import import_openvino
+
+    ov = import_openvino()
+
+    from ..model import set_rcab_impl
+
+    model = set_rcab_impl(copy.deepcopy(model).float().eval(), "torch")
+    steps = _Steps(model, clamp).eval()
+    cfg = model.config
+    example = tuple(torch.rand(_example_shape(n, cfg, 16)) for n in steps.inputs)
+    shapes = [ov.PartialShape([-1, s[1], 1, 1] if s[2] == 1 else [-1, s[1], -1, -1])
+              for s in (t.shape for t in example)]
+    try:
+        with torch.no_grad():
+            ov_model = ov.convert_model(steps, example_input=example, input=shapes)
+    except Exception as exc:  # the converter raises its own error classes
+        raise OpenVINOError(f"OpenVINO conversion failed: {type(exc).__name__}: {exc}"[:500]) from None
+    for param, name in zip(ov_model.get_parameters(), steps.inputs):
+        param.set_friendly_name(name)
+        param.output(0).get_tensor().set_names({name})
+    for out, p in zip(ov_model.outputs, steps.pieces):
+        out.get_tensor().set_names({p.name})
+        out.get_node().set_friendly_name(p.name)
+    set_metadata(ov_model, metadata(model, "fp32", clamp, source_hash))
+    return ov_model
+
+
+def set_metadata(ov_model: ov.Model, meta: dict[str, Any]) -> None:
+    ov_model.set_rt_info(json.dumps(meta), [META_KEY])
+
+
+def get_metadata(ov_model: ov.Model, source: str | Path) -> dict[str, Any]:
+    """The mcan-deploy metadata of an OpenVINO model; ``OpenVINOError`` naming ``source``."""
+    if not ov_model.has_rt_info([META_KEY]):
+        raise OpenVINOError(f"{source}: OpenVINO model without mcan-deploy metadata; export it with "
+                            "mcan-export --format openvino")
+    try:
+        meta = json.loads(ov_model.get_rt_info([META_KEY]).astype(str))
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or not {
+                "n_blocks", "block_radii", "model", "precision", "pieces"} <= set(meta):
+            raise ValueError("keys missing or another format")
+    except ValueError as exc:
+        raise OpenVINOError(f"{source}: malformed mcan-deploy metadata ({exc}); re-export with "
+                            "mcan-export --format openvino") from None
+    return meta
+
+
+def read_ir(path: str | Path) -> tuple[ov.Model, dict[str, Any]]:
+    """An IR file (``.xml`` with its ``.bin``) and its metadata."""
+    from ..telemetry import import_openvino
+
+    ov = import_openvino()
+
+    path = Path(path)
+    if not path.is_file():
+        raise OpenVINOError(f"{path}: no such file")
+    if not path.with_suffix(".bin").is_file():
+        raise OpenVINOError(f"{path}: its weights {path.with_suffix('.bin').name} are missing beside it")
+    try:
+        ov_model = ov.Core().read_model(str(path))
+    except Exception as exc:
+        raise OpenVINOError(f"{path}: not a readable OpenVINO IR ({type(exc).__name__}: {exc})"[:400]) from None
+    return ov_model, get_metadata(ov_model, path)
+
+
+def write_ir(ov_model: ov.Model, path: str | Path) -> None:
+    """Write ``path`` (.xml) and its .bin so that a reader never sees one without the other:
+    both go to temporary names first, then the .bin and the .xml are renamed in that order."""
+    from ..telemetry import import_openvino
+
+    ov = import_openvino()
+
+    path = Path(path)
+    if path.suffix.lower() != ".xml":
+        raise OpenVINOError(f"-o {path}: an OpenVINO IR file ends in .xml")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.xml")
+    try:
+        ov.save_model(ov_model, str(tmp), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OpenVINOError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_suffix(".bin").unlink(missing_ok=True)
+
+
+def default_cache_dir() -> Path:
+    """Where converted and compiled OpenVINO models are kept: ``$MCAN_DEPLOY_CACHE``, else
+    ``$XDG_CACHE_HOME/mcan-deploy``, else ``~/.cache/mcan-deploy``."""
+    if os.environ.get("MCAN_DEPLOY_CACHE"):
+        return Path(os.environ["MCAN_DEPLOY_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mcan-deploy"
+
+
+def model_for_openvino(path: str | Path, cache_dir: Path, trust_pickle: bool = False) -> tuple[ov.Model, dict[str, Any]]:
+    """The OpenVINO model of a file: an IR file as it is; a model file from ``mcan-train``
+    converted in memory, the conversion kept in ``cache_dir`` under the file's SHA-256 (and the
+    OpenVINO and mcan-deploy versions), so the next run reads it instead of converting."""
+    from ..telemetry import import_openvino
+
+    ov = import_openvino()
+
+    from .. import __version__
+    from ..checkpoint import load_model
+    from .onnx import file_sha256
+
+    path = Path(path)
+    if path.suffix.lower() == ".xml":
+        return read_ir(path)
+    model = load_model(path, trust_pickle=trust_pickle)  # names the file if it is missing or bad
+    digest = file_sha256(path)
+    cached = cache_dir / "ir" / f"{digest[:32]}-ov{ov.get_version().split('-')[0]}-mcan{__version__}.xml"
+    if cached.is_file():
+        try:
+            ov_model, meta = read_ir(cached)
+            if meta.get("source_sha256") == digest:
+                log.debug("OpenVINO model of %s from the cache %s", path, cached)
+                return ov_model, meta
+        except OpenVINOError as exc:
+            log.warning("ignoring a broken cache entry (%s); converting again", exc)
+    ov_model = to_openvino(model, source_hash=digest)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        write_ir(ov_model, cached)
+    except (OSError, OpenVINOError) as exc:
+        log.warning("cannot cache the converted model in %s (%s); the next run converts again", cache_dir, exc)
+    return ov_model, get_metadata(ov_model, path)
+
+
+VERIFY_SIZES = ((37, 53), (64, 48))  # odd sizes included, as for ONNX
+TOLERANCE = 1e-4  # float32, OpenVINO against PyTorch, max abs
+
+
+def verify_fp32(ov_model: ov.Model, meta: dict[str, Any], model: MCAN, clamp: bool, shown: str | Path) -> float:
+    """OpenVINO float32 against PyTorch at two sizes, whole blocks and the exact layer-step path
+    (global statistics, several tiles); returns the worst max abs error, or raises naming it."""
+    from ..runners.openvino_runner import OpenVINORunner
+    from ..tiling import TileConfig, upscale_tensor
+
+    runner = OpenVINORunner(ov_model, meta, "fp32")
+    gen = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for h, w in VERIFY_SIZES:
+        x = torch.rand(2, 3, h, w, generator=gen)
+        with torch.no_grad():
+            ref = model(x, clamp=clamp)
+        checks = [("whole blocks", runner.run_blocks(x, 0, runner.n_blocks), ref)]
+        if runner.has_channel_attention:  # the first image, cut into 16-pixel tiles
+            got, _ = upscale_tensor(runner, x[0], TileConfig(16, ca_stats="global"))
+            checks.append(("global statistics, tiled", got, ref[0]))
+        for what, got, want in checks:
+            err = float((got - want).abs().max())
+            worst = max(worst, err)
+            if not err <= TOLERANCE:
+                raise OpenVINOError(f"{shown}: OpenVINO ({what}) differs from PyTorch at {w}x{h}: max abs error "
+                                    f"{err:.3g} > {TOLERANCE:g}; nothing was written")
+    return worst
+
+
+@dataclass(frozen=True)
+class ExportedIR:
+    """A written and checked IR file and what its check measured."""
+
+    path: Path
+    precision: str
+    max_abs_error: float | None  # float32: against PyTorch
+    quality: dict[str, Any] | None  # int8: PSNR of float32 and int8, retention of the gain
+
+
+def export_openvino(model: MCAN, out: str | Path, precision: str = "fp32", calibration: str | Path | None = None,
+                    clamp: bool = True, source_hash: str = "", min_retention: float | None = 0.9,
+                    calibration_size: int = 0) -> ExportedIR:
+    """Write N as an OpenVINO IR file (``out``.xml + .bin) after checking it: float32 against
+    PyTorch; int8 (calibrated on ``calibration``'s training pairs) must keep ``min_retention`` of
+    float32's PSNR gain over the identity on its test pairs, else nothing is written
+    (``min_retention=None``: written whatever it keeps, the quality still measured and recorded)."""
+    require_openvino("mcan-export --format openvino")
+    out = Path(out)
+    if out.suffix.lower() != ".xml":
+        raise OpenVINOError(f"-o {out}: an OpenVINO IR file ends in .xml")
+    if precision not in ("fp32", "int8"):
+        raise OpenVINOError(f"--precision {precision}: an IR file is fp32 or int8 (bf16 is a run-time "
+                            "choice: mcan-upscale model.xml --precision bf16)")
+    if precision == "int8" and calibration is None:
+        raise OpenVINOError("--precision int8 needs --calibration DATA: a folder of LR/HR pairs with train/ "
+                            "and test/ (training pairs calibrate, test pairs check the quality)")
+    if precision == "fp32" and calibration is not None:
+        raise OpenVINOError("--calibration applies to --precision int8 only")
+    import copy
+
+    from ..model import set_rcab_impl
+
+    model = set_rcab_impl(copy.deepcopy(model).float().eval(), "torch")  # the caller's model is left as it is
+    ov_model = to_openvino(model, clamp, source_hash)
+    meta = get_metadata(ov_model, out)
+    err = verify_fp32(ov_model, meta, model, clamp, out)
+    quality = None
+    if precision == "int8":
+        from .quantize import quantize_int8
+
+        ov_model, quality = quantize_int8(ov_model, meta, model, Path(calibration), clamp,
+                                          min_retention=min_retention, shown=out, n_crops=calibration_size)
+        meta = {**meta, "precision": "int8", "int8": quality}
+        set_metadata(ov_model, meta)
+    write_ir(ov_model, out)
+    log.info("wrote %s (%s, blocks 1..%d)", out, precision, meta["n_blocks"])
+    return ExportedIR(out, precision, err, quality)

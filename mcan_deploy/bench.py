@@ -49,10 +49,14 @@ class BenchConfig:
         ("paper", ModelConfig()),
     )
     device: str = "cpu"
+    quality_model: str | None = None  # a trained model: quality table of every back-end and precision
+    quality_data: str | None = None  # its pairs (train/ calibrates int8, test/ is measured)
 
 
 TRITON_BACKENDS = {"triton": torch.float32, "triton_float16": torch.float16, "triton_bfloat16": torch.bfloat16}
-BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "float16", "bfloat16", *TRITON_BACKENDS)
+OPENVINO_BACKENDS = {"openvino": "fp32", "openvino_bf16": "bf16", "openvino_int8": "int8"}
+BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", *OPENVINO_BACKENDS, "float16", "bfloat16",
+            *TRITON_BACKENDS)
 
 
 def _triton_usable(device: torch.device) -> str | None:
@@ -139,8 +143,33 @@ def _measure(fn: Callable[[], object], repeat: int, device: torch.device) -> dic
             "rss_before_mb": before}
 
 
-def _backends(model: MCAN, cfg: BenchConfig, device: torch.device, tmp: Path) -> dict[str, Any]:
+def _openvino(model: MCAN, precision: str, sample_dir: Path | None) -> Any:
+    """An OpenVINO runner of ``model``; int8 is calibrated on the sample's training crops (random
+    crops without one) with the recipe that kept the gain on City100."""
+    from .export.openvino import get_metadata, to_openvino
+    from .runners.openvino_runner import OpenVINORunner
+
+    ov_model = to_openvino(model)
+    meta = get_metadata(ov_model, "bench")
+    if precision == "int8":
+        from .export.quantize import RECIPES, CalibrationSet, calibration_crops, quantize
+
+        if sample_dir is not None and (sample_dir / "train").is_dir():
+            from .data import load_images
+
+            crops = calibration_crops(load_images(sample_dir / "train", progress=False))
+        else:
+            g = torch.Generator().manual_seed(0)
+            crops = [torch.rand(1, 3, 128, 128, generator=g) for _ in range(32)]
+        ov_model = quantize(ov_model, CalibrationSet(model, crops), RECIPES[1])
+        meta = {**meta, "precision": "int8"}
+    return OpenVINORunner(ov_model, meta, precision)
+
+
+def _backends(model: MCAN, cfg: BenchConfig, device: torch.device, tmp: Path,
+              sample_dir: Path | None = None) -> dict[str, Any]:
     """Runner per back-end name; those that cannot run here are skipped with the reason."""
+    from .errors import MCANError
     from .runners import TorchRunner
 
     out: dict[str, Any] = {}
@@ -163,6 +192,13 @@ def _backends(model: MCAN, cfg: BenchConfig, device: torch.device, tmp: Path) ->
 
                 export_onnx(model, tmp / "bench.onnx")
                 out[name] = OrtRunner(tmp / "bench.onnx")
+            elif name in OPENVINO_BACKENDS and device.type == "cpu":
+                import importlib.util
+
+                if importlib.util.find_spec("openvino") is None:
+                    log.warning("backend %s skipped: pip install 'mcan-deploy[openvino]'", name)
+                    continue
+                out[name] = _openvino(model, OPENVINO_BACKENDS[name], sample_dir)
             elif name in ("float16", "bfloat16") and device.type == "cuda":
                 out[name] = TorchRunner(_copy(model), device, getattr(torch, name))
             elif name in TRITON_BACKENDS and (device.type == "cuda" or TRITON_BACKENDS[name] == torch.float32):
@@ -178,7 +214,7 @@ def _backends(model: MCAN, cfg: BenchConfig, device: torch.device, tmp: Path) ->
                 out[name] = TritonRunner(_copy(model), device, TRITON_BACKENDS[name])
             else:
                 log.info("backend %s skipped on %s", name, device.type)
-        except ImportError as exc:
+        except (ImportError, MCANError) as exc:
             log.warning("backend %s skipped: %s", name, exc)
     return out
 
@@ -189,7 +225,8 @@ def _copy(model: MCAN) -> MCAN:
     return copy.deepcopy(model)
 
 
-def bench_inference(cfg: BenchConfig, device: torch.device, peak_gflops: float) -> list[dict[str, Any]]:
+def bench_inference(cfg: BenchConfig, device: torch.device, peak_gflops: float,
+                    sample_dir: Path | None = None) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
     from .tiling import TileConfig, upscale_tensor
@@ -201,7 +238,7 @@ def bench_inference(cfg: BenchConfig, device: torch.device, peak_gflops: float) 
     flops_px = conv_flops_per_pixel(model)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        runners = _backends(model, cfg, device, Path(tmp))
+        runners = _backends(model, cfg, device, Path(tmp), sample_dir)
         jobs = [(n, s, m) for s in cfg.sizes for n in runners for m in ("whole", "tiled")
                 if not (n == "compile" and (s not in cfg.compile_sizes or m == "tiled"))]
         for name, size, mode in tqdm(jobs, desc="inference", unit="run"):
@@ -210,8 +247,8 @@ def bench_inference(cfg: BenchConfig, device: torch.device, peak_gflops: float) 
             if mode == "whole":
                 fn = lambda r=runner, x=x: r.run_blocks(x[None], 0, r.n_blocks)  # noqa: E731
             else:
-                stats = "global" if hasattr(runner, "n_rcabs") else "tile"
-                tc = TileConfig(tile=cfg.tile, ca_stats=stats)
+                stats = "global" if hasattr(runner, "n_rcabs") else "tile"  # exact where the runner can
+                tc = TileConfig(tile=cfg.tile, ca_stats=stats, plan="layers" if stats == "global" else "auto")
                 fn = lambda r=runner, x=x, tc=tc: upscale_tensor(r, x, tc)  # noqa: E731
             m = _measure(fn, cfg.repeat, device)
             mp = size * size / 1e6
@@ -280,11 +317,16 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         info["cpu"] = platform.processor()
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    for mod in ("onnxruntime", "onnx", "triton"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except ImportError:
-            info[mod] = None
+    from importlib.metadata import PackageNotFoundError, version
+
+    for mod in ("onnxruntime", "onnx", "triton", "openvino", "nncf"):
+        info[mod] = None
+        for dist in (mod, f"{mod}-gpu"):  # installed versions, read without importing (openvino would
+            try:                            # start its telemetry at import)
+                info[mod] = version(dist)
+                break
+            except PackageNotFoundError:
+                pass
     return info
 
 
@@ -304,8 +346,12 @@ def run_bench(cfg: BenchConfig, out: Path, sample_dir: Path | None = None) -> di
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         training = pool.submit(bench_training, cfg, device, sample_dir).result()
     results = {"machine": machine_info(device), "config": dataclasses.asdict(cfg),
-               "matmul_peak_gflops": peak, "inference": bench_inference(cfg, device, peak),
+               "matmul_peak_gflops": peak, "inference": bench_inference(cfg, device, peak, sample_dir),
                "training": training}
+    if cfg.quality_model:
+        from .quality import compare_backends
+
+        results["quality"] = compare_backends(cfg.quality_model, cfg.quality_data or sample_dir or ".")
     from .io import atomic_write_bytes
 
     atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
@@ -335,6 +381,11 @@ def render_report(res: dict[str, Any]) -> str:
     for r in res["training"]:
         lines.append(f"| {r['model']} | {r['what']} | {r.get('rcab', 'torch')} | {r['step_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | "
                      f"{100 * r['data_share']:.1f}% |")
+    if res.get("quality"):
+        q = res["quality"]
+        lines += ["", f"## Quality ({q['model']} on {q['pairs']} test pairs of {q['data']})", "",
+                  "Exact global statistics except where noted; retention is the share of PyTorch float32's "
+                  "PSNR gain over the identity.", "", q["table"], *[f"- {n}" for n in q["notes"]]]
     lines += ["", "![throughput](throughput.png)", "", "![memory](memory.png)", ""]
     return "\n".join(lines)
 

@@ -53,9 +53,18 @@ def test_tiny_bench_writes_consistent_outputs(tmp_path):
     triton = fused_available(torch.device("cpu"), warn=False)  # CI: Triton's interpreter
     if triton:
         backends += ("triton",)
+    openvino = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
+    if openvino:
+        backends += ("openvino", "openvino_int8")
+    from mcan_deploy.checkpoint import save_model
+    from mcan_deploy.model import build_model
+
+    torch.manual_seed(0)
+    save_model(tmp_path / "m.safetensors", build_model(ModelConfig(n_blocks=1, n_resblocks=1, n_feats=4)))
     cfg = BenchConfig(model=ModelConfig(n_blocks=2, n_resblocks=1, n_feats=8), sizes=(32, 48), repeat=2,
                       tile=16, backends=backends, compile_sizes=(), train_steps=2,
-                      train_models=(("tiny", ModelConfig(n_blocks=2, n_resblocks=1, n_feats=8)),))
+                      train_models=(("tiny", ModelConfig(n_blocks=2, n_resblocks=1, n_feats=8)),),
+                      quality_model=str(tmp_path / "m.safetensors"), quality_data=str(SAMPLE))
     run_bench(cfg, tmp_path, SAMPLE)
     for name in ("results.json", "report.md", "throughput.png", "memory.png"):
         assert (tmp_path / name).is_file(), name
@@ -79,3 +88,14 @@ def test_tiny_bench_writes_consistent_outputs(tmp_path):
         [("block", "torch"), ("N", "torch")] + ([("block", "triton"), ("N", "triton")] if triton else [])
     assert all(0 <= r["data_share"] < 1 and r["min_s"] <= r["step_s"] <= r["max_s"] for r in train_rows)
     assert "| eager | 32x32 | whole |" in (tmp_path / "report.md").read_text()
+    q = res["quality"]
+    by = {r["name"]: r for r in q["rows"]}
+    assert by["identity"]["gain"] == 0 and q["pairs"] == 3
+    for r in q["rows"][2:]:  # retention is each gain over the PyTorch float32 gain
+        assert r["gain"] == pytest.approx(r["psnr"] - by["identity"]["psnr"])
+        if by["torch fp32"]["gain"] > 0:
+            assert r["retention"] == pytest.approx(r["gain"] / by["torch fp32"]["gain"])
+    if openvino:  # same weights in float32: OpenVINO equals PyTorch; int8 is a row, or a note saying why not
+        assert by["openvino fp32"]["psnr"] == pytest.approx(by["torch fp32"]["psnr"], abs=1e-4)
+        assert any("int8" in n for n in q["notes"]) or any("int8" in name for name in by)
+    assert "## Quality" in (tmp_path / "report.md").read_text()

@@ -25,11 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", help="square image sides, comma-separated (overrides --quick's)")
     p.add_argument("--backends",
                    help="comma-separated back-ends to time (default: eager, channels_last, compile, "
-                        "onnxruntime; on CUDA also float16, bfloat16, triton, triton_float16, "
+                        "onnxruntime, and openvino, openvino_bf16, openvino_int8 where OpenVINO is "
+                        "installed; on CUDA also float16, bfloat16, triton, triton_float16, "
                         "triton_bfloat16, the fused Triton RCAB tail). eager is always timed: the "
                         "ratios are against it")
     p.add_argument("--repeat", type=int, help="timed runs per measurement after one warm-up")
     p.add_argument("--data", default="samples/city100", help="training pairs for the data-wait share")
+    p.add_argument("--quality-model", help="a trained model.safetensors: adds a quality table (PSNR, gain over "
+                                           "the identity, retention) for every back-end and precision")
+    p.add_argument("--quality-data", help="pairs for the quality table (train/ calibrates int8, test/ is "
+                                          "measured; default --data)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -54,7 +59,11 @@ def _run(args: argparse.Namespace) -> int:
         raise MCANError("--sizes and --repeat must be >= 1")
     from ..bench import BACKENDS
 
+    import importlib.util
+
     backends = ("eager", "channels_last", "compile", "onnxruntime")
+    if not args.device.startswith("cuda") and importlib.util.find_spec("openvino"):
+        backends += ("openvino", "openvino_bf16", "openvino_int8")
     if args.device.startswith("cuda"):
         backends += ("float16", "bfloat16", "triton", "triton_float16", "triton_bfloat16")
     if args.backends:
@@ -65,7 +74,8 @@ def _run(args: argparse.Namespace) -> int:
         backends = ("eager", *(b for b in asked if b != "eager"))
     cfg = BenchConfig(model=model, sizes=sizes, repeat=args.repeat or 3, backends=backends,
                       compile_sizes=sizes[:1], tile=128 if args.quick else 512,
-                      train_steps=3 if args.quick else 10, device=args.device)
+                      train_steps=3 if args.quick else 10, device=args.device,
+                      quality_model=args.quality_model, quality_data=args.quality_data or args.data)
     res = run_bench(cfg, Path(args.out), Path(args.data))
     out = Path(args.out)
     print(f"mcan-bench: matrix-multiply peak {res['matmul_peak_gflops']:.1f} GFLOP/s")

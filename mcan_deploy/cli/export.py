@@ -1,7 +1,10 @@
-"""``mcan-export MODEL -o model.onnx``: export a trained N (or single blocks) to ONNX.
+"""``mcan-export MODEL -o model.onnx`` / ``-o model.xml``: export a trained N to ONNX or OpenVINO.
 
-Every file is checked with onnx.checker and against PyTorch in ONNX Runtime at two input sizes
-before it is kept; a failed check deletes it and names the difference.
+ONNX: N or single blocks (--blocks), checked with onnx.checker and against PyTorch in ONNX
+Runtime at two input sizes. OpenVINO (--format openvino, or -o *.xml): an IR file with every block
+and the layer steps of exact global statistics, checked against PyTorch; with --precision int8,
+calibrated on --calibration's training pairs and kept only if it holds --min-retention of the
+float32 model's PSNR gain over the identity on the test pairs. A failed check writes nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +21,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mcan-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model.safetensors from mcan-train")
-    p.add_argument("-o", "--out", required=True, help="output .onnx path")
+    p.add_argument("-o", "--out", required=True, help="output path: .onnx, or .xml for --format openvino")
+    p.add_argument("--format", choices=["onnx", "openvino"],
+                   help="onnx (default for -o *.onnx) or openvino: IR .xml/.bin with every block and the "
+                        "layer steps of exact global statistics (default for -o *.xml)")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="openvino: fp32, or int8 calibrated on --calibration's training pairs and refused "
+                        "unless it keeps --min-retention of fp32's PSNR gain on its test pairs")
+    p.add_argument("--calibration", help="int8: dataset folder with train/ (calibration) and test/ (quality check)")
+    p.add_argument("--min-retention", type=float, default=0.9,
+                   help="int8: share of the fp32 model's PSNR gain over the identity that int8 must keep "
+                        "on the test pairs (default 0.9)")
+    p.add_argument("--force", action="store_true",
+                   help="int8: write the file even if it misses --min-retention (its retention is still "
+                        "measured, printed and stored in the file)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--fp16", action="store_true", help="float16 weights and input/output")
     p.add_argument("--blocks", default="all",
@@ -37,22 +53,52 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import importlib.util
+    import math
+    from pathlib import Path
+
     from ..checkpoint import load_model
     from ..errors import MCANError
 
-    import importlib.util
+    out, src = Path(args.out), Path(args.model).resolve()
+    fmt = args.format or ("openvino" if out.suffix.lower() == ".xml" else "onnx")
+    if fmt == "onnx" and (args.precision != "fp32" or args.calibration):
+        raise MCANError("--precision/--calibration apply to --format openvino; ONNX takes --fp16")
+    if fmt == "openvino" and (args.fp16 or args.blocks != "all"):
+        raise MCANError("--fp16/--blocks apply to --format onnx; an OpenVINO file holds every block and "
+                        "runs bf16 at run time (mcan-upscale --precision bf16)")
+    if not math.isfinite(args.min_retention):
+        raise MCANError(f"--min-retention {args.min_retention}: a share of the gain such as 0.9")
+    siblings = [out.with_name(f"{out.stem}.N{i}{out.suffix or '.onnx'}") for i in range(1, 1000)]
+    if any(o.resolve() == src for o in [out, out.with_suffix(".bin"), *siblings]):
+        raise MCANError(f"-o {args.out}: would overwrite the model {args.model}; choose another output path")
+    from ..export.onnx import file_sha256
 
+    if fmt == "openvino":
+        from ..export.openvino import export_openvino, require_openvino
+
+        require_openvino("mcan-export --format openvino")
+        if args.precision == "int8" and importlib.util.find_spec("nncf") is None:
+            raise MCANError("--precision int8 needs NNCF: pip install 'mcan-deploy[openvino]'")
+        model = load_model(args.model, trust_pickle=args.trust_pickle)
+        f = export_openvino(model, out, precision=args.precision, calibration=args.calibration,
+                            clamp=not args.no_clamp, source_hash=file_sha256(args.model),
+                            min_retention=None if args.force else args.min_retention)
+        if f.quality:
+            q = f.quality
+            print(f"mcan-export: {f.path} (int8): PSNR {q['psnr_int8']:.3f} dB against fp32 {q['psnr_fp32']:.3f} dB "
+                  f"and identity {q['psnr_identity']:.3f} dB on {q['pairs']} test pairs: keeps "
+                  f"{100 * q['retention']:.1f}% of the gain (bar {100 * args.min_retention:.0f}%"
+                  f"{', forced' if args.force else ''}), recipe '{q['recipe']}', {q['int8_convolutions']} of "
+                  f"{q['convolutions']} convolutions int8")
+        else:
+            print(f"mcan-export: {f.path} (fp32), OpenVINO vs PyTorch max abs error {f.max_abs_error:.2g}")
+        return 0
     missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise MCANError(f"ONNX export needs {', '.join(missing)}: pip install 'mcan-deploy[onnx]'")
-    from ..export.onnx import export_onnx, file_sha256
+    from ..export.onnx import export_onnx
 
-    from pathlib import Path
-
-    out, src = Path(args.out), Path(args.model).resolve()
-    siblings = [out.with_name(f"{out.stem}.N{i}{out.suffix or '.onnx'}") for i in range(1, 1000)]
-    if any(o.resolve() == src for o in [out, *siblings]):
-        raise MCANError(f"-o {args.out}: would overwrite the model {args.model}; choose another output path")
     model = load_model(args.model, trust_pickle=args.trust_pickle)
     files = export_onnx(model, args.out, blocks=args.blocks, opset=args.opset, fp16=args.fp16,
                         clamp=not args.no_clamp, source_hash=file_sha256(args.model))

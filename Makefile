@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job on the bundled sample: train the demo plan (all four phases) on the City100 crops,
-# upscale a full-size photo with the tiled engine, export the model to ONNX (checked against
-# PyTorch) and upscale the photo again through ONNX Runtime. Rerunning resumes or reports that
+# upscale a full-size photo (OpenVINO on a CPU where it is installed, exact global statistics),
+# export the model to ONNX (checked against PyTorch) and upscale the photo again through ONNX Runtime. Rerunning resumes or reports that
 # the run is finished and skips existing outputs (rm -rf runs/demo to start again).
 PHOTO := samples/photo/city100_001_LR.png
 demo: install
@@ -28,7 +28,7 @@ demo: install
 	$(BIN)/mcan-upscale runs/demo/model.safetensors $(PHOTO) -o runs/demo/upscaled
 	test -f runs/demo/model.onnx || $(BIN)/mcan-export runs/demo/model.safetensors -o runs/demo/model.onnx
 	$(BIN)/mcan-upscale runs/demo/model.onnx $(PHOTO) -o runs/demo/upscaled-onnx
-	@echo "demo: upscaled photo in runs/demo/upscaled/ (PyTorch) and runs/demo/upscaled-onnx/ (ONNX Runtime);"
+	@echo "demo: upscaled photo in runs/demo/upscaled/ (OpenVINO, or PyTorch without it) and runs/demo/upscaled-onnx/ (ONNX Runtime);"
 	@echo "      training report in runs/demo/report.md"
 
 test: install

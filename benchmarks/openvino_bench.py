@@ -69,6 +69,9 @@ def one(args: argparse.Namespace) -> None:
         t1 = time.perf_counter()
         out, report = upscale_tensor(runner, x, cfg)
         seconds = time.perf_counter() - t1
+    import numpy as np
+
+    np.save(args.save, out.numpy())
     print(json.dumps({"seconds": seconds, "startup_s": startup, "peak_rss_mb": rss.peak,
                       "report": report.summary(), "threads": torch.get_num_threads(),
                       "describe": getattr(runner, "describe", lambda: "torch")()}))
@@ -83,7 +86,7 @@ def main() -> None:
     p.add_argument("--rows", help="comma-separated row numbers to run (default: all)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
-    for name in ("file", "backend", "precision", "plan", "cache"):
+    for name in ("file", "backend", "precision", "plan", "cache", "save"):
         p.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
@@ -112,7 +115,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         save_model(tmp / "model.safetensors", model)
-        int8_info = None
+        int8_info, ref = None, None
         if any(r[2] == "int8" for r in rows):
             t = time.perf_counter()
             ov_model = to_openvino(model, source_hash="bench")
@@ -127,12 +130,21 @@ def main() -> None:
         for name, backend, precision, plan in rows:
             file = tmp / ("int8.xml" if precision == "int8" else "model.safetensors")
             cmd = [sys.executable, __file__, "--one", "--file", str(file), "--backend", backend, "--precision",
-                   precision, "--plan", plan, "--image", args.image, "--cache", str(tmp / "cache")]
+                   precision, "--plan", plan, "--image", args.image, "--cache", str(tmp / "cache"),
+                   "--save", str(tmp / f"out{len(results)}.npy")]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 print(f"{name}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
                 continue
             r = json.loads(done.stdout.strip().splitlines()[-1])
+            import numpy as np
+
+            from mcan_deploy.metrics import psnr
+
+            got = torch.from_numpy(np.load(tmp / f"out{len(results)}.npy"))
+            ref = ref if results else got  # the first row (PyTorch) is the reference
+            r["max_abs_err_vs_torch"] = float((got - ref).abs().max())
+            r["psnr_vs_torch"] = psnr(got, ref) if results else None
             r.update(name=name, backend=backend, precision=precision, plan=plan,
                      gflops=flops / r["seconds"] / 1e9, share_of_fp32_peak=flops / r["seconds"] / 1e9 / peak)
             results.append(r)
@@ -161,12 +173,12 @@ def main() -> None:
              f"{info.get('cpu')}, {info['cores']} cores, {platform.python_version()}, torch {info['torch']}, "
              f"openvino {info['openvino']}, nncf {info.get('nncf')}; float32 matmul peak {peak:.0f} GFLOP/s "
              f"(bfloat16 {peak_bf16:.0f}), measured in this run; one timed run per row after a warm-up.", "",
-             "| path | seconds | GFLOP/s | share of fp32 peak | x default before | peak RSS MB | plan |",
-             "|---|---|---|---|---|---|---|"]
+             "| path | seconds | GFLOP/s | share of fp32 peak | x default before | peak RSS MB | max abs diff "
+             "from PyTorch | plan |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         x = f"{r['x_default_before']:.2f}x" if r["x_default_before"] else "-"
         lines.append(f"| {r['name']} | {r['seconds']:.1f} | {r['gflops']:.0f} | {100 * r['share_of_fp32_peak']:.0f}% | "
-                     f"{x} | {r['peak_rss_mb']:.0f} | {r['report']} |")
+                     f"{x} | {r['peak_rss_mb']:.0f} | {r['max_abs_err_vs_torch']:.1e} | {r['report']} |")
     if int8_info:
         lines += ["", f"int8: recipe '{int8_info['recipe']}', {int8_info['int8_convolutions']} of "
                       f"{int8_info['convolutions']} 3x3 convolutions int8, quantized in {int8_info['quantize_s']:.0f} s."]

@@ -71,8 +71,13 @@ class RCAB(nn.Module):
         self.ca = ChannelAttention(n_feats, reduction)
         self.impl = impl
 
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """conv2(relu(conv1(x))): what the channel attention pools and scales (the exact tiled
+        mode computes it over the whole image before it can pool)."""
+        return self.conv2(torch.relu(self.conv1(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = self.conv2(torch.relu(self.conv1(x)))
+        r = self.residual(x)
         if self.impl == "triton":
             from .kernels import fused_available
 
@@ -99,6 +104,12 @@ class MCANBlock(nn.Module):
         self.body_conv = conv3x3(cfg.n_feats, cfg.n_feats)
         self.tail = conv3x3(cfg.n_feats, cfg.n_colors)
         self.clamp = cfg.clamp
+
+    def finish(self, x: torch.Tensor, h: torch.Tensor, clamp: bool | None = None) -> torch.Tensor:
+        """The block's output from its input ``x`` and its last RCAB's output ``h``: body conv,
+        long skip, tail, plus the input (clamped for N_i+)."""
+        out = x + self.tail(self.head(x) + self.body_conv(h))
+        return out.clamp(0.0, 1.0) if (self.clamp if clamp is None else clamp) else out
 
     def forward(self, x: torch.Tensor, clamp: bool | None = None) -> torch.Tensor:
         feat = self.head(x)

@@ -80,8 +80,11 @@ class TileReport:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        s = (f"{self.ca_stats} statistics, {self.plan} plan, tile {self.tile}, margins "
-             f"{self.margins} px, {self.windows} windows, {self.seconds:.2f} s")
+        if self.plan == "whole-image":
+            s = f"{self.ca_stats} statistics, whole-image plan (one call per block), {self.seconds:.2f} s"
+        else:
+            s = (f"{self.ca_stats} statistics, {self.plan} plan, tile {self.tile}, margins "
+                 f"{self.margins} px, {self.windows} windows, {self.seconds:.2f} s")
         s += f", {self.oom_retries} out-of-memory retries" if self.oom_retries else ""
         return s + "".join(f"; {note}" for note in self.notes)
 

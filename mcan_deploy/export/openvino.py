@@ -110,11 +110,9 @@ class _Steps(nn.Module):
             elif step == "head":
                 outs.append(block.head(x[0]))
             elif step == "finish":
-                out = x[0] + block.tail(block.head(x[0]) + block.body_conv(x[1]))
-                outs.append(out.clamp(0.0, 1.0) if self.clamp else out)
+                outs.append(block.finish(x[0], x[1], clamp=self.clamp))
             elif step[0] == "r":
-                rcab = block.body[int(step[1:])]
-                outs.append(rcab.conv2(torch.relu(rcab.conv1(x[0]))))
+                outs.append(block.body[int(step[1:])].residual(x[0]))
             else:
                 outs.append(block.body[int(step[1:])].ca.scale(x[0]))
         return tuple(outs)

@@ -79,7 +79,7 @@ class CalibrationSet:
                 h = block.head(x)
                 for k, rcab in enumerate(block.body):
                     item[f"N{i}.h{k}"] = h.numpy()
-                    r = rcab.conv2(torch.relu(rcab.conv1(h)))
+                    r = rcab.residual(h)
                     item[f"N{i}.m{k}"] = r.mean((2, 3), keepdim=True).numpy()
                     h = rcab(h)
                 item[f"N{i}.h"] = h.numpy()

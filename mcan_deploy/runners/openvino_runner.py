@@ -100,13 +100,14 @@ class OpenVINORunner:
         self.threads = 0
 
     def describe(self) -> str:
-        """One line for the log: version, precision and threads."""
+        """One line for the log: OpenVINO's version, the precision, and the threads the compiled
+        model reports (compiling the first block if nothing is compiled yet)."""
         from ..telemetry import import_openvino
 
-        ov = import_openvino()
-
-        threads = self.threads or "all"
-        return f"OpenVINO {ov.get_version().split('-')[0]} CPU, {self.precision}, {threads} threads"
+        if not self._requests:
+            self._request("N1")
+        version = import_openvino().get_version().split("-")[0]
+        return f"OpenVINO {version} CPU, {self.precision}, {self.threads} threads"
 
     def _request(self, name: str) -> Any:
         req = self._requests.get(name)

@@ -95,7 +95,7 @@ def load_runner(model_path: str | Path, device: str = "auto", dtype: str = "floa
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         ov_model, meta = model_for_openvino(model_path, cache, trust_pickle)
         ov_runner = OpenVINORunner(ov_model, meta, precision, threads, cache / "compiled", source=model_path)
-        log.info("back-end openvino, %s (%s)", ov_runner.precision, why)
+        log.info("back-end openvino: %s (%s)", ov_runner.describe(), why)
         return ov_runner
     from ..checkpoint import load_model
     from .torch_runner import TorchRunner, TritonRunner

@@ -69,7 +69,7 @@ class TorchRunner:
     def rcab_residual(self, block: int, k: int, h: torch.Tensor) -> torch.Tensor:
         """r = conv2(relu(conv1(h))) of RCAB k: what its channel attention pools and scales."""
         rcab = self._block(block).body[k]
-        return rcab.conv2(torch.relu(rcab.conv1(self._in(h)))).float().to(h.device)
+        return rcab.residual(self._in(h)).float().to(h.device)
 
     @torch.inference_mode()
     def ca_scale(self, block: int, k: int, mean: torch.Tensor) -> torch.Tensor:
@@ -81,11 +81,7 @@ class TorchRunner:
     @torch.inference_mode()
     def finish(self, block: int, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """The block's output from its input x and its last RCAB's output h."""
-        b = self._block(block)
-        xi = self._in(x)
-        feat = b.head(xi) + b.body_conv(self._in(h))
-        out = xi + b.tail(feat)
-        return (out.clamp(0, 1) if b.clamp else out).float().to(x.device)
+        return self._block(block).finish(self._in(x), self._in(h)).float().to(x.device)
 
     def channel_sums(self, r: torch.Tensor) -> torch.Tensor:
         return base.channel_sums(r)

@@ -193,6 +193,8 @@ def test_auto_takes_openvino_on_a_cpu_and_torch_without_it(monkeypatch):
     monkeypatch.setattr(select, "_has", lambda *m: "openvino" not in m and real(*m))
     name, why = choose_backend("m.safetensors", device="cpu")
     assert name == "torch" and "not installed" in why
+    with pytest.raises(MCANError, match=r"needs the openvino extra: pip install 'mcan-deploy\[openvino\]'"):
+        choose_backend("m.safetensors", backend="openvino")
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -2,7 +2,8 @@
 
 One ``ov.Model`` holds, for each block i (1-based names):
 
-- ``N<i>``: the block N_i+ (or N_i) on an image, for whole-image and tile-statistics runs;
+- ``N<i>``: the block N_i+ (or N_i) on an image, for whole-image and tile-statistics runs, and
+  ``N``: all blocks in one graph (one set of OpenVINO buffers for a whole image, not one a block);
 - ``N<i>.head``, ``N<i>.r<k>`` (RCAB k's residual conv2(relu(conv1(h)))), ``N<i>.g<k>`` (its
   channel-attention gate from the pooled means) and ``N<i>.finish`` (body conv, long skip, tail,
   plus the input): the layer steps of the exact ``global`` statistics mode, which pools each
@@ -77,6 +78,8 @@ def pieces(model: MCAN) -> list[Piece]:
                 out.append(Piece(f"{b}.r{k}", (f"{b}.h{k}",)))
                 out.append(Piece(f"{b}.g{k}", (f"{b}.m{k}",)))
             out.append(Piece(f"{b}.finish", (f"{b}.x", f"{b}.h")))
+    if len(model.blocks) > 1:  # all of N in one graph: one set of buffers for a whole image
+        out.append(Piece("N", ("N1.x",)))
     return out
 
 
@@ -102,9 +105,12 @@ class _Steps(nn.Module):
         feed = dict(zip(self.inputs, args))
         outs = []
         for p in self.pieces:
+            x = [feed[n] for n in p.inputs]
+            if p.name == "N":
+                outs.append(self.model(x[0], clamp=self.clamp))
+                continue
             block_name, _, step = p.name.partition(".")
             block = self.model.blocks[int(block_name[1:]) - 1]
-            x = [feed[n] for n in p.inputs]
             if not step:
                 outs.append(block(x[0], clamp=self.clamp))
             elif step == "head":

@@ -99,7 +99,7 @@ def test_ir_metadata_round_trip(ir):
     assert meta["n_blocks"] == 2 and meta["block_radii"] == [7, 7] and meta["receptive_field"] == 29
     names = [p[0] for p in meta["pieces"]]
     assert names == ["N1", "N1.head", "N1.r0", "N1.g0", "N1.r1", "N1.g1", "N1.finish",
-                     "N2", "N2.head", "N2.r0", "N2.g0", "N2.r1", "N2.g1", "N2.finish"]
+                     "N2", "N2.head", "N2.r0", "N2.g0", "N2.r1", "N2.g1", "N2.finish", "N"]
 
 
 def test_ir_without_our_metadata_or_weights_is_refused(ir, tmp_path):

@@ -302,9 +302,12 @@ def verify_fp32(ov_model: ov.Model, meta: dict[str, Any], model: MCAN, clamp: bo
         x = torch.rand(2, 3, h, w, generator=gen)
         with torch.no_grad():
             ref = model(x, clamp=clamp)
-        checks = [("whole blocks", runner.run_blocks(x, 0, runner.n_blocks), ref)]
+            ref_last = model.blocks[-1](x, clamp=clamp)
+        checks = [("all blocks", runner.run_blocks(x, 0, runner.n_blocks), ref),
+                  (f"block N{runner.n_blocks} alone", runner.run_blocks(x, runner.n_blocks - 1, runner.n_blocks),
+                   ref_last)]
         if runner.has_channel_attention:  # the first image, cut into 16-pixel tiles
-            got, _ = upscale_tensor(runner, x[0], TileConfig(16, ca_stats="global"))
+            got, _ = upscale_tensor(runner, x[0], TileConfig(16, ca_stats="global", plan="layers"))
             checks.append(("global statistics, tiled", got, ref[0]))
         for what, got, want in checks:
             err = float((got - want).abs().max())

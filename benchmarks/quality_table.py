@@ -3,7 +3,7 @@
     python benchmarks/quality_table.py MODEL.safetensors DATA [--max-size 1500]
 
 PSNR RGB and Y, gain over the identity and the share of PyTorch float32's gain each keeps
-(``mcan_deploy.quality.compare_backends``, the table ``mcan-bench --quality-model`` adds to its
+(``mcan_deploy.backend_quality.compare_backends``, the table ``mcan-bench --quality-model`` adds to its
 report); int8 is calibrated on DATA's training pairs as ``mcan-export --precision int8`` does.
 Writes benchmarks/results/quality-<model dir>-<date>.json and .md.
 """
@@ -30,7 +30,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from mcan_deploy.bench import machine_info
-    from mcan_deploy.quality import compare_backends
+    from mcan_deploy.backend_quality import compare_backends
 
     import torch
 

@@ -349,7 +349,7 @@ def run_bench(cfg: BenchConfig, out: Path, sample_dir: Path | None = None) -> di
                "matmul_peak_gflops": peak, "inference": bench_inference(cfg, device, peak, sample_dir),
                "training": training}
     if cfg.quality_model:
-        from .quality import compare_backends
+        from .backend_quality import compare_backends
 
         results["quality"] = compare_backends(cfg.quality_model, cfg.quality_data or sample_dir or ".")
     from .io import atomic_write_bytes

@@ -37,3 +37,7 @@ class TrainingDiverged(MCANError):
 
 class StudyError(MCANError):
     """A study's run directory is missing or unfinished, or its runs cannot be compared."""
+
+
+class OpenVINOError(MCANError):
+    """An OpenVINO conversion, file, int8 export or run failed."""

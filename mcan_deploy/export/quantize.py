@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..model import MCAN, MCANBlock
-from .openvino import OpenVINOError
+from ..errors import OpenVINOError
 
 if TYPE_CHECKING:
     import openvino as ov

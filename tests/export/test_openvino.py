@@ -15,6 +15,7 @@ from mcan_deploy.cli.export import main as export_main  # noqa: E402
 from mcan_deploy.cli.upscale import main as upscale_main  # noqa: E402
 from mcan_deploy.errors import MCANError  # noqa: E402
 from mcan_deploy.export import openvino as ovx  # noqa: E402
+from mcan_deploy.export.openvino_export import export_openvino  # noqa: E402
 from mcan_deploy.model import ModelConfig, build_model, init_block  # noqa: E402
 from mcan_deploy.runners import LayerRunner, OpenVINORunner, choose_backend, load_runner  # noqa: E402
 from mcan_deploy.runners import openvino_runner, select  # noqa: E402
@@ -51,7 +52,7 @@ def ir(tmp_path_factory):
     d = tmp_path_factory.mktemp("openvino")
     model = attentive_model()
     save_model(d / "m.safetensors", model)
-    f = ovx.export_openvino(model, d / "m.xml", source_hash="abc")
+    f = export_openvino(model, d / "m.xml", source_hash="abc")
     return model, d, f
 
 

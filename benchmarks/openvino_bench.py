@@ -97,8 +97,8 @@ def main() -> None:
     from mcan_deploy.bench import conv_flops_per_pixel, machine_info, matmul_peak_gflops
     from mcan_deploy.checkpoint import save_model
     from mcan_deploy.data import load_images, split_dirs
-    from mcan_deploy.export.openvino import get_metadata, set_metadata, to_openvino, write_ir
-    from mcan_deploy.export.quantize import RECIPES, CalibrationSet, calibration_crops, int8_convolutions, quantize
+    from mcan_deploy.export.openvino import write_ir
+    from mcan_deploy.export.quantize import SPEED_RECIPE, calibration_crops, int8_convolutions, quantized_for_speed
     from mcan_deploy.io import read_image
 
     model = build_model(args.model).eval()
@@ -118,14 +118,11 @@ def main() -> None:
         int8_info, ref = None, None
         if any(r[2] == "int8" for r in rows):
             t = time.perf_counter()
-            ov_model = to_openvino(model, source_hash="bench")
             train = load_images(split_dirs(args.calibration)[0], progress=False)
-            recipe = RECIPES[1]
-            q = quantize(ov_model, CalibrationSet(model, calibration_crops(train)), recipe)
-            set_metadata(q, {**get_metadata(ov_model, "bench"), "precision": "int8"})
+            q, _ = quantized_for_speed(model, calibration_crops(train), source_hash="bench")
             write_ir(q, tmp / "int8.xml")
             n_int8, n_convs = int8_convolutions(q, len(model.blocks))
-            int8_info = {"recipe": recipe.name, "int8_convolutions": n_int8, "convolutions": n_convs,
+            int8_info = {"recipe": SPEED_RECIPE.name, "int8_convolutions": n_int8, "convolutions": n_convs,
                          "quantize_s": time.perf_counter() - t}
         for name, backend, precision, plan in rows:
             file = tmp / ("int8.xml" if precision == "int8" else "model.safetensors")

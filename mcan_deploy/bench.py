@@ -146,24 +146,23 @@ def _measure(fn: Callable[[], object], repeat: int, device: torch.device) -> dic
 def _openvino(model: MCAN, precision: str, sample_dir: Path | None) -> Any:
     """An OpenVINO runner of ``model``; int8 is calibrated on the sample's training crops (random
     crops without one) with the recipe that kept the gain on City100."""
-    from .export.openvino import get_metadata, to_openvino
     from .runners.openvino_runner import OpenVINORunner
 
-    ov_model = to_openvino(model)
-    meta = get_metadata(ov_model, "bench")
-    if precision == "int8":
-        from .export.quantize import RECIPES, CalibrationSet, calibration_crops, quantize
+    if precision != "int8":
+        from .export.openvino import get_metadata, to_openvino
 
-        if sample_dir is not None and (sample_dir / "train").is_dir():
-            from .data import load_images
+        ov_model = to_openvino(model)
+        return OpenVINORunner(ov_model, get_metadata(ov_model, "bench"), precision)
+    from .export.quantize import calibration_crops, quantized_for_speed
 
-            crops = calibration_crops(load_images(sample_dir / "train", progress=False))
-        else:
-            g = torch.Generator().manual_seed(0)
-            crops = [torch.rand(1, 3, 128, 128, generator=g) for _ in range(32)]
-        ov_model = quantize(ov_model, CalibrationSet(model, crops), RECIPES[1])
-        meta = {**meta, "precision": "int8"}
-    return OpenVINORunner(ov_model, meta, precision)
+    if sample_dir is not None and (sample_dir / "train").is_dir():
+        from .data import load_images
+
+        crops = calibration_crops(load_images(sample_dir / "train", progress=False))
+    else:
+        g = torch.Generator().manual_seed(0)
+        crops = [torch.rand(1, 3, 128, 128, generator=g) for _ in range(32)]
+    return OpenVINORunner(*quantized_for_speed(model, crops), precision)
 
 
 def _backends(model: MCAN, cfg: BenchConfig, device: torch.device, tmp: Path,

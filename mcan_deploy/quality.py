@@ -8,7 +8,6 @@ number is the one users get.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,8 +18,6 @@ from .errors import MCANError
 from .metrics import psnr
 from .runners import Runner
 from .tiling import TileConfig, upscale_tensor
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,10 +63,6 @@ def measure(named: dict[str, list[torch.Tensor]], pairs: PairedImages, reference
         retention = None if name == reference or ref_gain <= 0 else (p - ident) / ref_gain
         rows.append(Quality(name, p, py, p - ident, py - ident_y, retention))
     return rows
-
-
-def retention_of(rows: list[Quality], name: str) -> float | None:
-    return next(r.retention for r in rows if r.name == name)
 
 
 def render(rows: list[Quality], reference: str) -> str:

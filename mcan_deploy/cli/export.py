@@ -75,10 +75,8 @@ def _run(args: argparse.Namespace) -> int:
     from ..export.onnx import file_sha256
 
     if fmt == "openvino":
-        from ..export.openvino import require_openvino
         from ..export.openvino_export import export_openvino
 
-        require_openvino("mcan-export --format openvino")
         if args.precision == "int8" and importlib.util.find_spec("nncf") is None:
             raise MCANError("--precision int8 needs NNCF: pip install 'mcan-deploy[openvino]'")
         model = load_model(args.model, trust_pickle=args.trust_pickle)

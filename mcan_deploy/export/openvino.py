@@ -35,15 +35,12 @@ from ..errors import OpenVINOError
 from ..model import MCAN, MCANBlock, receptive_field
 
 if TYPE_CHECKING:
-    from ..telemetry import import_openvino
-
-    ov = import_openvino()
+    import openvino as ov
 
 log = logging.getLogger(__name__)
 
 META_KEY = "mcan_deploy"
 FORMAT = "mcan-deploy-openvino/1"
-PRECISIONS = ("fp32", "bf16", "int8")
 
 
 def require_openvino(what: str) -> None:

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # INFERENCE_PRECISION_HINT per precision. An int8 file's float parts (adds, channel attention,
-# the layers kept float) run in bf16 where the CPU has it (measured 1.3x faster than f32 for them
-# on a paper-size block, 0.3 points of retention less; the export's gate measures this setting).
+# the layers kept float) run in bf16 where the CPU has it, else f32 (bf16 measured 1.3x faster for
+# them on a paper-size block, 0.3 points of retention less; the export's gate measures this).
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "bf16"}
 
 
@@ -76,7 +76,7 @@ class OpenVINORunner:
         self.core = ov.Core()
         self.capabilities = cpu_capabilities(self.core)
         self.precision = resolve_precision(precision, str(meta["precision"]), self.capabilities, source)
-        hint = HINTS[self.precision] if self.precision != "int8" or "BF16" in self.capabilities else "f32"
+        hint = HINTS[self.precision] if "BF16" in self.capabilities else "f32"  # bf16 asked: refused above
         self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -90,7 +90,6 @@ class OpenVINORunner:
         self.has_channel_attention = meta["model"]["kind"] == "mcan"
         self.device = torch.device("cpu")
         self._n_rcabs = int(meta["model"]["n_resblocks"])
-        self._ov_model = ov_model
         self._params = {p.get_friendly_name(): p for p in ov_model.get_parameters()}
         self._results = {r.get_friendly_name(): r for r in ov_model.get_results()}
         self._inputs = {name: tuple(ins) for name, ins in meta["pieces"]}
@@ -109,11 +108,11 @@ class OpenVINORunner:
 
     def describe(self) -> str:
         """One line for the log: OpenVINO's version, the precision, and the threads the compiled
-        model reports (compiling the first block if nothing is compiled yet)."""
+        model reports (compiling, if nothing is yet, the graph a whole image runs through)."""
         from ..telemetry import import_openvino
 
         if not self._compiled:
-            self._compile("N1")
+            self._compile("N" if "N" in self._inputs else "N1")
         version = import_openvino().get_version().split("-")[0]
         return f"OpenVINO {version} CPU, {self.precision}, {self.threads} threads"
 
@@ -150,11 +149,6 @@ class OpenVINORunner:
         feed = [np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy()) for x in xs]
         req.infer(feed, share_inputs=True)
         return torch.from_numpy(req.get_output_tensor(0).data.copy())
-
-    def compile_all(self) -> None:
-        """Compile every piece now (the first image otherwise pays for it)."""
-        for name in self._inputs:
-            self._compile(name)
 
     def _bytes_per_pixel(self) -> int:
         return 4 * int(self.meta["model"]["n_feats"]) * (4 if self.precision == "fp32" else 2)

@@ -176,8 +176,8 @@ def test_bad_inputs():
         upscale_tensor(runner, torch.rand(1, 4, 4))
     with pytest.raises(MCANError, match="must be >= 1"):
         TileConfig(tile=0)
-    with pytest.raises(MCANError, match="float32 on the CPU"):
-        TorchRunner(runner.model, torch.device("cpu"), torch.float16)
+    with pytest.raises(MCANError, match="choose float32, float16 or bfloat16"):
+        TorchRunner(runner.model, torch.device("cpu"), torch.float64)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

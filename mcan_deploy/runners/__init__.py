@@ -9,11 +9,12 @@ returns float32 images; a ``LayerRunner`` also runs a block's layer steps, which
 
 from __future__ import annotations
 
-from .base import DTYPES, LayerRunner, Runner, resolve_device
+from .base import DTYPES, LayerRunner, Runner, resolve_device, resolve_dtype, safe_dtype
 from .ort_runner import OrtRunner
 from .openvino_runner import OpenVINORunner
 from .select import BACKENDS, choose_backend, load_runner
 from .torch_runner import TorchRunner, TritonRunner
 
 __all__ = ["DTYPES", "BACKENDS", "LayerRunner", "Runner", "OrtRunner", "OpenVINORunner", "TorchRunner",
-           "TritonRunner", "choose_backend", "load_runner", "resolve_device"]
+           "TritonRunner", "choose_backend", "load_runner", "resolve_device",
+           "resolve_dtype", "safe_dtype"]

@@ -60,6 +60,26 @@ def resolve_device(device: str) -> torch.device:
         raise MCANError(f"--device {device}: not a device; use auto, cpu, cuda or cuda:N") from None
 
 
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bfloat16 on CUDA devices that support it (as fast as float16 and it cannot
+    overflow), float32 elsewhere."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise MCANError(f"--dtype {dtype}: choose auto or one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def safe_dtype(device: torch.device) -> torch.dtype:
+    """What a float16 block that overflowed is redone in: bfloat16 (float32's range) on CUDA
+    devices that have it, else float32."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
 def channel_sums(r: torch.Tensor) -> torch.Tensor:
     """(B, C) float64 sums over H and W of a (possibly cropped, strided) view (B, C, h, w)."""
     return r.sum((2, 3), dtype=torch.float64)

@@ -89,6 +89,9 @@ class OpenVINORunner:
         self.block_radii = [int(r) for r in meta["block_radii"]]
         self.has_channel_attention = meta["model"]["kind"] == "mcan"
         self.device = torch.device("cpu")
+        self.n_feats = int(meta["model"]["n_feats"])
+        self.map_dtype = torch.float32  # layer steps cross the API as float32 maps
+        self.prefers_whole = True  # whole-graph kernels keep features in OpenVINO's own layout
         self._n_rcabs = int(meta["model"]["n_resblocks"])
         self._params = {p.get_friendly_name(): p for p in ov_model.get_parameters()}
         self._results = {r.get_friendly_name(): r for r in ov_model.get_results()}

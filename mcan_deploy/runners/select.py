@@ -25,13 +25,13 @@ def _has(*modules: str) -> bool:
 
 
 def choose_backend(model_path: str | Path, backend: str = "auto", device: str = "auto",
-                   dtype: str = "float32", rcab_impl: str = "torch", precision: str = "auto") -> tuple[str, str]:
+                   dtype: str = "auto", rcab_impl: str = "torch", precision: str = "auto") -> tuple[str, str]:
     """(back-end, why) for a model file and the options asked; one-line errors for combinations
     that cannot run."""
     if backend not in BACKENDS:
         raise MCANError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
     suffix = Path(model_path).suffix.lower()
-    torch_options = dtype != "float32" or rcab_impl != "torch"
+    torch_options = dtype not in ("auto", "float32") or rcab_impl != "torch"
     if suffix == ".onnx":
         name, why = "onnxruntime", "an ONNX file"
         if backend not in ("auto", "onnxruntime"):
@@ -57,7 +57,7 @@ def choose_backend(model_path: str | Path, backend: str = "auto", device: str = 
     else:
         name, why = "openvino", "a CPU with OpenVINO installed"
     if name != "torch" and torch_options:
-        option = f"--dtype {dtype}" if dtype != "float32" else f"--rcab {rcab_impl}"
+        option = f"--dtype {dtype}" if dtype not in ("auto", "float32") else f"--rcab {rcab_impl}"
         raise MCANError(f"{option} applies to PyTorch models (the torch back-end), not {name}")
     if name != "openvino" and precision not in ("auto", "fp32"):
         raise MCANError(f"--precision {precision} applies to the openvino back-end, not {name}"
@@ -75,7 +75,7 @@ def choose_backend(model_path: str | Path, backend: str = "auto", device: str = 
     return name, why
 
 
-def load_runner(model_path: str | Path, device: str = "auto", dtype: str = "float32",
+def load_runner(model_path: str | Path, device: str = "auto", dtype: str = "auto",
                 rcab_impl: str = "torch", trust_pickle: bool = False, backend: str = "auto",
                 precision: str = "auto", threads: int | None = None,
                 cache_dir: str | Path | None = None) -> Runner:
@@ -108,5 +108,6 @@ def load_runner(model_path: str | Path, device: str = "auto", dtype: str = "floa
 
         torch.set_num_threads(int(threads))
     runner = cls.create(load_model(model_path, trust_pickle=trust_pickle), device, dtype)
-    log.info("back-end torch, %s on %s, RCAB tail %s (%s)", dtype, runner.device, rcab_impl, why)
+    log.info("back-end torch, %s on %s, RCAB tail %s (%s)", str(runner.dtype).replace("torch.", ""),
+             runner.device, rcab_impl, why)
     return runner

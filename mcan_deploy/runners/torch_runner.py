@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -9,12 +10,14 @@ import torch
 from ..errors import MCANError
 from ..model import MCAN, MCANBlock, receptive_field
 from . import base
-from .base import DTYPES, resolve_device
+from .base import resolve_device, resolve_dtype, safe_dtype
+from .overflow import OverflowGuard
 
 
 @dataclass
 class TorchRunner:
-    """Eager PyTorch. On CUDA it runs float16/bfloat16 in channels_last; on CPU float32."""
+    """Eager PyTorch in the given compute dtype. On CUDA it runs channels_last; on a CPU float16
+    and bfloat16 run too (slowly where the CPU lacks them; float32 is the CPU default)."""
 
     model: MCAN
     device: torch.device
@@ -24,21 +27,50 @@ class TorchRunner:
     has_channel_attention: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.device.type == "cpu" and self.dtype != torch.float32:
-            raise MCANError(f"dtype {self.dtype} runs on CUDA only; use float32 on the CPU")
+        if self.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise MCANError(f"dtype {self.dtype}: choose float32, float16 or bfloat16")
         self.channels_last = self.device.type == "cuda"
+        # float16 can overflow: keep the float32 weights for the safe-dtype twin that redoes a block
+        self._float_state = ({k: v.detach().to("cpu", torch.float32, copy=True)
+                              for k, v in self.model.state_dict().items()} if self.dtype == torch.float16 else None)
+        self._twin: TorchRunner | None = None
         self.model = self.model.to(self.device, self.dtype).eval()
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.n_blocks = len(self.model.blocks)
         self.block_radii = [receptive_field(b) // 2 for b in self.model.blocks]
         self.has_channel_attention = all(isinstance(b, MCANBlock) for b in self.model.blocks)
+        convs = [m for m in self.model.blocks[0].modules() if isinstance(m, torch.nn.Conv2d)]
+        self.n_feats = max(c.out_channels for c in convs)  # the widest feature map of a block
+        self.map_dtype = self.dtype  # full-size maps of the layer plans stay in the compute dtype
+        # a GPU runs a block on the whole image fastest; on a CPU small tiles measured faster
+        self.prefers_whole = self.device.type == "cuda"
 
     @classmethod
-    def create(cls, model: MCAN, device: str = "auto", dtype: str = "float32") -> TorchRunner:
-        if dtype not in DTYPES:
-            raise MCANError(f"--dtype {dtype}: choose one of {sorted(DTYPES)}")
-        return cls(model, resolve_device(device), DTYPES[dtype])
+    def create(cls, model: MCAN, device: str = "auto", dtype: str = "auto") -> TorchRunner:
+        dev = resolve_device(device)
+        return cls(model, dev, resolve_dtype(dtype, dev))
+
+    def whole_image_bytes(self, h: int, w: int) -> int:
+        """Peak bytes of one block on the whole (h, w) image (``tiling.memory``'s model)."""
+        from ..tiling.memory import WHOLE_MAPS
+
+        b = self.dtype.itemsize
+        return int(WHOLE_MAPS * self.n_feats * b * h * w + 2 * 3 * b * h * w)
+
+    def overflow_guard(self) -> OverflowGuard:
+        """A context that notes any non-finite layer output of this thread's calls."""
+        return OverflowGuard(self.model)
+
+    def safe_twin(self) -> TorchRunner:
+        """The same model in the safe dtype (bfloat16 where the device has it, else float32),
+        built from the float32 weights on first use, for blocks that overflowed float16."""
+        if self._twin is None:
+            model = copy.deepcopy(self.model).float()
+            if self._float_state is not None:
+                model.load_state_dict(self._float_state)
+            self._twin = type(self)(model, self.device, safe_dtype(self.device))
+        return self._twin
 
     def supports(self, start: int, stop: int) -> bool:
         return 0 <= start < stop <= self.n_blocks
@@ -63,13 +95,14 @@ class TorchRunner:
 
     @torch.inference_mode()
     def head(self, block: int, x: torch.Tensor) -> torch.Tensor:
-        return self._block(block).head(self._in(x)).float().to(x.device)
+        return self._block(block).head(self._in(x)).to(x.device)
 
+    # layer steps return the compute dtype: on a device the maps stay in it (``tiling.engine``)
     @torch.inference_mode()
     def rcab_residual(self, block: int, k: int, h: torch.Tensor) -> torch.Tensor:
         """r = conv2(relu(conv1(h))) of RCAB k: what its channel attention pools and scales."""
         rcab = self._block(block).body[k]
-        return rcab.residual(self._in(h)).float().to(h.device)
+        return rcab.residual(self._in(h)).to(h.device)
 
     @torch.inference_mode()
     def ca_scale(self, block: int, k: int, mean: torch.Tensor) -> torch.Tensor:

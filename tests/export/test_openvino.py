@@ -19,7 +19,7 @@ from mcan_deploy.export.openvino_export import export_openvino  # noqa: E402
 from mcan_deploy.model import ModelConfig, build_model, init_block  # noqa: E402
 from mcan_deploy.runners import LayerRunner, OpenVINORunner, choose_backend, load_runner  # noqa: E402
 from mcan_deploy.runners import openvino_runner, select  # noqa: E402
-from mcan_deploy.tiling import TileConfig, upscale_tensor  # noqa: E402
+from mcan_deploy.tiling import TileConfig, footprint, upscale_tensor  # noqa: E402
 
 SMALL = ModelConfig(n_blocks=2, n_resblocks=2, n_feats=8)
 
@@ -135,8 +135,8 @@ def _write(path, arr):
 
 def test_whole_image_plan_follows_the_memory_budget(runner):
     x = split_image(40, 50)
-    need = runner.whole_image_bytes(40, 50)
-    assert need > 40 * 50 * 4 * 8 * 4  # four float32 maps of 8 features at least
+    assert runner.whole_image_bytes(40, 50) > 40 * 50 * 4 * 8 * 4  # four float32 maps of 8 features at least
+    need = footprint(runner, "whole", 40, 50, TileConfig(16)).total()  # the images in and out too
     _, report = upscale_tensor(runner, x, TileConfig(16, ca_stats="global", max_memory=need))
     assert report.plan == "whole-image" and "GB budget" in report.notes[0]
     _, report = upscale_tensor(runner, x, TileConfig(16, ca_stats="global", max_memory=need - 1))

@@ -15,7 +15,7 @@ from mcan_deploy.errors import MCANError
 from mcan_deploy.model import ModelConfig, build_model
 from mcan_deploy.runners import TorchRunner
 from mcan_deploy.tiling import Budget, TileConfig, budget_for, choose, footprint, upscale_tensor
-from mcan_deploy.tiling import engine, memory
+from mcan_deploy.tiling import engine
 
 GB = 10**9
 

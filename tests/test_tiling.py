@@ -189,3 +189,20 @@ def test_cuda_dtypes_channels_last(dtype, tol, trained_runner):
     gpu = TorchRunner(copy.deepcopy(trained_runner.model), torch.device("cuda"), dtype)
     out, _ = upscale_tensor(gpu, x, TileConfig(tile=32, ca_stats="global"))
     assert (out - cpu_ref).abs().max() <= tol
+
+
+def test_channels_last_maps_equal_the_plain_layout():
+    """GPU runners keep maps channels-last; the windows and cores must be the same pixels."""
+    torch.manual_seed(3)
+    x = torch.rand(4, 23, 31)
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1)
+    with torch.no_grad():
+        plain, s1 = map_pass([x], conv, 1, TileConfig(tile=8, batch=3), 6, torch.device("cpu"),
+                             reduce=lambda t: t.sum((2, 3)))
+        cl, s2 = map_pass([x], conv, 1, TileConfig(tile=8, batch=3), 6, torch.device("cpu"),
+                          reduce=lambda t: t.sum((2, 3)), channels_last=True)
+        whole = conv(x[None])[0]
+    assert cl.stride() == (1, 31 * 6, 6)
+    torch.testing.assert_close(plain, whole, atol=1e-6, rtol=0)
+    torch.testing.assert_close(cl, whole, atol=1e-6, rtol=0)
+    torch.testing.assert_close(s1, s2)

@@ -76,8 +76,9 @@ class TorchRunner:
         return 0 <= start < stop <= self.n_blocks
 
     def _in(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, self.dtype, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        """``x`` on the device in the compute dtype and layout, in one copy (none if it is so)."""
+        fmt = torch.channels_last if self.channels_last and x.dim() == 4 else torch.preserve_format
+        return x.to(self.device, self.dtype, non_blocking=True, memory_format=fmt)
 
     @torch.inference_mode()
     def run_blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:

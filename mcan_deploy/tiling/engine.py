@@ -89,11 +89,12 @@ def _global_block(runner: LayerRunner, i: int, x: torch.Tensor, cfg: TileConfig,
     dev = _map_device(runner, plan)
     dtype = getattr(runner, "map_dtype", torch.float32)
     pin = dev.type == "cpu" and runner.device.type == "cuda"
+    layout = bool(getattr(runner, "channels_last", False))  # maps in the layout the runner computes in
     xs = x.to(dev)
 
     def run(sources: list[torch.Tensor], fn: Callable[..., torch.Tensor], margin: int, channels: int,
             reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, out_dtype: torch.dtype = dtype):
-        return map_pass(sources, fn, margin, cfg, channels, dev, reduce, tick, out_dtype, pin)
+        return map_pass(sources, fn, margin, cfg, channels, dev, reduce, tick, out_dtype, pin, layout)
 
     hmap, _ = run([xs], lambda t: runner.head(i, t), 1, feats)
     for k in range(runner.n_rcabs(i)):

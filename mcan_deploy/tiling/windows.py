@@ -54,6 +54,18 @@ def window_side_pixels(h: int, w: int, tile: int, margin: int) -> int:
     return spans(h, tile, margin)[0].size * spans(w, tile, margin)[0].size
 
 
+def _gather(source: torch.Tensor, group: list[tuple[Span, Span]], channels_last: bool) -> torch.Tensor:
+    """The windows of ``group`` from a (C, H, W) map as one batch (B, C, h, w)."""
+    views = [source[:, sy.start : sy.start + sy.size, sx.start : sx.start + sx.size] for sy, sx in group]
+    if not channels_last:
+        return torch.stack(views)
+    batch = torch.empty(len(views), *views[0].shape, dtype=source.dtype, device=source.device,
+                        memory_format=torch.channels_last)
+    for b, v in enumerate(views):
+        batch[b].copy_(v)
+    return batch
+
+
 def map_pass(
     sources: Sequence[torch.Tensor],
     fn: Callable[..., torch.Tensor],
@@ -65,22 +77,29 @@ def map_pass(
     progress: Callable[[int], None] | None = None,
     out_dtype: torch.dtype = torch.float32,
     pin: bool = False,
+    channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Apply a local function to full-size maps (C_i, H, W) window by window.
 
     ``fn`` takes one batch of windows per source and returns (B, out_channels, h, w). The result
     map is ``out_dtype`` on ``out_device`` (page-locked with ``pin``, for host maps of a GPU run).
+    With ``channels_last`` the map is stored channels-last (strides (1, W*C, C)) and window
+    batches are gathered channels-last, the layout a GPU runner computes in: one copy per window
+    each way instead of a gather and a relayout.
     With ``reduce`` (per-channel sums of a (1, C, h, w) view, e.g. ``runner.channel_sums``) the
     sum over all cores is returned too, accumulated in float64 on the runner's side of the copy.
     """
     _, h, w = sources[0].shape
-    out = torch.empty(out_channels, h, w, device=out_device, dtype=out_dtype, pin_memory=pin)
+    if channels_last:
+        out = torch.empty(1, out_channels, h, w, device=out_device, dtype=out_dtype, pin_memory=pin,
+                          memory_format=torch.channels_last)[0]
+    else:
+        out = torch.empty(out_channels, h, w, device=out_device, dtype=out_dtype, pin_memory=pin)
     total = torch.zeros(out_channels, dtype=torch.float64, device=out_device) if reduce else None
     cells = [(sy, sx) for sy in spans(h, cfg.tile, margin) for sx in spans(w, cfg.tile, margin)]
     for i in range(0, len(cells), cfg.batch):
         group = cells[i : i + cfg.batch]
-        batches = [torch.stack([s[:, sy.start : sy.start + sy.size, sx.start : sx.start + sx.size]
-                                for sy, sx in group]) for s in sources]
+        batches = [_gather(s, group, channels_last) for s in sources]
         res = fn(*batches)
         for b, (sy, sx) in enumerate(group):
             core = res[b, :, sy.lo - sy.start : sy.hi - sy.start, sx.lo - sx.start : sx.hi - sx.start]

@@ -8,10 +8,13 @@ unchanged by the model; gray and 16-bit files come back gray and 16-bit.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +22,7 @@ import torch
 from .errors import MCANError
 from .io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images, read_image, write_image
 from .runners import Runner
-from .tiling import TileConfig, TileReport, upscale_tensor
+from .tiling import TileConfig, TileReport, planned_windows, upscale_tensor
 
 log = logging.getLogger(__name__)
 
@@ -113,3 +116,219 @@ def upscale_file(runner: Runner, job: Job, cfg: TileConfig, scale: float = 1.0,
     out, report = upscale_tensor(runner, prepared.x, cfg, progress)
     write_result(job, prepared, out)
     return report
+
+
+@dataclass
+class BatchStats:
+    """What ``upscale_jobs`` did: files written, skipped and failed, and where the time went.
+
+    ``decode_s``, ``model_s`` and ``encode_s`` are summed over images (decode and encode run on
+    worker threads, so with pipelining their sum can exceed ``wall_s``)."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    decode_s: float = 0.0  # reading, decoding and resizing (``prepare``)
+    model_s: float = 0.0  # the model (``upscale_tensor``), on the calling thread
+    encode_s: float = 0.0  # encoding and writing (``write_result``)
+    wall_s: float = 0.0
+    overflows: int = 0  # float16 blocks redone in the safe dtype, over all images
+
+
+class _Inline:
+    """Stands in for a thread pool when ``prefetch`` is 0: runs each call at once, here."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args))
+        except Exception as exc:  # noqa: BLE001 - handed on through the future, as a pool does
+            fut.set_exception(exc)
+        return fut
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass
+
+
+def _log_failure(job: Job, exc: Exception) -> None:
+    if isinstance(exc, MCANError):
+        log.error("%s", exc)
+    else:
+        log.error("%s: unexpected %s: %s (--debug for the traceback)", job.src, type(exc).__name__,
+                  (str(exc).strip().splitlines() or [""])[0][:300])
+
+
+def upscale_jobs(runner: Runner, jobs: Sequence[Job], cfg: TileConfig = TileConfig(), scale: float = 1.0,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, *, overwrite: bool = False, prefetch: int = 2,
+                 workers: int | None = None, debug: bool = False, progress: bool = True) -> BatchStats:
+    """Upscale ``jobs`` in order, overlapping file reading and writing with the model.
+
+    Why: decoding and resizing a large PNG, and encoding and writing the result, take about as
+    long as the model on a GPU; done one after another, the accelerator waits for the files.
+    Here the model runs on the calling thread while a small pool (``workers`` threads, default
+    ``min(prefetch, 2)``; OpenCV and NumPy release the GIL) decodes the next images and another
+    writes finished ones.
+
+    Bounded: at most ``prefetch`` decodes are submitted ahead of the image in the model, and at
+    most ``prefetch`` results wait to be written (the model waits for the oldest write before
+    handing on one more), so at most ``2 * prefetch + 1`` decoded images exist at once that are not
+    written yet, whatever the number of jobs. A waiting write keeps only the output and its alpha,
+    not the input. ``prefetch=0`` is the plain sequential loop on the calling thread, no threads.
+
+    Semantics, the same for every ``prefetch``: an existing output is skipped unless ``overwrite``
+    (checked just before its decode is submitted); outputs are written atomically; a bad file
+    (``MCANError``) is logged by name and the batch goes on; any other exception is logged with the
+    file's name and the first line of its message; both count as failed, and ``debug=True``
+    re-raises instead (after the writes already handed on have finished). Every outcome is logged
+    in job order ("src -> dst (WxH): summary", "skip ...", errors), whichever write finishes first,
+    and each output depends on its own input only, so files are identical to the sequential run's.
+    ``KeyboardInterrupt`` and ``SystemExit`` propagate after queued decodes and writes are
+    cancelled and running ones have finished (no partial files: writes are atomic); the pools
+    are always shut down on return.
+
+    ``progress`` shows an images bar and a per-image tile bar (tqdm, logging routed past them).
+    """
+    import contextlib
+    import threading
+    import time
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    if prefetch < 0:
+        raise MCANError(f"prefetch = {prefetch}: must be >= 0")
+    if workers is not None and workers < 1:
+        raise MCANError(f"workers = {workers}: must be >= 1")
+    t_start = time.perf_counter()
+    stats = BatchStats()
+    lock = threading.Lock()  # the workers add their seconds to stats
+
+    def decode(job: Job) -> Prepared:
+        t0 = time.perf_counter()
+        try:
+            return prepare(job, scale, max_pixels)
+        finally:
+            with lock:
+                stats.decode_s += time.perf_counter() - t0
+
+    def encode(job: Job, prepared: Prepared, out: torch.Tensor) -> None:
+        t0 = time.perf_counter()
+        try:
+            write_result(job, prepared, out)
+        finally:
+            with lock:
+                stats.encode_s += time.perf_counter() - t0
+
+    n_workers = workers or max(1, min(prefetch, 2))
+    pools: tuple[Any, Any] = (_Inline(), _Inline())
+    if prefetch:
+        pools = (ThreadPoolExecutor(n_workers, thread_name_prefix="mcan-decode"),
+                 ThreadPoolExecutor(n_workers, thread_name_prefix="mcan-write"))
+    decoder, writer = pools
+    # jobs whose decode was submitted (a future) or that are skipped (None), in job order
+    ahead: deque[tuple[Job, Future | None]] = deque()
+    # outcomes in job order, logged and counted from the front: a write (a future, with the
+    # image's size and report), a skip ("skip") or a failure before the write (the exception)
+    outcomes: deque[tuple[Job, Future | str | Exception, tuple[int, int, TileReport] | None]] = deque()
+    cursor = n_decoding = n_writing = 0
+    interrupted = False
+
+    def refill() -> None:
+        """Submit decodes until ``prefetch + 1`` (the next image and ``prefetch`` after it) are on
+        their way; skipped jobs, decided here before any decoding, take no place."""
+        nonlocal cursor, n_decoding
+        while cursor < len(jobs) and n_decoding < prefetch + 1:
+            job = jobs[cursor]
+            cursor += 1
+            if job.dst.exists() and not overwrite:
+                ahead.append((job, None))
+            else:
+                ahead.append((job, decoder.submit(decode, job)))
+                n_decoding += 1
+
+    def settle(images: Any, keep_writing: int) -> None:
+        """Log and count outcomes from the front: all that are finished, and more (waiting for
+        them) until at most ``keep_writing`` writes are still pending."""
+        nonlocal n_writing
+        while outcomes:
+            job, what, info = outcomes[0]
+            if isinstance(what, Future):
+                if not what.done() and n_writing <= keep_writing:
+                    return
+                n_writing -= 1
+                try:
+                    what.result()
+                except Exception as exc:  # noqa: BLE001 - one bad file must not stop a batch
+                    outcomes.popleft()
+                    if debug:
+                        raise
+                    _log_failure(job, exc)
+                    stats.failed += 1
+                else:
+                    outcomes.popleft()
+                    assert info is not None
+                    w, h, report = info
+                    log.info("%s -> %s (%dx%d): %s", job.src, job.dst, w, h, report.summary())
+                    stats.done += 1
+                    stats.overflows += report.overflows
+            elif what == "skip":
+                outcomes.popleft()
+                log.info("skip %s: %s exists (use --overwrite)", job.src, job.dst)
+                stats.skipped += 1
+            else:
+                outcomes.popleft()
+                assert isinstance(what, Exception)
+                _log_failure(job, what)
+                stats.failed += 1
+            images.update(1)
+
+    try:
+        with (logging_redirect_tqdm() if progress else contextlib.nullcontext()), \
+                tqdm(total=len(jobs), desc="images", unit="img", disable=not progress) as images:
+            while True:
+                refill()
+                if not ahead:
+                    break
+                job, fut = ahead.popleft()
+                if fut is None:
+                    outcomes.append((job, "skip", None))
+                    settle(images, n_writing)
+                    continue
+                n_decoding -= 1
+                try:
+                    prepared = fut.result()
+                    del fut
+                    _, h, w = prepared.x.shape
+                    with tqdm(total=planned_windows(runner, h, w, cfg), desc=job.src.name, unit="tile",
+                              leave=False, disable=not progress) as bar:
+                        t0 = time.perf_counter()
+                        try:
+                            out, report = upscale_tensor(runner, prepared.x, cfg, progress=bar.update)
+                        finally:
+                            stats.model_s += time.perf_counter() - t0
+                except Exception as exc:  # noqa: BLE001 - one bad file must not stop a batch
+                    if debug:
+                        raise
+                    # logged in turn; its traceback's frames would keep the image alive till then
+                    outcomes.append((job, exc.with_traceback(None), None))
+                    prepared = out = None
+                    settle(images, n_writing)
+                    continue
+                settle(images, max(prefetch, 1) - 1)  # room for one more write
+                # the write needs the output, alpha and format, not the input
+                slim = dataclasses.replace(prepared, x=prepared.x.new_empty(0))
+                outcomes.append((job, writer.submit(encode, job, slim, out), (w, h, report)))
+                n_writing += 1
+                del prepared, slim, out
+                settle(images, n_writing)
+            settle(images, 0)
+    except BaseException as exc:
+        interrupted = not isinstance(exc, Exception)
+        raise
+    finally:
+        decoder.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True, cancel_futures=interrupted)
+    stats.wall_s = time.perf_counter() - t_start
+    return stats

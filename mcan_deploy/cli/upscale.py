@@ -9,7 +9,6 @@ machines) the files are split over the processes, each file processed once, one 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -19,7 +18,6 @@ from .common import cli_main
 if TYPE_CHECKING:
     from ..distributed import Dist
 
-log = logging.getLogger("mcan-upscale")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int,
                    help="tile core side in pixels (default on CPU: global 256, tile max(256, 16 x margin); twice that on CUDA)")
     p.add_argument("--batch", type=int, help="windows per model call (default 1 on CPU, 4 on CUDA)")
+    p.add_argument("--prefetch", type=int, default=2,
+                   help="images decoded ahead and results waiting to be written, so that reading and "
+                        "writing files overlap the model (default 2; 0: one image after another)")
     p.add_argument("--ca-stats", choices=["auto", "global", "tile"], default="auto",
                    help="channel-attention statistics: global (exact), per tile (approximate, flat memory), "
                         "or auto: global where the back-end can (PyTorch, OpenVINO), else tile (ONNX Runtime)")
@@ -46,16 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads (default: every core)")
     p.add_argument("--cache-dir", help="where converted and compiled OpenVINO models are kept (default "
                                        "$MCAN_DEPLOY_CACHE or ~/.cache/mcan-deploy)")
-    p.add_argument("--plan", choices=["auto", "whole", "layers", "block", "all"], default="auto",
-                   help="whole: each block on the whole image in one call (exact); layers: global statistics "
-                        "layer by layer over tiles; block/all: tile statistics block by block or all blocks per "
-                        "window; auto: whole where the back-end is faster so (OpenVINO) and it fits "
-                        "--max-memory, else layers (global) or measured (tile)")
+    p.add_argument("--plan", choices=["auto", "whole", "layers", "layers-host", "block", "all"], default="auto",
+                   help="exact plans: whole (each block on the whole image in one call), layers (global statistics "
+                        "layer by layer over tiles, maps on the device), layers-host (maps in host memory); tile-"
+                        "statistics plans: block, all (blocks per window); auto: the fastest exact plan that fits "
+                        "--max-memory (the log says which and why), or the measured tile plan")
     p.add_argument("--max-memory", type=float,
-                   help="GB the whole-image plan may take (default: half the available RAM)")
+                   help="GB the plan may take on the device that computes (default: 80%% of a GPU's free "
+                        "memory, half of the available RAM on a CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
-                   help="compute precision (float16/bfloat16 on CUDA)")
+    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                   help="PyTorch compute precision: auto is bfloat16 on CUDA devices that have it, else float32; "
+                        "float16 blocks that overflow are redone in bfloat16 (or float32) and counted")
     p.add_argument("--rcab", choices=["torch", "triton"], default="torch",
                    help="RCAB channel-attention tail for PyTorch models: eager torch or the fused "
                         "Triton kernels (CUDA; falls back to torch where Triton cannot run)")
@@ -88,6 +91,8 @@ def _run(args: argparse.Namespace) -> int:
         raise MCANError(f"--max-memory {args.max_memory}: give gigabytes > 0")
     if args.threads is not None and args.threads < 1:
         raise MCANError(f"--threads {args.threads}: must be >= 1")
+    if args.prefetch < 0:
+        raise MCANError(f"--prefetch {args.prefetch}: must be >= 0")
     if not (math.isfinite(args.max_pixels) and args.max_pixels >= 1):
         raise MCANError(f"--max-pixels {args.max_pixels}: must be a number >= 1")
     if args.suffix and args.suffix.lower() not in IMAGE_SUFFIXES:
@@ -104,13 +109,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
-    from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from ..errors import MCANError
     from ..runners import LayerRunner, load_runner
-    from ..tiling import TileConfig, default_tile, planned_windows, upscale_tensor
-    from ..upscale import plan_jobs, prepare, write_result
+    from ..tiling import TileConfig, default_tile
+    from ..upscale import plan_jobs, upscale_jobs
 
     runner = load_runner(args.model, device, args.dtype, args.rcab, args.trust_pickle, backend=args.backend,
                          precision=args.precision, threads=args.threads, cache_dir=args.cache_dir)
@@ -124,40 +127,16 @@ def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
     cfg = TileConfig(tile=args.tile or default_tile(ca_stats, runner.device, max(runner.block_radii)),
                      batch=args.batch or (4 if cuda else 1), ca_stats=ca_stats, plan=args.plan,
                      max_memory=int(args.max_memory * 1e9) if args.max_memory else None)
-    done = skipped = failed = 0
     t0 = time.perf_counter()
-    with logging_redirect_tqdm():
-        for job in tqdm(jobs, desc="images", unit="img", disable=args.no_progress or not dist.is_main):
-            if job.dst.exists() and not args.overwrite:
-                log.info("skip %s: %s exists (use --overwrite)", job.src, job.dst)
-                skipped += 1
-                continue
-            try:
-                prepared = prepare(job, args.scale, int(args.max_pixels))
-                _, h, w = prepared.x.shape
-                with tqdm(total=planned_windows(runner, h, w, cfg), desc=job.src.name, unit="tile",
-                          leave=False, disable=args.no_progress or not dist.is_main) as bar:
-                    out, report = upscale_tensor(runner, prepared.x, cfg, progress=bar.update)
-                write_result(job, prepared, out)
-                log.info("%s -> %s (%dx%d): %s", job.src, job.dst, w, h, report.summary())
-                done += 1
-            except MCANError as exc:
-                if args.debug:
-                    raise
-                log.error("%s", exc)
-                failed += 1
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as exc:  # noqa: BLE001 - one bad file must not stop a batch
-                if args.debug:
-                    raise
-                log.error("%s: unexpected %s: %s (--debug for the traceback)", job.src, type(exc).__name__,
-                          (str(exc).strip().splitlines() or [""])[0][:300])
-                failed += 1
-    done, skipped, failed = dist.sum_ints([done, skipped, failed])
+    with logging_redirect_tqdm():  # log lines through tqdm.write, as with the bars, on every rank
+        stats = upscale_jobs(runner, jobs, cfg, args.scale, int(args.max_pixels), overwrite=args.overwrite,
+                             prefetch=args.prefetch, debug=args.debug,
+                             progress=not args.no_progress and dist.is_main)
+    done, skipped, failed, overflows = dist.sum_ints([stats.done, stats.skipped, stats.failed, stats.overflows])
     if dist.is_main:
         ranks = f" by {dist.world} processes" if dist.enabled else ""
-        print(f"mcan-upscale: {done} written, {skipped} skipped, {failed} failed{ranks} "
+        redone = f", {overflows} float16 overflows redone" if overflows else ""
+        print(f"mcan-upscale: {done} written, {skipped} skipped, {failed} failed{ranks}{redone} "
               f"in {time.perf_counter() - t0:.1f} s -> {args.out}")
     return 1 if failed else 0
 

@@ -158,6 +158,16 @@ def _log_failure(job: Job, exc: Exception) -> None:
                   (str(exc).strip().splitlines() or [""])[0][:300])
 
 
+def default_prefetch(runner: Runner) -> int:
+    """Images to read ahead and write behind: 2, or 0 for PyTorch on a CPU. Its OpenMP threads
+    wait for the slowest of them at every layer, so file work on a core the model uses slows the
+    model by more than the work itself (8 x 4 MP photos on 2 cores: 0.90-0.97x pipelined); a GPU
+    idles while files are read, and OpenVINO's work-stealing threads absorb it (1.03x there)."""
+    from .runners import TorchRunner
+
+    return 0 if runner.device.type == "cpu" and isinstance(runner, TorchRunner) else 2
+
+
 def upscale_jobs(runner: Runner, jobs: Sequence[Job], cfg: TileConfig = TileConfig(), scale: float = 1.0,
                  max_pixels: int = DEFAULT_MAX_PIXELS, *, overwrite: bool = False, prefetch: int = 2,
                  workers: int | None = None, debug: bool = False, progress: bool = True) -> BatchStats:

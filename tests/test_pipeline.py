@@ -295,3 +295,18 @@ def test_negative_prefetch_is_a_one_line_error(model_file, tmp_path, capsys):
     assert rc == 1 and err.strip().count("\n") == 0 and "--prefetch -1: must be >= 0" in err
     with pytest.raises(MCANError, match="prefetch = -1"):
         upscale_jobs(None, [Job(tmp_path / "x.png", tmp_path / "o.png")], prefetch=-1)  # type: ignore[arg-type]
+
+
+def test_default_prefetch_is_off_only_for_pytorch_on_a_cpu():
+    """Measured: pipelining slowed PyTorch on a 2-core CPU (its OpenMP threads wait for the core
+    the file work takes) and sped OpenVINO up; on a GPU it is the point."""
+    cpu = TorchRunner(build_model(ModelConfig(n_blocks=1, n_resblocks=1, n_feats=4)), torch.device("cpu"))
+    assert upscale_mod.default_prefetch(cpu) == 0
+
+    class OnGpu:
+        device = torch.device("cuda")
+
+    class OpenVINOLike:
+        device = torch.device("cpu")
+
+    assert upscale_mod.default_prefetch(OnGpu()) == 2 and upscale_mod.default_prefetch(OpenVINOLike()) == 2

@@ -32,9 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int,
                    help="tile core side in pixels (default on CPU: global 256, tile max(256, 16 x margin); twice that on CUDA)")
     p.add_argument("--batch", type=int, help="windows per model call (default 1 on CPU, 4 on CUDA)")
-    p.add_argument("--prefetch", type=int, default=2,
+    p.add_argument("--prefetch", type=int,
                    help="images decoded ahead and results waiting to be written, so that reading and "
-                        "writing files overlap the model (default 2; 0: one image after another)")
+                        "writing files overlap the model (default 2; 0, one image after another, for "
+                        "PyTorch on a CPU, where the model already keeps every core busy)")
     p.add_argument("--ca-stats", choices=["auto", "global", "tile"], default="auto",
                    help="channel-attention statistics: global (exact), per tile (approximate, flat memory), "
                         "or auto: global where the back-end can (PyTorch, OpenVINO), else tile (ONNX Runtime)")
@@ -91,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
         raise MCANError(f"--max-memory {args.max_memory}: give gigabytes > 0")
     if args.threads is not None and args.threads < 1:
         raise MCANError(f"--threads {args.threads}: must be >= 1")
-    if args.prefetch < 0:
+    if args.prefetch is not None and args.prefetch < 0:
         raise MCANError(f"--prefetch {args.prefetch}: must be >= 0")
     if not (math.isfinite(args.max_pixels) and args.max_pixels >= 1):
         raise MCANError(f"--max-pixels {args.max_pixels}: must be a number >= 1")
@@ -113,7 +114,7 @@ def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
 
     from ..runners import LayerRunner, load_runner
     from ..tiling import TileConfig, default_tile
-    from ..upscale import plan_jobs, upscale_jobs
+    from ..upscale import default_prefetch, plan_jobs, upscale_jobs
 
     runner = load_runner(args.model, device, args.dtype, args.rcab, args.trust_pickle, backend=args.backend,
                          precision=args.precision, threads=args.threads, cache_dir=args.cache_dir)
@@ -130,7 +131,8 @@ def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
     t0 = time.perf_counter()
     with logging_redirect_tqdm():  # log lines through tqdm.write, as with the bars, on every rank
         stats = upscale_jobs(runner, jobs, cfg, args.scale, int(args.max_pixels), overwrite=args.overwrite,
-                             prefetch=args.prefetch, debug=args.debug,
+                             prefetch=default_prefetch(runner) if args.prefetch is None else args.prefetch,
+                             debug=args.debug,
                              progress=not args.no_progress and dist.is_main)
     done, skipped, failed, overflows = dist.sum_ints([stats.done, stats.skipped, stats.failed, stats.overflows])
     if dist.is_main:

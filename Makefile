@@ -22,16 +22,21 @@ $(STAMP): pyproject.toml
 # upscale a full-size photo (OpenVINO on a CPU where it is installed, exact global statistics),
 # export the model to ONNX (checked against PyTorch) and upscale the photo again through ONNX Runtime. Rerunning resumes or reports that
 # the run is finished and skips existing outputs (rm -rf runs/demo to start again).
-PHOTO := samples/photo/city100_001_LR.png
+PHOTO := mcan_deploy/samples/photo/city100_001_LR.png
 demo: install
-	$(BIN)/mcan-train --config configs/demo.toml --data samples/city100 --out runs/demo
+	$(BIN)/mcan-train --config demo --data sample --out runs/demo
 	$(BIN)/mcan-upscale runs/demo/model.safetensors $(PHOTO) -o runs/demo/upscaled
 	test -f runs/demo/model.onnx || $(BIN)/mcan-export runs/demo/model.safetensors -o runs/demo/model.onnx
 	$(BIN)/mcan-upscale runs/demo/model.onnx $(PHOTO) -o runs/demo/upscaled-onnx
 	@echo "demo: upscaled photo in runs/demo/upscaled/ (OpenVINO, or PyTorch without it) and runs/demo/upscaled-onnx/ (ONNX Runtime);"
 	@echo "      training report in runs/demo/report.md"
 
+# Lint, format and type checks first (seconds), then the tests.
+LINTED := mcan_deploy tests benchmarks samples
 test: install
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench: install

@@ -58,8 +58,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         meta_raw = header.get("__metadata__", {})
         if meta_raw.get("format") != FORMAT:
             raise CheckpointError(
-                f"{path}: not an mcan-deploy file (format {meta_raw.get('format')!r}, "
-                f"expected {FORMAT!r})"
+                f"{path}: not an mcan-deploy file (format {meta_raw.get('format')!r}, expected {FORMAT!r})"
             )
         return tensors, json.loads(meta_raw["meta"])
     except (SafetensorError, ValueError, KeyError, UnicodeDecodeError) as exc:
@@ -105,8 +104,11 @@ def looks_like_pickle(path: str | Path) -> bool:
             head = f.read(512)
     except OSError:
         return False
-    return (head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05")
-            or head[257:262] == b"ustar")
+    return (
+        head.startswith(b"PK\x03\x04")
+        or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05")
+        or head[257:262] == b"ustar"
+    )
 
 
 def infer_config(state: dict[str, torch.Tensor], source: str) -> ModelConfig:
@@ -115,13 +117,20 @@ def infer_config(state: dict[str, torch.Tensor], source: str) -> ModelConfig:
 
     blocks = {int(m[1]) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
     if not blocks or "blocks.0.head.weight" not in state:
-        raise CheckpointError(f"{source}: not an MCAN state dict (no blocks.0.head.weight); "
-                              "only mcan-deploy MCAN weights can be converted")
+        raise CheckpointError(
+            f"{source}: not an MCAN state dict (no blocks.0.head.weight); "
+            "only mcan-deploy MCAN weights can be converted"
+        )
     rcabs = {int(m[1]) for k in state if (m := re.match(r"blocks\.0\.body\.(\d+)\.conv1\.weight$", k))}
     head = state["blocks.0.head.weight"]
     down = state.get("blocks.0.body.0.ca.down.weight")
-    return ModelConfig(n_blocks=max(blocks) + 1, n_resblocks=len(rcabs), n_feats=head.shape[0],
-                       n_colors=head.shape[1], reduction=head.shape[0] // down.shape[0] if down is not None else 4)
+    return ModelConfig(
+        n_blocks=max(blocks) + 1,
+        n_resblocks=len(rcabs),
+        n_feats=head.shape[0],
+        n_colors=head.shape[1],
+        reduction=head.shape[0] // down.shape[0] if down is not None else 4,
+    )
 
 
 def _load_pickle(path: Path) -> MCAN:
@@ -130,8 +139,9 @@ def _load_pickle(path: Path) -> MCAN:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ...
-        raise CheckpointError(f"{path}: refused by torch.load(weights_only=True) "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(
+            f"{path}: refused by torch.load(weights_only=True) ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from None
     for key in ("state_dict", "model", "params"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -155,12 +165,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", trust_pickl
             raise CheckpointError(
                 f"{path}: a pickle-based PyTorch file, refused (loading pickles can run code). Re-save "
                 "it as safetensors, or pass --trust-pickle to read only its tensors (torch.load with "
-                "weights_only=True)")
-        raise CheckpointError(f"{path}: not a safetensors model file (corrupt, truncated or another format; "
-                              "a PyTorch .pt/.pth loads only with --trust-pickle)")
+                "weights_only=True)"
+            )
+        raise CheckpointError(
+            f"{path}: not a safetensors model file (corrupt, truncated or another format; "
+            "a PyTorch .pt/.pth loads only with --trust-pickle)"
+        )
     tensors, meta = load_tensors(path)
     if "model" not in meta:
-        raise CheckpointError(f"{path}: holds no model config; is it a training checkpoint?")
+        raise CheckpointError(f"{path}: holds no model config; is it an mcan-deploy model file?")
+    if "position" in meta:  # a training checkpoint: N's weights are under "model.", beside the optimiser's
+        tensors = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    if "block" in meta:
+        raise CheckpointError(
+            f"{path}: one trained block (N_{meta['block']}), not a whole model; give the run's model.safetensors"
+        )
     model = build_model(config_from_dict(meta["model"], str(path)))
     _load_state(model, tensors, path)
     return model.to(device).eval()
@@ -176,12 +195,12 @@ def _load_state(module: nn.Module, tensors: dict[str, torch.Tensor], path: str |
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
-        raise CheckpointError(
-            f"{path}: weights do not fit the model ({' '.join(first[:2])[:300]})"
-        ) from None
+        raise CheckpointError(f"{path}: weights do not fit the model ({' '.join(first[:2])[:300]})") from None
 
 
-def optimizer_to_flat(opt: torch.optim.Optimizer, prefix: str = "optim.") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_to_flat(
+    opt: torch.optim.Optimizer, prefix: str = "optim."
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split an optimiser's state into tensors (for safetensors) and JSON-able metadata."""
     sd = opt.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -195,13 +214,14 @@ def optimizer_to_flat(opt: torch.optim.Optimizer, prefix: str = "optim.") -> tup
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                        meta: dict[str, Any], prefix: str = "optim.") -> None:
+def optimizer_from_flat(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any], prefix: str = "optim."
+) -> None:
     """Restore what ``optimizer_to_flat`` split."""
     state: dict[int, dict[str, Any]] = {}
     for name, val in tensors.items():
         if name.startswith(prefix):
-            idx, key = name[len(prefix):].split(".", 1)
+            idx, key = name[len(prefix) :].split(".", 1)
             state.setdefault(int(idx), {})[key] = val
     for idx, vals in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(vals)

@@ -139,8 +139,10 @@ class DataConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} = {getattr(self, name)} must be >= 1")
         if self.batch_size % self.micro_batches:
-            raise ConfigError(f"data.batch_size = {self.batch_size} does not split into data.micro_batches = "
-                              f"{self.micro_batches} equal chunks")
+            raise ConfigError(
+                f"data.batch_size = {self.batch_size} does not split into data.micro_batches = "
+                f"{self.micro_batches} equal chunks"
+            )
         if self.shave < 0:
             raise ConfigError(f"data.shave = {self.shave} must be >= 0")
 
@@ -165,11 +167,14 @@ class TrainConfig:
         if self.on_nonfinite not in ("retry", "stop"):
             raise ConfigError(f"train.on_nonfinite = {self.on_nonfinite!r} is not one of ['retry', 'stop']")
         if self.nonfinite_retries < 0 or not 0 < self.nonfinite_lr_factor < 1:
-            raise ConfigError(f"train.nonfinite_retries = {self.nonfinite_retries} must be >= 0 and "
-                              f"train.nonfinite_lr_factor = {self.nonfinite_lr_factor} in (0, 1)")
+            raise ConfigError(
+                f"train.nonfinite_retries = {self.nonfinite_retries} must be >= 0 and "
+                f"train.nonfinite_lr_factor = {self.nonfinite_lr_factor} in (0, 1)"
+            )
         if self.log_every < 1 or self.strip_size < 1:
-            raise ConfigError(f"train.log_every = {self.log_every} and train.strip_size = "
-                              f"{self.strip_size} must be >= 1")
+            raise ConfigError(
+                f"train.log_every = {self.log_every} and train.strip_size = {self.strip_size} must be >= 1"
+            )
         if self.val_every < 0 or self.checkpoint_every < 0:
             raise ConfigError("train.val_every and train.checkpoint_every must be >= 0 (0: only at phase ends)")
 
@@ -214,9 +219,7 @@ def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(
-                f"{source}: {key} = {value!r} is not one of {list(typing.get_args(tp))}"
-            )
+            raise ConfigError(f"{source}: {key} = {value!r} is not one of {list(typing.get_args(tp))}")
         return value
     if origin is list:
         (item_tp,) = typing.get_args(tp)
@@ -225,17 +228,14 @@ def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
         return [_check_type(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
         raise ConfigError(f"{source}: {key}: union types are not supported in plans")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key} must be a table, got {type(value).__name__}")
         return _from_dict(tp, value, key, source)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
-        raise ConfigError(
-            f"{source}: {key} = {value!r} should be of type {tp.__name__}, "
-            f"got {type(value).__name__}"
-        )
+    if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
+        raise ConfigError(f"{source}: {key} = {value!r} should be of type {tp.__name__}, got {type(value).__name__}")
     return value
 
 
@@ -244,11 +244,8 @@ def _from_dict(cls: type, data: dict[str, Any], where: str, source: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in known:
-            raise ConfigError(
-                f"{source}: unknown key '{key}' in [{where}]; known keys: {sorted(known)}"
-            )
-    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}" if where else k, source)
-              for k, v in data.items()}
+            raise ConfigError(f"{source}: unknown key '{key}' in [{where}]; known keys: {sorted(known)}")
+    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}" if where else k, source) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field is missing
@@ -285,3 +282,15 @@ def dump_plan(plan: Plan) -> str:
     import tomli_w
 
     return tomli_w.dumps(plan_to_dict(plan))
+
+
+def cap_iterations(plan: Plan, max_iters: int) -> Plan:
+    """The plan with every span of iterations cut to at most ``max_iters``: a smoke run (the
+    study's ``--max-iters`` and ``mcan-train --max-iters``)."""
+    phases = [
+        dataclasses.replace(
+            p, stages=[dataclasses.replace(s, iters=[min(n, max_iters) for n in s.iters]) for s in p.stages]
+        )
+        for p in plan.phases
+    ]
+    return dataclasses.replace(plan, phases=phases)

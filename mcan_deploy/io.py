@@ -81,9 +81,7 @@ def _to_unit_float(arr: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
         if not np.isfinite(arr).all():
             raise ImageReadError(f"{path}: float image holds NaN or infinite values; fix or re-export it")
         return np.clip(arr, 0.0, 1.0), 32
-    raise ImageReadError(
-        f"{path}: unsupported pixel type {arr.dtype}; use 8- or 16-bit PNG/TIFF or JPEG"
-    )
+    raise ImageReadError(f"{path}: unsupported pixel type {arr.dtype}; use 8- or 16-bit PNG/TIFF or JPEG")
 
 
 def _check_pixels(path: Path, pixels: int, size: str, max_pixels: int, what: str) -> None:
@@ -109,8 +107,9 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
             raise ImageReadError(f"{path}: not a regular file")
         # no image within the pixel limit needs more bytes than 16-bit RGBA, uncompressed
         if st.st_size > 8 * max_pixels + 2**26:
-            raise ImageReadError(f"{path}: {st.st_size} bytes, more than an image of at most "
-                                 f"{max_pixels / 1e6:.1f} MP can hold; refused")
+            raise ImageReadError(
+                f"{path}: {st.st_size} bytes, more than an image of at most {max_pixels / 1e6:.1f} MP can hold; refused"
+            )
         data = path.read_bytes()
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file") from None
@@ -128,10 +127,21 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
         raise ImageReadError(f"{path}: not a readable image ({str(exc).strip().splitlines()[-1][:200]})") from None
     if arr is None or arr.size == 0:
         raise ImageReadError(
-            f"{path}: not a readable image (truncated, corrupt or not one of "
-            f"{', '.join(IMAGE_SUFFIXES)})"
+            f"{path}: not a readable image (truncated, corrupt or not one of {', '.join(IMAGE_SUFFIXES)})"
         )
     _check_pixels(path, arr.shape[0] * arr.shape[1], f"{arr.shape[1]}x{arr.shape[0]}", max_pixels, "decoded size")
+    return decode_array(arr, path)
+
+
+def decode_array(arr: np.ndarray, where: str | Path = "image", order: str = "bgr") -> LoadedImage:
+    """An (H, W[, C]) uint8/uint16/float32 array as a ``LoadedImage``: C is 1 or absent (gray),
+    2 (gray + alpha), 3 (colour) or 4 (colour + alpha), the colours in ``order`` ("bgr" as OpenCV
+    gives them, or "rgb"). ``where`` names the source in errors."""
+    path = Path(str(where))
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageReadError(f"{where}: image array of shape {arr.shape}; expected (H, W) or (H, W, C)")
     arr, depth = _to_unit_float(arr, path)
     alpha = None
     gray = False
@@ -141,12 +151,11 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
     elif arr.shape[2] == 2:  # gray + alpha
         gray = True
         rgb, alpha = np.repeat(arr[:, :, :1], 3, axis=2), arr[:, :, 1]
-    elif arr.shape[2] == 3:
-        rgb = arr[:, :, ::-1]
-    elif arr.shape[2] == 4:
-        rgb, alpha = arr[:, :, 2::-1], arr[:, :, 3]
+    elif arr.shape[2] in (3, 4):
+        rgb = arr[:, :, 2::-1] if order == "bgr" else arr[:, :, :3]
+        alpha = arr[:, :, 3] if arr.shape[2] == 4 else None
     else:
-        raise ImageReadError(f"{path}: {arr.shape[2]} channels; expected 1, 2, 3 or 4")
+        raise ImageReadError(f"{where}: {arr.shape[2]} channels; expected 1, 2, 3 or 4")
     return LoadedImage(np.ascontiguousarray(rgb), alpha, depth, gray)
 
 
@@ -164,11 +173,7 @@ def encode_image(
         raise MCANError(f"bit depth {bit_depth} cannot be written; use 8 or 16")
     if bit_depth == 16 and suffix.lower() in (".jpg", ".jpeg", ".bmp", ".webp"):
         bit_depth = 8  # these formats hold 8 bits only
-    peak, dtype = (255.0, np.uint8) if bit_depth == 8 else (65535.0, np.uint16)
-    img = rgb.mean(axis=2, keepdims=True) if gray else rgb[:, :, ::-1]
-    if alpha is not None:
-        img = np.concatenate([np.repeat(img, 3, axis=2) if gray else img, alpha[:, :, None]], axis=2)
-    out = np.clip(np.rint(img * peak), 0, peak).astype(dtype)
+    out = encode_array(rgb, alpha, bit_depth, gray)
     try:
         ok, buf = cv2.imencode(suffix, out)
     except cv2.error:
@@ -176,6 +181,22 @@ def encode_image(
     if not ok:
         raise MCANError(f"cannot encode an image as '{suffix}'; use one of {IMAGE_SUFFIXES}")
     return buf.tobytes()
+
+
+def encode_array(
+    rgb: np.ndarray, alpha: np.ndarray | None = None, bit_depth: int = 8, gray: bool = False, order: str = "bgr"
+) -> np.ndarray:
+    """Float RGB in [0, 1] (H, W, 3) as the array a file stores: uint8 or uint16 (``bit_depth``
+    8 or 16) or float32 (32), colours in ``order``. Gray is the mean of the colours, (H, W, 1), or
+    with alpha the gray repeated in three channels plus alpha (image formats hold no two-channel
+    gray + alpha), as files are written."""
+    img = rgb.mean(axis=2, keepdims=True) if gray else (rgb[:, :, ::-1] if order == "bgr" else rgb)
+    if alpha is not None:
+        img = np.concatenate([np.repeat(img, 3, axis=2) if gray else img, alpha[:, :, None]], axis=2)
+    if bit_depth == 32:
+        return np.clip(img, 0.0, 1.0).astype(np.float32)
+    peak, dtype = (255.0, np.uint8) if bit_depth == 8 else (65535.0, np.uint16)
+    return np.clip(np.rint(img * peak), 0, peak).astype(dtype)
 
 
 def write_image(
@@ -194,6 +215,5 @@ def list_images(folder: str | Path) -> list[Path]:
     """Image files directly in ``folder``, sorted by name (hidden files skipped)."""
     folder = Path(folder)
     return sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     )

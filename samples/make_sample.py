@@ -1,6 +1,9 @@
-"""Rebuild samples/city100 from the full City100 Nikon pairs.
+"""Rebuild the bundled sample (mcan_deploy/samples/city100) from the full City100 Nikon pairs.
 
-Usage: python samples/make_sample.py ../shared/data/city100_nikon samples/city100
+Usage: python samples/make_sample.py ../shared/data/city100_nikon mcan_deploy/samples/city100
+
+(samples/city100 is a link to it: the package ships the sample, so `--data sample` works from an
+installed wheel.)
 
 Takes one crop per pair (the most textured window of the HR image, where the camera's blur
 matters most) from the first few training and test scenes, keeping LR and HR aligned.
@@ -39,8 +42,9 @@ def main(src: Path, dst: Path) -> None:
             lr = cv2.imread(str(src / split / "LR" / name), cv2.IMREAD_UNCHANGED)
             y, x = best_window(hr, CROP)
             for sub, img in (("HR", hr), ("LR", lr)):
-                cv2.imwrite(str(dst / split / sub / name), img[y : y + CROP, x : x + CROP],
-                            [cv2.IMWRITE_PNG_COMPRESSION, 9])
+                cv2.imwrite(
+                    str(dst / split / sub / name), img[y : y + CROP, x : x + CROP], [cv2.IMWRITE_PNG_COMPRESSION, 9]
+                )
     shutil.copy(src / "LICENSE", dst / "LICENSE")
 
 

@@ -33,24 +33,38 @@ class StopFlag:
         def handler(signum: int, _frame: object) -> None:
             self.stop = True
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            print(f"\nmcan-train: {signal.Signals(signum).name} received, writing a checkpoint "
-                  "after this iteration (Ctrl-C again to abort at once)", file=sys.stderr)
+            print(
+                f"\nmcan-train: {signal.Signals(signum).name} received, writing a checkpoint "
+                "after this iteration (Ctrl-C again to abort at once)",
+                file=sys.stderr,
+            )
 
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mcan-train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="phase plan (TOML), e.g. configs/paper.toml")
-    p.add_argument("--data", required=True,
-                   help="dataset folder with train/ and test/ (each HR/+LR/ or RealSR v3 files)")
-    p.add_argument("--out", required=True, help="run directory (created, or resumed if it exists)")
+    p = argparse.ArgumentParser(
+        prog="mcan-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config", help="phase plan: a shipped name (demo, paper, ...; see --list-plans) or a TOML file")
+    p.add_argument(
+        "--data",
+        help="dataset folder with train/ and test/ (each HR/+LR/ or RealSR v3 files), or 'sample' "
+        "for the bundled City100 crops",
+    )
+    p.add_argument("--out", help="run directory (created, or resumed if it exists)")
+    p.add_argument("--list-plans", action="store_true", help="show the shipped plans and exit")
+    p.add_argument(
+        "--max-iters", type=int, help="cut every span of iterations to this many: a smoke run (use a separate --out)"
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--rcab", choices=["torch", "triton"],
-                   help="RCAB channel-attention tail: eager torch or the fused Triton kernels "
-                        "(default: the plan's model.rcab_impl, else torch); may differ on resume")
+    p.add_argument(
+        "--rcab",
+        choices=["torch", "triton"],
+        help="RCAB channel-attention tail: eager torch or the fused Triton kernels "
+        "(default: the plan's model.rcab_impl, else torch); may differ on resume",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -61,12 +75,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..config import load_plan
+    from .. import distributed
+    from ..config import cap_iterations, load_plan
+    from ..errors import MCANError
+    from ..resources import list_plans, resolve_data, resolve_plan
     from ..train import TrainingInterrupted, train
 
-    from .. import distributed
-
-    plan = load_plan(args.config)
+    if args.list_plans:
+        entries = list_plans()
+        width = max(len(e.name) for e in entries)
+        for e in entries:
+            print(f"{e.name:<{width}}  {e.summary}")
+        return 0
+    missing = [f"--{k}" for k in ("config", "data", "out") if not getattr(args, k)]
+    if missing:
+        raise MCANError(
+            f"mcan-train needs {', '.join(missing)} (e.g. mcan-train --config demo --data sample "
+            "--out runs/demo; --list-plans shows the shipped plans)"
+        )
+    args.data = resolve_data(args.data)
+    plan = load_plan(resolve_plan(args.config))
+    if args.max_iters is not None:
+        if args.max_iters < 1:
+            raise MCANError(f"--max-iters {args.max_iters}: must be >= 1")
+        plan = cap_iterations(plan, args.max_iters)
     if args.rcab:
         import dataclasses
 
@@ -78,8 +110,9 @@ def _run(args: argparse.Namespace) -> int:
     dist, device = distributed.init(args.device)
     try:
         with logging_redirect_tqdm():  # log lines print above the progress bars
-            result = train(plan, args.data, args.out, device=device,
-                           progress=not args.no_progress, should_stop=stop, dist=dist)
+            result = train(
+                plan, args.data, args.out, device=device, progress=not args.no_progress, should_stop=stop, dist=dist
+            )
     except TrainingInterrupted as exc:
         if dist.is_main:
             print(f"mcan-train: {exc}", file=sys.stderr)
@@ -93,8 +126,10 @@ def _run(args: argparse.Namespace) -> int:
     print(f"mcan-train: run {state}: {result.paths.root}")
     print(f"  identity (LR vs HR): {ident:.3f} dB")
     for r in result.phases:
-        print(f"  phase {r['phase']:>8} {r['block']:>3}: {r['psnr']:.3f} dB "
-              f"({r['psnr'] - ident:+.3f} dB), Y {r['psnr_y']:.3f} dB")
+        print(
+            f"  phase {r['phase']:>8} {r['block']:>3}: {r['psnr']:.3f} dB "
+            f"({r['psnr'] - ident:+.3f} dB), Y {r['psnr_y']:.3f} dB"
+        )
     print(f"  model: {result.paths.model}\n  report: {result.paths.report}")
     return 0
 

@@ -19,59 +19,107 @@ if TYPE_CHECKING:
     from ..distributed import Dist
 
 
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mcan-upscale", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="trained model: model.safetensors from mcan-train, or .onnx / .xml (OpenVINO) "
-                                 "from mcan-export")
+    p = argparse.ArgumentParser(
+        prog="mcan-upscale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "model", help="trained model: model.safetensors from mcan-train, or .onnx / .xml (OpenVINO) from mcan-export"
+    )
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     p.add_argument("-o", "--out", required=True, help="output folder (or file, for one input)")
-    p.add_argument("--scale", type=float, default=1.0,
-                   help="resize the input bicubically by this factor first (1: input is at target size)")
-    p.add_argument("--tile", type=int,
-                   help="tile core side in pixels (default on CPU: global 256, tile max(256, 16 x margin); twice that on CUDA)")
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="resize the input bicubically by this factor first (1: input is at target size)",
+    )
+    p.add_argument(
+        "--tile",
+        type=int,
+        help="tile core side in pixels (default on CPU: global 256, tile max(256, 16 x margin); twice that on CUDA)",
+    )
     p.add_argument("--batch", type=int, help="windows per model call (default 1 on CPU, 4 on CUDA)")
-    p.add_argument("--prefetch", type=int,
-                   help="images decoded ahead and results waiting to be written, so that reading and "
-                        "writing files overlap the model (default 2; 0, one image after another, for "
-                        "PyTorch on a CPU, where the model already keeps every core busy)")
-    p.add_argument("--ca-stats", choices=["auto", "global", "tile"], default="auto",
-                   help="channel-attention statistics: global (exact), per tile (approximate, flat memory), "
-                        "or auto: global where the back-end can (PyTorch, OpenVINO), else tile (ONNX Runtime)")
-    p.add_argument("--backend", choices=["auto", "torch", "openvino", "onnxruntime"], default="auto",
-                   help="auto: onnxruntime for .onnx, openvino for .xml; for a model file OpenVINO on a CPU "
-                        "where it is installed, else PyTorch")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
-                   help="OpenVINO precision: auto is the file's own (fp32, or int8 for a calibrated int8 "
-                        "export); bf16 where the CPU has it")
+    p.add_argument(
+        "--prefetch",
+        type=int,
+        help="images decoded ahead and results waiting to be written, so that reading and "
+        "writing files overlap the model (default 2; 0, one image after another, for "
+        "PyTorch on a CPU, where the model already keeps every core busy)",
+    )
+    p.add_argument(
+        "--ca-stats",
+        choices=["auto", "global", "tile"],
+        default="auto",
+        help="channel-attention statistics: global (exact), per tile (approximate, flat memory), "
+        "or auto: global where the back-end can (PyTorch, OpenVINO), else tile (ONNX Runtime)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "torch", "openvino", "onnxruntime"],
+        default="auto",
+        help="auto: onnxruntime for .onnx, openvino for .xml; for a model file OpenVINO on a CPU "
+        "where it is installed, else PyTorch",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "int8"],
+        default="auto",
+        help="OpenVINO precision: auto is the file's own (fp32, or int8 for a calibrated int8 "
+        "export); bf16 where the CPU has it",
+    )
     p.add_argument("--threads", type=int, help="CPU threads (default: every core)")
-    p.add_argument("--cache-dir", help="where converted and compiled OpenVINO models are kept (default "
-                                       "$MCAN_DEPLOY_CACHE or ~/.cache/mcan-deploy)")
-    p.add_argument("--plan", choices=["auto", "whole", "layers", "layers-host", "block", "all"], default="auto",
-                   help="exact plans: whole (each block on the whole image in one call), layers (global statistics "
-                        "layer by layer over tiles, maps on the device), layers-host (maps in host memory); tile-"
-                        "statistics plans: block, all (blocks per window); auto: the fastest exact plan that fits "
-                        "--max-memory (the log says which and why), or the measured tile plan")
-    p.add_argument("--max-memory", type=float,
-                   help="GB the plan may take on the device that computes (default: 80%% of a GPU's free "
-                        "memory, half of the available RAM on a CPU)")
+    p.add_argument(
+        "--cache-dir",
+        help="where converted and compiled OpenVINO models are kept (default "
+        "$MCAN_DEPLOY_CACHE or ~/.cache/mcan-deploy)",
+    )
+    p.add_argument(
+        "--plan",
+        choices=["auto", "whole", "layers", "layers-host", "block", "all"],
+        default="auto",
+        help="exact plans: whole (each block on the whole image in one call), layers (global statistics "
+        "layer by layer over tiles, maps on the device), layers-host (maps in host memory); tile-"
+        "statistics plans: block, all (blocks per window); auto: the fastest exact plan that fits "
+        "--max-memory (the log says which and why), or the measured tile plan",
+    )
+    p.add_argument(
+        "--max-memory",
+        type=float,
+        help="GB the plan may take on the device that computes (default: 80%% of a GPU's free "
+        "memory, half of the available RAM on a CPU)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
-                   help="PyTorch compute precision: auto is bfloat16 on CUDA devices that have it, else float32; "
-                        "float16 blocks that overflow are redone in bfloat16 (or float32) and counted")
-    p.add_argument("--rcab", choices=["torch", "triton"], default="torch",
-                   help="RCAB channel-attention tail for PyTorch models: eager torch or the fused "
-                        "Triton kernels (CUDA; falls back to torch where Triton cannot run)")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        default="auto",
+        help="PyTorch compute precision: auto is bfloat16 on CUDA devices that have it, else float32; "
+        "float16 blocks that overflow are redone in bfloat16 (or float32) and counted",
+    )
+    p.add_argument(
+        "--rcab",
+        choices=["torch", "triton"],
+        default="torch",
+        help="RCAB channel-attention tail for PyTorch models: eager torch or the fused "
+        "Triton kernels (CUDA; falls back to torch where Triton cannot run)",
+    )
     p.add_argument("--suffix", help="output format, e.g. .png (default: the input's)")
-    p.add_argument("--max-pixels", type=float, default=200e6,
-                   help="refuse images larger than this many pixels, from the file's header before "
-                        "decoding, and after --scale (default 200e6)")
+    p.add_argument(
+        "--max-pixels",
+        type=float,
+        default=200e6,
+        help="refuse images larger than this many pixels, from the file's header before "
+        "decoding, and after --scale (default 200e6)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="accept a pickle-based .pt/.pth model, reading only its tensors "
-                        "(torch.load weights_only=True); refused without this flag")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="accept a pickle-based .pt/.pth model, reading only its tensors "
+        "(torch.load weights_only=True); refused without this flag",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -112,34 +160,47 @@ def _run(args: argparse.Namespace) -> int:
 def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from ..runners import LayerRunner, load_runner
-    from ..tiling import TileConfig, default_tile
-    from ..upscale import default_prefetch, plan_jobs, upscale_jobs
+    from ..api import load
+    from ..upscale import plan_jobs
 
-    runner = load_runner(args.model, device, args.dtype, args.rcab, args.trust_pickle, backend=args.backend,
-                         precision=args.precision, threads=args.threads, cache_dir=args.cache_dir)
+    model = load(
+        args.model,
+        device,
+        args.dtype,
+        args.backend,
+        precision=args.precision,
+        rcab=args.rcab,
+        threads=args.threads,
+        ca_stats=args.ca_stats,
+        plan=args.plan,
+        tile=args.tile,
+        batch=args.batch,
+        max_memory=args.max_memory,
+        cache_dir=args.cache_dir,
+        trust_pickle=args.trust_pickle,
+    )
     jobs = plan_jobs(args.inputs, args.out, args.suffix)
     dist.check_same("the list of input files", [(str(j.src), str(j.dst)) for j in jobs])
     jobs = dist.shard(jobs)  # every rank planned all files; each takes its share
-    cuda = runner.device.type == "cuda"
-    ca_stats = args.ca_stats
-    if ca_stats == "auto":
-        ca_stats = "global" if isinstance(runner, LayerRunner) else "tile"
-    cfg = TileConfig(tile=args.tile or default_tile(ca_stats, runner.device, max(runner.block_radii)),
-                     batch=args.batch or (4 if cuda else 1), ca_stats=ca_stats, plan=args.plan,
-                     max_memory=int(args.max_memory * 1e9) if args.max_memory else None)
     t0 = time.perf_counter()
     with logging_redirect_tqdm():  # log lines through tqdm.write, as with the bars, on every rank
-        stats = upscale_jobs(runner, jobs, cfg, args.scale, int(args.max_pixels), overwrite=args.overwrite,
-                             prefetch=default_prefetch(runner) if args.prefetch is None else args.prefetch,
-                             debug=args.debug,
-                             progress=not args.no_progress and dist.is_main)
+        stats = model.upscale_jobs(
+            jobs,
+            scale=args.scale,
+            overwrite=args.overwrite,
+            prefetch=args.prefetch,
+            max_pixels=int(args.max_pixels),
+            progress=not args.no_progress and dist.is_main,
+            debug=args.debug,
+        )
     done, skipped, failed, overflows = dist.sum_ints([stats.done, stats.skipped, stats.failed, stats.overflows])
     if dist.is_main:
         ranks = f" by {dist.world} processes" if dist.enabled else ""
         redone = f", {overflows} float16 overflows redone" if overflows else ""
-        print(f"mcan-upscale: {done} written, {skipped} skipped, {failed} failed{ranks}{redone} "
-              f"in {time.perf_counter() - t0:.1f} s -> {args.out}")
+        print(
+            f"mcan-upscale: {done} written, {skipped} skipped, {failed} failed{ranks}{redone} "
+            f"in {time.perf_counter() - t0:.1f} s -> {args.out}"
+        )
     return 1 if failed else 0
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Plan, load_plan
+from ..config import Plan, cap_iterations, load_plan
 from ..errors import StudyError
 from .spec import Experiment
 
@@ -21,11 +21,7 @@ def plan_for_seed(plan: Plan, seed: int, max_iters: int | None = None) -> Plan:
     """The plan with ``train.seed`` set (initialisation and patch draws follow it); with
     ``max_iters``, every span of iterations is cut to at most that many (a smoke run)."""
     plan = dataclasses.replace(plan, train=dataclasses.replace(plan.train, seed=seed))
-    if max_iters is None:
-        return plan
-    phases = [dataclasses.replace(p, stages=[dataclasses.replace(s, iters=[min(n, max_iters) for n in s.iters])
-                                             for s in p.stages]) for p in plan.phases]
-    return dataclasses.replace(plan, phases=phases)
+    return plan if max_iters is None else cap_iterations(plan, max_iters)
 
 
 def scale_dir(scale: str, max_iters: int | None = None) -> str:
@@ -33,15 +29,22 @@ def scale_dir(scale: str, max_iters: int | None = None) -> str:
     return scale if max_iters is None else f"{scale}-max{max_iters}"
 
 
-def run_dir(runs_root: str | Path, scale: str, plan_path: str | Path, seed: int,
-            max_iters: int | None = None) -> Path:
+def run_dir(runs_root: str | Path, scale: str, plan_path: str | Path, seed: int, max_iters: int | None = None) -> Path:
     """Where one (plan, seed) run lives: ``RUNS/<scale>/<plan stem>/seed<k>``."""
     return Path(runs_root) / scale_dir(scale, max_iters) / Path(plan_path).stem / f"seed{seed}"
 
 
-def run_experiment(exp: Experiment, scale: str, data_root: str | Path, runs_root: str | Path,
-                   seeds: list[int] | None = None, device: str = "auto", progress: bool = True,
-                   max_iters: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> None:
+def run_experiment(
+    exp: Experiment,
+    scale: str,
+    data_root: str | Path,
+    runs_root: str | Path,
+    seeds: list[int] | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    max_iters: int | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> None:
     """Train every (plan, seed) of the experiment that is not finished yet, seed by seed, so that an
     interrupted study has whole seeds. A finished run is found and skipped by the trainer."""
     from ..train import train
@@ -87,8 +90,10 @@ def collect(path: Path, label: str, seed: int) -> RunData:
     from ..train.report import read_metrics, stage_times
 
     if not (path / "model.safetensors").exists():
-        raise StudyError(f"{path}: run missing or unfinished (no model.safetensors); run the study "
-                         "without --aggregate-only to train it")
+        raise StudyError(
+            f"{path}: run missing or unfinished (no model.safetensors); run the study "
+            "without --aggregate-only to train it"
+        )
     records = read_metrics(path / "metrics.jsonl")
     identity = next((r for r in records if r["kind"] == "identity"), None)
     if identity is None:
@@ -96,16 +101,26 @@ def collect(path: Path, label: str, seed: int) -> RunData:
     phase_ends = [r for r in records if r["kind"] == "phase"]
     curve = [r for r in records if r["kind"] in ("val", "phase") and r["stage"] != "generate"]
     info = json.loads((path / "run.json").read_text())
-    return RunData(label=label, seed=seed, path=path, plan=load_plan(path / "plan.toml"), identity=identity,
-                   phase_ends=phase_ends, curve=curve,
-                   train_seconds=sum(v["seconds"] for v in stage_times(records).values()),
-                   generate_seconds=sum(r.get("seconds", 0.0) for r in phase_ends if r["stage"] == "generate"),
-                   data_root=Path(info["data"]))
+    return RunData(
+        label=label,
+        seed=seed,
+        path=path,
+        plan=load_plan(path / "plan.toml"),
+        identity=identity,
+        phase_ends=phase_ends,
+        curve=curve,
+        train_seconds=sum(v["seconds"] for v in stage_times(records).values()),
+        generate_seconds=sum(r.get("seconds", 0.0) for r in phase_ends if r["stage"] == "generate"),
+        data_root=Path(info["data"]),
+    )
 
 
-def collect_experiment(exp: Experiment, scale: str, runs_root: str | Path, seeds: list[int] | None = None,
-                       max_iters: int | None = None) -> dict[str, list[RunData]]:
+def collect_experiment(
+    exp: Experiment, scale: str, runs_root: str | Path, seeds: list[int] | None = None, max_iters: int | None = None
+) -> dict[str, list[RunData]]:
     """Every run of the experiment, by label, in seed order."""
     seeds = seeds if seeds is not None else exp.seeds
-    return {label: [collect(run_dir(runs_root, scale, p, s, max_iters), label, s) for s in seeds]
-            for label, p in exp.plan_paths(scale).items()}
+    return {
+        label: [collect(run_dir(runs_root, scale, p, s, max_iters), label, s) for s in seeds]
+        for label, p in exp.plan_paths(scale).items()
+    }

@@ -31,22 +31,46 @@ import tomli_w
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = {"demo": {"n_blocks": 3, "n_resblocks": 4, "n_feats": 32},
-          "paper": {"n_blocks": 3, "n_resblocks": 16, "n_feats": 64}}
+MODELS = {
+    "demo": {"n_blocks": 3, "n_resblocks": 4, "n_feats": 32},
+    "paper": {"n_blocks": 3, "n_resblocks": 16, "n_feats": 64},
+}
 
 
 def plan(model: dict, iters: int) -> dict:
-    return {"model": model, "data": {"patch_size": 48, "batch_size": 16},
-            "train": {"seed": 0, "log_every": 5, "val_every": 0, "checkpoint_every": 0},
-            "phases": [{"name": "1-1", "kind": "train_block", "block": 1, "init": "orthogonal",
-                        "stages": [{"name": "adam", "optimizer": "adam", "iters": [iters], "lr": [1e-4]}]}]}
+    return {
+        "model": model,
+        "data": {"patch_size": 48, "batch_size": 16},
+        "train": {"seed": 0, "log_every": 5, "val_every": 0, "checkpoint_every": 0},
+        "phases": [
+            {
+                "name": "1-1",
+                "kind": "train_block",
+                "block": 1,
+                "init": "orthogonal",
+                "stages": [{"name": "adam", "optimizer": "adam", "iters": [iters], "lr": [1e-4]}],
+            }
+        ],
+    }
 
 
 def launch(module: str, args: list[str], procs: int, threads: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
     env.pop("TRITON_INTERPRET", None)
-    cmd = [sys.executable, "-m", module, *args] if procs == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", "-m", module, *args]
+    cmd = (
+        [sys.executable, "-m", module, *args]
+        if procs == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={procs}",
+            "-m",
+            module,
+            *args,
+        ]
+    )
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(proc.stdout[-2000:] + proc.stderr[-2000:])
@@ -58,13 +82,34 @@ def train_step(model: str, procs: int, threads: int, iters: int, tmp: Path) -> d
     cfg.write_text(tomli_w.dumps(plan(MODELS[model], iters)))
     out = tmp / f"run-{model}-{procs}"
     t0 = time.perf_counter()
-    launch("mcan_deploy.cli.train", ["--config", str(cfg), "--data", str(REPO / "samples" / "city100"),
-                                     "--out", str(out), "--device", "cpu", "--no-progress"], procs, threads)
+    launch(
+        "mcan_deploy.cli.train",
+        [
+            "--config",
+            str(cfg),
+            "--data",
+            str(REPO / "samples" / "city100"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        procs,
+        threads,
+    )
     wall = time.perf_counter() - t0
     lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [ln["sec_per_iter"] for ln in lines if ln["kind"] == "train"][1:]
-    return {"what": f"train {model} block", "procs": procs, "threads": threads, "step_s": statistics.median(steps),
-            "min_s": min(steps), "max_s": max(steps), "wall_s": wall}
+    return {
+        "what": f"train {model} block",
+        "procs": procs,
+        "threads": threads,
+        "step_s": statistics.median(steps),
+        "min_s": min(steps),
+        "max_s": max(steps),
+        "wall_s": wall,
+    }
 
 
 def upscale(procs: int, threads: int, images: int, model_path: Path, tmp: Path) -> dict:
@@ -76,12 +121,21 @@ def upscale(procs: int, threads: int, images: int, model_path: Path, tmp: Path) 
             cv2.imwrite(str(src / f"{i:03d}.png"), img)
     out = tmp / f"up-{procs}"
     t0 = time.perf_counter()
-    proc = launch("mcan_deploy.cli.upscale", [str(model_path), str(src), "-o", str(out), "--no-progress",
-                                              "--device", "cpu"], procs, threads)
+    proc = launch(
+        "mcan_deploy.cli.upscale",
+        [str(model_path), str(src), "-o", str(out), "--no-progress", "--device", "cpu"],
+        procs,
+        threads,
+    )
     wall = time.perf_counter() - t0
     reported = float(re.search(r"in ([\d.]+) s ->", proc.stdout)[1])
-    return {"what": f"upscale {images} images 384x384 (demo model)", "procs": procs, "threads": threads,
-            "seconds": reported, "wall_s": wall}
+    return {
+        "what": f"upscale {images} images 384x384 (demo model)",
+        "procs": procs,
+        "threads": threads,
+        "seconds": reported,
+        "wall_s": wall,
+    }
 
 
 def main() -> None:
@@ -109,8 +163,14 @@ def main() -> None:
         base = next(b for b in rows if b["what"] == r["what"] and b["procs"] == 1)
         key = "step_s" if "step_s" in r else "seconds"
         r["speedup"] = base[key] / r[key]
-    res = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__, "cores": cores,
-           "cpu": platform.processor() or platform.machine(), "python": platform.python_version(), "rows": rows}
+    res = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "torch": torch.__version__,
+        "cores": cores,
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "rows": rows,
+    }
     out = REPO / "benchmarks" / "results" / f"distributed-cpu-{time.strftime('%Y%m%d')}.json"
     out.write_text(json.dumps(res, indent=2))
     for r in rows:

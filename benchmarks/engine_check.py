@@ -86,9 +86,12 @@ class Results:
         kind = "smoke" if smoke else device.type
         self.path = out / f"engine-{kind}-{time.strftime('%Y%m%d')}.json"
         self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.data["machine"] = {**machine_info(device), "cuda": torch.version.cuda,
-                                "tf32_conv": torch.backends.cudnn.allow_tf32,
-                                "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
+        self.data["machine"] = {
+            **machine_info(device),
+            "cuda": torch.version.cuda,
+            "tf32_conv": torch.backends.cudnn.allow_tf32,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        }
 
     def put(self, section: str, value: Any) -> None:
         self.data[section] = value
@@ -104,28 +107,43 @@ def gb(n: int | None) -> str:
 
 def render(d: dict[str, Any]) -> str:
     m = d.get("machine", {})
-    lines = [f"# Engine check: {m.get('gpu') or m.get('cpu')}", "",
-             f"{m.get('date')}; torch {m.get('torch')}, CUDA {m.get('cuda')}, triton {m.get('triton')}; "
-             f"TF32 convolutions {'on' if m.get('tf32_conv') else 'off'}.", ""]
+    lines = [
+        f"# Engine check: {m.get('gpu') or m.get('cpu')}",
+        "",
+        f"{m.get('date')}; torch {m.get('torch')}, CUDA {m.get('cuda')}, triton {m.get('triton')}; "
+        f"TF32 convolutions {'on' if m.get('tf32_conv') else 'off'}.",
+        "",
+    ]
     if "engine" in d:
         e = d["engine"]
-        lines += [f"## Paper-size N on a {e['size']} image", "",
-                  "| plan asked | ran | dtype | RCAB | s | peak GB | model GB | max diff vs fp32 whole | overflows "
-                  "| statistics |", "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            f"## Paper-size N on a {e['size']} image",
+            "",
+            "| plan asked | ran | dtype | RCAB | s | peak GB | model GB | max diff vs fp32 whole | overflows "
+            "| statistics |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|---|",
+        ]
         for r in e["rows"]:
             if "skipped" in r or "error" in r:
-                lines.append(f"| {r['plan']} | | {r['dtype']} | {r['rcab']} | | | | | | "
-                             f"{r.get('skipped') or r.get('error')} |")
+                lines.append(
+                    f"| {r['plan']} | | {r['dtype']} | {r['rcab']} | | | | | | {r.get('skipped') or r.get('error')} |"
+                )
                 continue
-            lines.append(f"| {r['plan']} | {r['plan_run']} | {r['dtype']} | {r['rcab']} | {r['seconds']:.3f} | {gb(r['peak_bytes'])} "
-                         f"| {gb(r['model_bytes'])} | {r['max_diff']:.2e} | {r['overflows']} | {r['stats']} |")
+            lines.append(
+                f"| {r['plan']} | {r['plan_run']} | {r['dtype']} | {r['rcab']} | {r['seconds']:.3f} | {gb(r['peak_bytes'])} "
+                f"| {gb(r['model_bytes'])} | {r['max_diff']:.2e} | {r['overflows']} | {r['stats']} |"
+            )
         lines.append("")
     if "folder" in d:
         f = d["folder"]
-        lines += [f"## mcan-upscale on a folder of {f['images']} {f['size']} photos", "",
-                  f"- wall time {f['wall_s']:.2f} s, model time alone {f['model_s']:.2f} s: "
-                  f"**{f['wall_s'] / f['model_s']:.2f}x** (target <= 1.3x on an H100/H200)",
-                  f"- command: `{f['command']}`", ""]
+        lines += [
+            f"## mcan-upscale on a folder of {f['images']} {f['size']} photos",
+            "",
+            f"- wall time {f['wall_s']:.2f} s, model time alone {f['model_s']:.2f} s: "
+            f"**{f['wall_s'] / f['model_s']:.2f}x** (target <= 1.3x on an H100/H200)",
+            f"- command: `{f['command']}`",
+            "",
+        ]
     if "train" in d:
         lines += ["## Training step (L1, Adam, batch 16 of 48x48, float32)", "", "| what | ms/step |", "|---|---:|"]
         lines += [f"| {r['what']} | {1000 * r['step_s']:.1f} |" for r in d["train"]]
@@ -145,13 +163,28 @@ def engine(args: argparse.Namespace, device: torch.device, res: Results) -> None
     crop = x[:, : min(h, 600), : min(w, 600)]
     deadline = time.monotonic() + args.seconds
     # most telling first: the reference, bf16 whole (the default), then the fallbacks
-    cases = [("whole", "float32", "torch"), ("whole", "bfloat16", "torch"), ("whole", "float16", "torch"),
-             ("whole", "bfloat16", "triton"), ("layers", "bfloat16", "torch"), ("layers", "bfloat16", "triton"),
-             ("layers-host", "bfloat16", "torch"), ("block", "bfloat16", "torch"), ("all", "bfloat16", "torch"),
-             ("whole", "float16", "triton"), ("layers", "float16", "torch"), ("layers", "float32", "torch"),
-             ("layers-host", "float32", "torch"), ("layers-host", "float16", "torch"), ("block", "float32", "torch"),
-             ("block", "float16", "torch"), ("all", "float32", "torch"), ("all", "float16", "torch"),
-             ("whole", "float32", "triton"), ("layers", "float32", "triton")]
+    cases = [
+        ("whole", "float32", "torch"),
+        ("whole", "bfloat16", "torch"),
+        ("whole", "float16", "torch"),
+        ("whole", "bfloat16", "triton"),
+        ("layers", "bfloat16", "torch"),
+        ("layers", "bfloat16", "triton"),
+        ("layers-host", "bfloat16", "torch"),
+        ("block", "bfloat16", "torch"),
+        ("all", "bfloat16", "torch"),
+        ("whole", "float16", "triton"),
+        ("layers", "float16", "torch"),
+        ("layers", "float32", "torch"),
+        ("layers-host", "float32", "torch"),
+        ("layers-host", "float16", "torch"),
+        ("block", "float32", "torch"),
+        ("block", "float16", "torch"),
+        ("all", "float32", "torch"),
+        ("all", "float16", "torch"),
+        ("whole", "float32", "triton"),
+        ("layers", "float32", "triton"),
+    ]
     rows: list[dict[str, Any]] = []
     section = {"size": f"{w}x{h}", "tile": tile, "rows": rows}
     ref = None
@@ -166,9 +199,13 @@ def engine(args: argparse.Namespace, device: torch.device, res: Results) -> None
             cls = TritonRunner if rcab == "triton" else TorchRunner
             runner = cls(copy.deepcopy(model), device, getattr(torch, dtype))
             tile_stats = plan in ("block", "all")
-            cfg = TileConfig(tile=tile if not tile_stats else (64 if args.smoke else default_tile("tile", device)),
-                             batch=1 if device.type == "cpu" else 4, ca_stats="tile" if tile_stats else "global",
-                             plan=plan, max_memory=None)
+            cfg = TileConfig(
+                tile=tile if not tile_stats else (64 if args.smoke else default_tile("tile", device)),
+                batch=1 if device.type == "cpu" else 4,
+                ca_stats="tile" if tile_stats else "global",
+                plan=plan,
+                max_memory=None,
+            )
             upscale_tensor(runner, crop, cfg)  # warm-up: cuDNN setup, Triton compiles
             choice = choose(runner, h, w, cfg)
             sync(device)
@@ -177,13 +214,19 @@ def engine(args: argparse.Namespace, device: torch.device, res: Results) -> None
             out, report = upscale_tensor(runner, x, cfg)
             sync(device)
             row["seconds"] = time.perf_counter() - t0
-            row.update(peak_bytes=peak(device), model_bytes=choice.need.device, plan_run=report.plan,
-                       stats=report.ca_stats, overflows=report.overflows, summary=report.summary())
+            row.update(
+                peak_bytes=peak(device),
+                model_bytes=choice.need.device,
+                plan_run=report.plan,
+                stats=report.ca_stats,
+                overflows=report.overflows,
+                summary=report.summary(),
+            )
             if ref is None:
                 ref = out
             row["max_diff"] = float((out - ref).abs().max())
             del runner, out
-        except Exception as exc:  # noqa: BLE001 - one failed case must not cost the others
+        except Exception as exc:  # one failed case must not cost the others
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
             log.exception("engine case %s failed", row)
         log.info("engine %s", {k: v for k, v in row.items() if k != "summary"})
@@ -221,13 +264,31 @@ def folder(args: argparse.Namespace, device: torch.device, res: Results) -> None
         sync(device)
         model_s = time.perf_counter() - t0
         del runner
-        argv = [str(model_path), str(src), "-o", str(tmp_path / "out"), "--no-progress", "--device", str(device),
-                "--backend", "torch"]
+        argv = [
+            str(model_path),
+            str(src),
+            "-o",
+            str(tmp_path / "out"),
+            "--no-progress",
+            "--device",
+            str(device),
+            "--backend",
+            "torch",
+        ]
         t0 = time.perf_counter()
         rc = upscale_main(argv)
         wall = time.perf_counter() - t0
-    res.put("folder", {"images": n, "size": f"{w}x{h}", "wall_s": wall, "model_s": model_s, "exit_code": rc,
-                       "command": "mcan-upscale MODEL photos/ -o out/ (defaults: --dtype auto, --plan auto)"})
+    res.put(
+        "folder",
+        {
+            "images": n,
+            "size": f"{w}x{h}",
+            "wall_s": wall,
+            "model_s": model_s,
+            "exit_code": rc,
+            "command": "mcan-upscale MODEL photos/ -o out/ (defaults: --dtype auto, --plan auto)",
+        },
+    )
     log.info("folder: wall %.2f s, model alone %.2f s, exit %d", wall, model_s, rc)
     if rc != 0:
         raise SystemExit(f"engine_check folder: mcan-upscale exited {rc}")
@@ -243,11 +304,12 @@ def train(args: argparse.Namespace, device: torch.device, res: Results) -> None:
         lr = torch.rand(batch, 3, patch, patch, device=device)
         hr = torch.rand(batch, 3, patch, patch, device=device)
 
+        # B023 (loop variables in a closure) is fine: step runs only within this iteration
         def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.l1_loss(module(lr), hr)
+            opt.zero_grad(set_to_none=True)  # noqa: B023
+            loss = torch.nn.functional.l1_loss(module(lr), hr)  # noqa: B023
             loss.backward()
-            opt.step()
+            opt.step()  # noqa: B023
 
         for _ in range(3):
             step()

@@ -28,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def build_folder(folder: Path, n: int) -> list[dict]:
     made = []
     for i in range(n):
         x0, y0 = (7 * i) % 31, (5 * i) % 21
-        crop = big[y0:y0 + h, x0:x0 + w]
+        crop = big[y0 : y0 + h, x0 : x0 + w]
         flip = (None, 1, 0, -1)[i % 4]  # none, horizontal, vertical, both
         if flip is not None:
             crop = cv2.flip(crop, flip)
@@ -79,8 +79,12 @@ def versions() -> dict[str, str]:
     import numpy
     import torch
 
-    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-           "cv2": cv2.__version__}
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "cv2": cv2.__version__,
+    }
     try:
         import openvino
 
@@ -93,14 +97,18 @@ def versions() -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=default_model())
-    ap.add_argument("--backends", default="auto",
-                    help="comma-separated: auto (OpenVINO on a CPU where it is installed), torch, openvino "
-                         "(torch with global statistics takes ~50 s per 4 MP image on 2 cores: 15+ minutes)")
+    ap.add_argument(
+        "--backends",
+        default="auto",
+        help="comma-separated: auto (OpenVINO on a CPU where it is installed), torch, openvino "
+        "(torch with global statistics takes ~50 s per 4 MP image on 2 cores: 15+ minutes)",
+    )
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2, help="runs of each mode per back-end")
     ap.add_argument("--prefetch", type=int, default=2, help="the pipelined mode's --prefetch")
-    ap.add_argument("--workers", default="",
-                    help="comma-separated thread counts for extra pipelined rows, e.g. 1 (default: none)")
+    ap.add_argument(
+        "--workers", default="", help="comma-separated thread counts for extra pipelined rows, e.g. 1 (default: none)"
+    )
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args()
 
@@ -118,8 +126,11 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         images = build_folder(tmp / "in", args.images)
-        print(f"built {len(images)} PNGs of {SIZE[0]}x{SIZE[1]} ({sum(i['bytes'] for i in images) / 1e6:.0f} MB) "
-              f"in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"built {len(images)} PNGs of {SIZE[0]}x{SIZE[1]} ({sum(i['bytes'] for i in images) / 1e6:.0f} MB) "
+            f"in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
         runs, summary = [], []
         for backend in args.backends.split(","):
             runner = load_runner(args.model, device="cpu", backend=backend)
@@ -137,41 +148,75 @@ def main() -> None:
                 s = upscale_jobs(runner, jobs, cfg, prefetch=prefetch, workers=workers, progress=False)
                 if s.done != len(jobs):
                     sys.exit(f"{backend} prefetch {prefetch}: {s.failed} failed")
-                row = {"backend": backend, "runner": kind, "prefetch": prefetch, "workers": workers, "run": k,
-                       "images": s.done, "wall_s": s.wall_s, "decode_s": s.decode_s, "model_s": s.model_s,
-                       "encode_s": s.encode_s, "load_average_1min_before": load}
+                row = {
+                    "backend": backend,
+                    "runner": kind,
+                    "prefetch": prefetch,
+                    "workers": workers,
+                    "run": k,
+                    "images": s.done,
+                    "wall_s": s.wall_s,
+                    "decode_s": s.decode_s,
+                    "model_s": s.model_s,
+                    "encode_s": s.encode_s,
+                    "load_average_1min_before": load,
+                }
                 runs.append(row)
-                print(f"  prefetch {prefetch}, workers {workers or 'default'}: {s.wall_s:6.1f} s wall, decode "
-                      f"{s.decode_s:5.1f} s, model {s.model_s:6.1f} s, encode {s.encode_s:5.1f} s "
-                      f"(load {load:.1f} before)", flush=True)
+                print(
+                    f"  prefetch {prefetch}, workers {workers or 'default'}: {s.wall_s:6.1f} s wall, decode "
+                    f"{s.decode_s:5.1f} s, model {s.model_s:6.1f} s, encode {s.encode_s:5.1f} s "
+                    f"(load {load:.1f} before)",
+                    flush=True,
+                )
                 shutil.rmtree(out)
             first = len(summary)
             for prefetch, workers in modes:
-                rows = [r for r in runs if r["backend"] == backend and (r["prefetch"], r["workers"]) == (prefetch, workers)]
-                med = {key: statistics.median(r[key] for r in rows)
-                       for key in ("wall_s", "decode_s", "model_s", "encode_s")}
-                summary.append({"backend": backend, "runner": kind, "prefetch": prefetch, "workers": workers,
-                                "runs": len(rows), "wall_s_min": min(r["wall_s"] for r in rows),
-                                **{f"{key}_median": v for key, v in med.items()}})
+                rows = [
+                    r for r in runs if r["backend"] == backend and (r["prefetch"], r["workers"]) == (prefetch, workers)
+                ]
+                med = {
+                    key: statistics.median(r[key] for r in rows)
+                    for key in ("wall_s", "decode_s", "model_s", "encode_s")
+                }
+                summary.append(
+                    {
+                        "backend": backend,
+                        "runner": kind,
+                        "prefetch": prefetch,
+                        "workers": workers,
+                        "runs": len(rows),
+                        "wall_s_min": min(r["wall_s"] for r in rows),
+                        **{f"{key}_median": v for key, v in med.items()},
+                    }
+                )
             seq = summary[first]
             seq["io_share_of_wall"] = (seq["decode_s_median"] + seq["encode_s_median"]) / seq["wall_s_median"]
             seq["ceiling_speedup"] = seq["wall_s_median"] / seq["model_s_median"]
-            for pipe in summary[first + 1:]:
+            for pipe in summary[first + 1 :]:
                 pipe["speedup"] = seq["wall_s_median"] / pipe["wall_s_median"]
             del runner
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    date = datetime.now(timezone.utc)
+    date = datetime.now(UTC)
     result = {
-        "benchmark": "folder-pipeline", "date": date.isoformat(timespec="seconds"), "cpu": cpu_name(),
-        "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "versions": versions(),
+        "benchmark": "folder-pipeline",
+        "date": date.isoformat(timespec="seconds"),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "versions": versions(),
         "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
         "model": str(args.model.relative_to(REPO) if args.model.is_relative_to(REPO) else args.model),
-        "settings": {"ca_stats": "global (default)", "tile": "default", "device": "cpu",
-                     "workers": "per row: decode threads and as many write threads; null: the default, "
-                                "min(prefetch, 2)"},
-        "images": images, "runs": runs, "summary": summary,
+        "settings": {
+            "ca_stats": "global (default)",
+            "tile": "default",
+            "device": "cpu",
+            "workers": "per row: decode threads and as many write threads; null: the default, min(prefetch, 2)",
+        },
+        "images": images,
+        "runs": runs,
+        "summary": summary,
         "command": " ".join(["python", str(Path(__file__).resolve().relative_to(REPO)), *sys.argv[1:]]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -193,12 +238,18 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
-        share = f"{100 * s['io_share_of_wall']:.1f} % (ceiling {s['ceiling_speedup']:.2f}x)" if "io_share_of_wall" in s else ""
+        share = (
+            f"{100 * s['io_share_of_wall']:.1f} % (ceiling {s['ceiling_speedup']:.2f}x)"
+            if "io_share_of_wall" in s
+            else ""
+        )
         speed = f"{s['speedup']:.2f}x" if "speedup" in s else "1.00x"
         threads = "-" if not s["prefetch"] else (s["workers"] or f"{min(s['prefetch'], 2)} (default)")
-        lines.append(f"| {s['backend']} ({s['runner']}) | {s['prefetch']} | {threads} | "
-                     f"{s['wall_s_median']:.1f} / {s['wall_s_min']:.1f} | "
-                     f"{s['decode_s_median']:.1f} | {s['model_s_median']:.1f} | {s['encode_s_median']:.1f} | {share} | {speed} |")
+        lines.append(
+            f"| {s['backend']} ({s['runner']}) | {s['prefetch']} | {threads} | "
+            f"{s['wall_s_median']:.1f} / {s['wall_s_min']:.1f} | "
+            f"{s['decode_s_median']:.1f} | {s['model_s_median']:.1f} | {s['encode_s_median']:.1f} | {share} | {speed} |"
+        )
     lines += ["", f"Command: `{result['command']}`", ""]
     stem.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))

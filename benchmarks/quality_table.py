@@ -29,10 +29,10 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from mcan_deploy.bench import machine_info
-    from mcan_deploy.backend_quality import compare_backends
-
     import torch
+
+    from mcan_deploy.backend_quality import compare_backends
+    from mcan_deploy.bench import machine_info
 
     res = compare_backends(args.model, args.data, max_size=args.max_size)
     res["machine"] = machine_info(torch.device("cpu"))
@@ -41,8 +41,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
-    text = (f"# Quality of {args.model} on {res['pairs']} test pairs of {args.data}\n\n`{res['command']}`\n\n"
-            f"{res['table']}\n" + "".join(f"\n- {n}" for n in res["notes"]))
+    text = (
+        f"# Quality of {args.model} on {res['pairs']} test pairs of {args.data}\n\n`{res['command']}`\n\n"
+        f"{res['table']}\n" + "".join(f"\n- {n}" for n in res["notes"])
+    )
     (out / f"{stem}.md").write_text(text + "\n")
     print(text)
 

@@ -71,12 +71,24 @@ def copy_bandwidth(device: torch.device, n_bytes: int) -> float:
 def machine(device: torch.device) -> dict[str, Any]:
     import triton
 
-    info = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__, "triton": triton.__version__,
-            "python": platform.python_version(), "device": str(device), "cuda": torch.version.cuda}
+    info = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "cuda": torch.version.cuda,
+    }
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        info.update(gpu=p.name, sm_count=p.multi_processor_count, memory_gb=p.total_memory / 2**30,
-                    driver=getattr(torch.cuda, "driver_version", lambda: None)() if hasattr(torch.cuda, "driver_version") else None)
+        info.update(
+            gpu=p.name,
+            sm_count=p.multi_processor_count,
+            memory_gb=p.total_memory / 2**30,
+            driver=getattr(torch.cuda, "driver_version", lambda: None)()
+            if hasattr(torch.cuda, "driver_version")
+            else None,
+        )
         info["nominal_gbps"] = next((v for k, v in NOMINAL_GBPS.items() if k in p.name), None)
     return info
 
@@ -88,17 +100,34 @@ class Bench:
         self.smoke = args.smoke
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        tag = "smoke" if args.smoke else (torch.cuda.get_device_name(self.device).split()[-1].lower()
-                                          if self.device.type == "cuda" else "cpu")
+        tag = (
+            "smoke"
+            if args.smoke
+            else (torch.cuda.get_device_name(self.device).split()[-1].lower() if self.device.type == "cuda" else "cpu")
+        )
         self.stem = f"rcab-{tag}-{time.strftime('%Y%m%d-%H%M')}"
         self.res: dict[str, Any] = {"machine": machine(self.device), "rows": []}
         if self.device.type == "cuda":
             self.res["copy_gbps"] = copy_bandwidth(self.device, 2 * 2**30)
 
-    def row(self, section: str, shape: tuple[int, ...], dtype: torch.dtype, impl: str, t: dict[str, float],
-            max_err: float | None = None, bytes_moved: int | None = None) -> dict[str, Any]:
-        r = {"section": section, "shape": list(shape), "dtype": str(dtype).split(".")[1], "impl": impl, **t,
-             "max_abs_diff_vs_eager": max_err}
+    def row(
+        self,
+        section: str,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        impl: str,
+        t: dict[str, float],
+        max_err: float | None = None,
+        bytes_moved: int | None = None,
+    ) -> dict[str, Any]:
+        r = {
+            "section": section,
+            "shape": list(shape),
+            "dtype": str(dtype).split(".")[1],
+            "impl": impl,
+            **t,
+            "max_abs_diff_vs_eager": max_err,
+        }
         if bytes_moved is not None:
             r["gbps"] = bytes_moved / t["median_s"] / 1e9
             if self.res.get("copy_gbps"):
@@ -106,11 +135,27 @@ class Bench:
             if self.res["machine"].get("nominal_gbps"):
                 r["share_of_nominal_bw"] = r["gbps"] / self.res["machine"]["nominal_gbps"]
         self.res["rows"].append(r)
-        base = next((b for b in self.res["rows"] if b["section"] == section and b["shape"] == r["shape"]
-                     and b["dtype"] == r["dtype"] and b["impl"] == "eager"), None)
+        base = next(
+            (
+                b
+                for b in self.res["rows"]
+                if b["section"] == section
+                and b["shape"] == r["shape"]
+                and b["dtype"] == r["dtype"]
+                and b["impl"] == "eager"
+            ),
+            None,
+        )
         r["speedup_vs_eager"] = base["median_s"] / r["median_s"] if base else None
-        log.info("%-9s %-22s %-8s %-8s %8.3f ms  x%s", section, shape, r["dtype"], impl, 1e3 * t["median_s"],
-                 f"{r['speedup_vs_eager']:.2f}" if r["speedup_vs_eager"] else "-")
+        log.info(
+            "%-9s %-22s %-8s %-8s %8.3f ms  x%s",
+            section,
+            shape,
+            r["dtype"],
+            impl,
+            1e3 * t["median_s"],
+            f"{r['speedup_vs_eager']:.2f}" if r["speedup_vs_eager"] else "-",
+        )
         return r
 
     def save(self) -> None:
@@ -122,7 +167,7 @@ class Bench:
         from mcan_deploy.kernels.rcab import fused_channel_attention
 
         g = torch.Generator(device="cpu").manual_seed(0)
-        n, c, h, w = shape
+        _, c, _, _ = shape
         cl = torch.channels_last
         x = torch.randn(shape, generator=g).to(self.device, dtype).contiguous(memory_format=cl)
         r = torch.randn(shape, generator=g).to(self.device, dtype).contiguous(memory_format=cl)
@@ -137,8 +182,15 @@ class Bench:
             for impl, fn in (("eager", eager), ("triton", fused)):
                 err = None if impl == "eager" else (fn(x, r).float() - ref.float()).abs().max().item()
                 # fused: the reduction reads r, the apply reads x and r and writes y
-                self.row("tail_fwd", shape, dtype, impl, timed(lambda f=fn: f(x, r), self.device, self.reps),
-                         err, 4 * nbytes if impl == "triton" else None)
+                self.row(
+                    "tail_fwd",
+                    shape,
+                    dtype,
+                    impl,
+                    timed(lambda f=fn: f(x, r), self.device, self.reps),
+                    err,
+                    4 * nbytes if impl == "triton" else None,
+                )
         xg, rg = x.detach().requires_grad_(), r.detach().requires_grad_()
         dy = torch.randn(shape, generator=g).to(self.device, dtype).contiguous(memory_format=cl)
         grads = {}
@@ -146,12 +198,21 @@ class Bench:
             y = fn(xg, rg)
             inputs = [xg, rg, *params]
             grads[impl] = torch.autograd.grad(y, inputs, dy, retain_graph=True)
-            err = None if impl == "eager" else max((a.float() - b.float()).abs().max().item()
-                                                   for a, b in zip(grads[impl], grads["eager"]))
+            err = (
+                None
+                if impl == "eager"
+                else max((a.float() - b.float()).abs().max().item() for a, b in zip(grads[impl], grads["eager"]))
+            )
             # fused: the reduction reads dy and r, the apply reads dy and writes dr
-            self.row("tail_bwd", shape, dtype, impl,
-                     timed(lambda y=y, i=inputs: torch.autograd.grad(y, i, dy, retain_graph=True), self.device, self.reps),
-                     err, 4 * nbytes if impl == "triton" else None)
+            self.row(
+                "tail_bwd",
+                shape,
+                dtype,
+                impl,
+                timed(lambda y=y, i=inputs: torch.autograd.grad(y, i, dy, retain_graph=True), self.device, self.reps),
+                err,
+                4 * nbytes if impl == "triton" else None,
+            )
             del y
         with torch.no_grad():
             ref = block(x)
@@ -196,7 +257,7 @@ class Bench:
         every figure it can get), then everything so far is written."""
         try:
             fn(*args)
-        except Exception as exc:  # noqa: BLE001 - recorded in the results, reported at the end
+        except Exception as exc:  # recorded in the results, reported at the end
             log.exception("section %s%s failed", name, args)
             self.res.setdefault("errors", []).append(f"{name}{args}: {type(exc).__name__}: {exc}"[:500])
         finally:
@@ -207,25 +268,33 @@ class Bench:
     def verdict(self) -> list[str]:
         """Rows whose fused result differs from eager by more than the dtype allows."""
         tol = {"float32": 1e-3, "float16": 5e-2, "bfloat16": 2.5e-1}  # N: 3 blocks of rounding
-        return [f"{r['section']} {r['shape']} {r['dtype']} {r['impl']}: max diff {r['max_abs_diff_vs_eager']:.3g}"
-                for r in self.res["rows"] if r["max_abs_diff_vs_eager"] is not None
-                and not r["max_abs_diff_vs_eager"] <= tol[r["dtype"]]]
+        return [
+            f"{r['section']} {r['shape']} {r['dtype']} {r['impl']}: max diff {r['max_abs_diff_vs_eager']:.3g}"
+            for r in self.res["rows"]
+            if r["max_abs_diff_vs_eager"] is not None and not r["max_abs_diff_vs_eager"] <= tol[r["dtype"]]
+        ]
 
 
 def render(res: dict[str, Any]) -> str:
     m = res["machine"]
-    lines = [f"# Fused RCAB tail vs eager ({m['date']})", "",
-             f"{m.get('gpu', m['device'])}, torch {m['torch']}, triton {m['triton']}, CUDA {m.get('cuda')}; "
-             f"copy bandwidth {res.get('copy_gbps', 0):.0f} GB/s measured, nominal {m.get('nominal_gbps')} GB/s.",
-             "", "| section | shape | dtype | impl | median ms | x eager | GB/s | share of copy bw | max abs diff |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Fused RCAB tail vs eager ({m['date']})",
+        "",
+        f"{m.get('gpu', m['device'])}, torch {m['torch']}, triton {m['triton']}, CUDA {m.get('cuda')}; "
+        f"copy bandwidth {res.get('copy_gbps', 0):.0f} GB/s measured, nominal {m.get('nominal_gbps')} GB/s.",
+        "",
+        "| section | shape | dtype | impl | median ms | x eager | GB/s | share of copy bw | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in res["rows"]:
         sp = f"{r['speedup_vs_eager']:.2f}" if r.get("speedup_vs_eager") else "-"
         bw = f"{r['gbps']:.0f}" if r.get("gbps") else "-"
         share = f"{100 * r['share_of_copy_bw']:.0f}%" if r.get("share_of_copy_bw") else "-"
         err = f"{r['max_abs_diff_vs_eager']:.2g}" if r.get("max_abs_diff_vs_eager") is not None else "-"
-        lines.append(f"| {r['section']} | {'x'.join(map(str, r['shape']))} | {r['dtype']} | {r['impl']} | "
-                     f"{1e3 * r['median_s']:.3f} | {sp} | {bw} | {share} | {err} |")
+        lines.append(
+            f"| {r['section']} | {'x'.join(map(str, r['shape']))} | {r['dtype']} | {r['impl']} | "
+            f"{1e3 * r['median_s']:.3f} | {sp} | {bw} | {share} | {err} |"
+        )
     lines += [f"\nFAILED: {e}" for e in res.get("errors", []) + res.get("wrong_results", [])]
     return "\n".join(lines) + "\n"
 

@@ -63,5 +63,6 @@ def test_onnxruntime(benchmark, model, image, tmp_path):
 @pytest.mark.parametrize("ca_stats, tile", [("global", 64), ("global", 128), ("tile", 64), ("tile", 128)])
 def test_tiled(benchmark, model, image, ca_stats, tile):
     r = TorchRunner(copy.deepcopy(model), torch.device("cpu"))
-    benchmark.pedantic(upscale_tensor, args=(r, image, TileConfig(tile=tile, ca_stats=ca_stats)),
-                       rounds=3, warmup_rounds=1)
+    benchmark.pedantic(
+        upscale_tensor, args=(r, image, TileConfig(tile=tile, ca_stats=ca_stats)), rounds=3, warmup_rounds=1
+    )

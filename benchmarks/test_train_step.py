@@ -35,8 +35,14 @@ def _step_fn(module, forward, batch: int, patch: int):
 
 
 def _info(benchmark, what: str, batch: int, patch: int) -> None:
-    benchmark.extra_info.update(what=what, batch=batch, patch=patch, torch=torch.__version__,
-                                threads=torch.get_num_threads(), cpu=platform.processor() or platform.machine())
+    benchmark.extra_info.update(
+        what=what,
+        batch=batch,
+        patch=patch,
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        cpu=platform.processor() or platform.machine(),
+    )
 
 
 @pytest.mark.benchmark(group="train-step")

@@ -65,9 +65,18 @@ def one(args: argparse.Namespace) -> None:
             report = rep.summary()
         times.append(time.perf_counter() - t0)
     np.save(args.save, out.numpy())
-    print(json.dumps({"seconds": sorted(times)[len(times) // 2], "all_seconds": times,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "height": x.shape[1], "width": x.shape[2], "report": report}))
+    print(
+        json.dumps(
+            {
+                "seconds": sorted(times)[len(times) // 2],
+                "all_seconds": times,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "height": x.shape[1],
+                "width": x.shape[2],
+                "report": report,
+            }
+        )
+    )
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -77,8 +86,11 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", default=str(REPO / "runs" / "demo" / "model.safetensors"),
-                   help="model file, or 'paper-random' for the paper-size network with random weights")
+    p.add_argument(
+        "--model",
+        default=str(REPO / "runs" / "demo" / "model.safetensors"),
+        help="model file, or 'paper-random' for the paper-size network with random weights",
+    )
     p.add_argument("--sizes", default="1,4,16", help="megapixels, comma-separated")
     p.add_argument("--tile", type=int, default=0, help="tile side (default: mcan-upscale's per mode)")
     p.add_argument("--repeat", type=int, default=1)
@@ -98,16 +110,32 @@ def main() -> None:
             res = {}
             for mode in ("whole", "global", "tile"):
                 save = f"{tmp}/{mode}-{mp}.npy"
-                cmd = [sys.executable, __file__, "--one", "--model", args.model, "--mode", mode, "--mp", str(mp),
-                       "--tile", str(args.tile), "--repeat", str(args.repeat), "--save", save]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    "--model",
+                    args.model,
+                    "--mode",
+                    mode,
+                    "--mp",
+                    str(mp),
+                    "--tile",
+                    str(args.tile),
+                    "--repeat",
+                    str(args.repeat),
+                    "--save",
+                    save,
+                ]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode:
                     res[mode] = {"error": proc.stderr.strip().splitlines()[-1:]}
                     print(f"{mp} MP {mode}: failed: {res[mode]['error']}", file=sys.stderr)
                     continue
                 res[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-                print(f"{mp} MP {mode}: {res[mode]['seconds']:.1f} s, {res[mode]['peak_rss_mb']:.0f} MB",
-                      file=sys.stderr)
+                print(
+                    f"{mp} MP {mode}: {res[mode]['seconds']:.1f} s, {res[mode]['peak_rss_mb']:.0f} MB", file=sys.stderr
+                )
             whole_out = np.load(f"{tmp}/whole-{mp}.npy") if "seconds" in res.get("whole", {}) else None
             for mode in ("global", "tile"):
                 if "seconds" not in res.get(mode, {}):
@@ -118,22 +146,34 @@ def main() -> None:
                     res[mode]["max_abs_vs_whole"] = float(np.abs(out - whole_out).max())
                     res[mode]["time_ratio"] = res[mode]["seconds"] / res["whole"]["seconds"]
             rows.append({"megapixels": mp, **res})
-    result = {"what": "tiled vs whole-image inference, CPU float32", "model": args.model, "tile": args.tile or "mcan-upscale default (global 256, tile max(256, 16 x margin))",
-              "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "cpu": platform.processor(),
-              "cores": __import__("os").cpu_count(), "python": platform.python_version(),
-              "torch": torch.__version__, "rows": rows}
+    result = {
+        "what": "tiled vs whole-image inference, CPU float32",
+        "model": args.model,
+        "tile": args.tile or "mcan-upscale default (global 256, tile max(256, 16 x margin))",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.machine(),
+        "cpu": platform.processor(),
+        "cores": __import__("os").cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "rows": rows,
+    }
     out = Path(args.out) / f"tiling-cpu-{time.strftime('%Y%m%d')}-{Path(args.model).stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print("| MP | whole s | whole MB | global s (ratio) | global MB | global max abs | tile s (ratio) | tile MB | tile PSNR vs whole |")
+    print(
+        "| MP | whole s | whole MB | global s (ratio) | global MB | global max abs | tile s (ratio) | tile MB | tile PSNR vs whole |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         w, g, t = r.get("whole", {}), r.get("global", {}), r.get("tile", {})
         f = lambda d, k, fmt: (fmt % d[k]) if k in d else "-"  # noqa: E731
-        print(f"| {r['megapixels']:g} | {f(w, 'seconds', '%.1f')} | {f(w, 'peak_rss_mb', '%.0f')} | "
-              f"{f(g, 'seconds', '%.1f')} ({f(g, 'time_ratio', '%.2f')}) | {f(g, 'peak_rss_mb', '%.0f')} | "
-              f"{f(g, 'max_abs_vs_whole', '%.1e')} | {f(t, 'seconds', '%.1f')} ({f(t, 'time_ratio', '%.2f')}) | "
-              f"{f(t, 'peak_rss_mb', '%.0f')} | {f(t, 'psnr_vs_whole', '%.2f')} dB |")
+        print(
+            f"| {r['megapixels']:g} | {f(w, 'seconds', '%.1f')} | {f(w, 'peak_rss_mb', '%.0f')} | "
+            f"{f(g, 'seconds', '%.1f')} ({f(g, 'time_ratio', '%.2f')}) | {f(g, 'peak_rss_mb', '%.0f')} | "
+            f"{f(g, 'max_abs_vs_whole', '%.1e')} | {f(t, 'seconds', '%.1f')} ({f(t, 'time_ratio', '%.2f')}) | "
+            f"{f(t, 'peak_rss_mb', '%.0f')} | {f(t, 'psnr_vs_whole', '%.2f')} dB |"
+        )
     print(f"written {out}", file=sys.stderr)
 
 

@@ -12,8 +12,9 @@ import torch
 from .tiling import TileConfig
 
 
-def compare_backends(model_path: str | Path, data: str | Path, max_size: int = 1500,
-                     min_retention: float = 0.9) -> dict[str, Any]:
+def compare_backends(
+    model_path: str | Path, data: str | Path, max_size: int = 1500, min_retention: float = 0.9
+) -> dict[str, Any]:
     """Every back-end and precision of a trained model on ``data``'s test pairs (int8 calibrated
     on its training pairs, as ``mcan-export`` does): rows of PSNR, gain and retention of the
     PyTorch float32 gain."""
@@ -37,11 +38,12 @@ def compare_backends(model_path: str | Path, data: str | Path, max_size: int = 1
 
         with tempfile.TemporaryDirectory() as tmp:
             export_onnx(model, Path(tmp) / "m.onnx")
-            named["onnxruntime fp32 (tile statistics)"] = outputs(OrtRunner(Path(tmp) / "m.onnx"), test,
-                                                                  TileConfig(ca_stats="tile"))
+            named["onnxruntime fp32 (tile statistics)"] = outputs(
+                OrtRunner(Path(tmp) / "m.onnx"), test, TileConfig(ca_stats="tile")
+            )
     if importlib.util.find_spec("openvino"):
-        from .export.onnx import file_sha256
         from .errors import OpenVINOError
+        from .export.onnx import file_sha256
         from .export.openvino import get_metadata, to_openvino
         from .runners.openvino_runner import OpenVINORunner, cpu_capabilities
 
@@ -54,12 +56,21 @@ def compare_backends(model_path: str | Path, data: str | Path, max_size: int = 1
             from .export.quantize import quantize_int8
 
             try:
-                q_model, q = quantize_int8(ov_model, meta, model, Path(data), True, min_retention, model_path,
-                                           max_size=max_size)
+                q_model, q = quantize_int8(
+                    ov_model, meta, model, Path(data), True, min_retention, model_path, max_size=max_size
+                )
                 named[f"openvino int8 ({q['recipe']})"] = outputs(
-                    OpenVINORunner(q_model, {**meta, "precision": "int8"}, "int8"), test, exact)
+                    OpenVINORunner(q_model, {**meta, "precision": "int8"}, "int8"), test, exact
+                )
             except OpenVINOError as exc:
                 notes.append(f"openvino int8: {exc}")
     rows = measure(named, test, "torch fp32")
-    return {"model": str(model_path), "data": str(data), "pairs": len(test), "max_size": max_size,
-            "rows": [r.as_dict() for r in rows], "notes": notes, "table": render(rows, "torch fp32")}
+    return {
+        "model": str(model_path),
+        "data": str(data),
+        "pairs": len(test),
+        "max_size": max_size,
+        "rows": [r.as_dict() for r in rows],
+        "notes": notes,
+        "table": render(rows, "torch fp32"),
+    }

@@ -23,12 +23,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from .model import MCAN, ModelConfig, build_model, init_block
+
+if TYPE_CHECKING:
+    from .config import RcabImpl
+    from .tiling import CAStats
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +59,16 @@ class BenchConfig:
 
 TRITON_BACKENDS = {"triton": torch.float32, "triton_float16": torch.float16, "triton_bfloat16": torch.bfloat16}
 OPENVINO_BACKENDS = {"openvino": "fp32", "openvino_bf16": "bf16", "openvino_int8": "int8"}
-BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", *OPENVINO_BACKENDS, "float16", "bfloat16",
-            *TRITON_BACKENDS)
+BACKENDS = (
+    "eager",
+    "channels_last",
+    "compile",
+    "onnxruntime",
+    *OPENVINO_BACKENDS,
+    "float16",
+    "bfloat16",
+    *TRITON_BACKENDS,
+)
 
 
 def _triton_usable(device: torch.device) -> str | None:
@@ -99,8 +111,11 @@ class PeakRSS:
 def conv_flops_per_pixel(model: nn.Module) -> int:
     """Multiply-adds x 2 of every spatial convolution per output pixel (the 1x1 channel-attention
     layers run on pooled vectors and are left out)."""
-    return sum(2 * m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
-               for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1))
+    return sum(
+        2 * m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)
+    )
 
 
 def matmul_peak_gflops(device: torch.device, n: int = 2048, repeat: int = 5) -> float:
@@ -139,8 +154,13 @@ def _measure(fn: Callable[[], object], repeat: int, device: torch.device) -> dic
         before = rss.peak
         times = _timed(fn, repeat, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else rss.peak
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "peak_mb": peak,
-            "rss_before_mb": before}
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "peak_mb": peak,
+        "rss_before_mb": before,
+    }
 
 
 def _openvino(model: MCAN, precision: str, sample_dir: Path | None) -> Any:
@@ -165,8 +185,9 @@ def _openvino(model: MCAN, precision: str, sample_dir: Path | None) -> Any:
     return OpenVINORunner(*quantized_for_speed(model, crops), precision)
 
 
-def _backends(model: MCAN, cfg: BenchConfig, device: torch.device, tmp: Path,
-              sample_dir: Path | None = None) -> dict[str, Any]:
+def _backends(
+    model: MCAN, cfg: BenchConfig, device: torch.device, tmp: Path, sample_dir: Path | None = None
+) -> dict[str, Any]:
     """Runner per back-end name; those that cannot run here are skipped with the reason."""
     from .errors import MCANError
     from .runners import TorchRunner
@@ -178,12 +199,14 @@ def _backends(model: MCAN, cfg: BenchConfig, device: torch.device, tmp: Path,
                 out[name] = TorchRunner(_copy(model), device)
             elif name == "channels_last":
                 r = TorchRunner(_copy(model), device)
-                r.model = r.model.to(memory_format=torch.channels_last)
+                # nn.Module.to takes memory_format (documented); torch's overloads for it leave it out
+                r.model = r.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
                 r.channels_last = True
                 out[name] = r
             elif name == "compile":
                 r = TorchRunner(_copy(model), device)
-                r.model.blocks = nn.ModuleList(torch.compile(b, dynamic=False) for b in r.model.blocks)
+                # torch.compile is typed as returning a callable; given a module it returns a module
+                r.model.blocks = nn.ModuleList(cast(nn.Module, torch.compile(b, dynamic=False)) for b in r.model.blocks)
                 out[name] = r
             elif name == "onnxruntime":
                 from .export.onnx import export_onnx
@@ -208,8 +231,11 @@ def _backends(model: MCAN, cfg: BenchConfig, device: torch.device, tmp: Path,
                     log.warning("backend %s skipped: %s", name, why)
                     continue
                 if device.type != "cuda":
-                    log.warning("backend %s runs in Triton's interpreter on %s: its timings say "
-                                "nothing about speed", name, device.type)
+                    log.warning(
+                        "backend %s runs in Triton's interpreter on %s: its timings say nothing about speed",
+                        name,
+                        device.type,
+                    )
                 out[name] = TritonRunner(_copy(model), device, TRITON_BACKENDS[name])
             else:
                 log.info("backend %s skipped on %s", name, device.type)
@@ -224,8 +250,9 @@ def _copy(model: MCAN) -> MCAN:
     return copy.deepcopy(model)
 
 
-def bench_inference(cfg: BenchConfig, device: torch.device, peak_gflops: float,
-                    sample_dir: Path | None = None) -> list[dict[str, Any]]:
+def bench_inference(
+    cfg: BenchConfig, device: torch.device, peak_gflops: float, sample_dir: Path | None = None
+) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
     from .tiling import TileConfig, upscale_tensor
@@ -238,25 +265,40 @@ def bench_inference(cfg: BenchConfig, device: torch.device, peak_gflops: float,
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         runners = _backends(model, cfg, device, Path(tmp), sample_dir)
-        jobs = [(n, s, m) for s in cfg.sizes for n in runners for m in ("whole", "tiled")
-                if not (n == "compile" and (s not in cfg.compile_sizes or m == "tiled"))]
+        jobs = [
+            (n, s, m)
+            for s in cfg.sizes
+            for n in runners
+            for m in ("whole", "tiled")
+            if not (n == "compile" and (s not in cfg.compile_sizes or m == "tiled"))
+        ]
         for name, size, mode in tqdm(jobs, desc="inference", unit="run"):
             runner = runners[name]
             x = torch.rand(3, size, size, generator=torch.Generator().manual_seed(size))
+            fn: Callable[..., object]
             if mode == "whole":
                 fn = lambda r=runner, x=x: r.run_blocks(x[None], 0, r.n_blocks)  # noqa: E731
             else:
-                stats = "global" if hasattr(runner, "n_rcabs") else "tile"  # exact where the runner can
+                stats: CAStats = "global" if hasattr(runner, "n_rcabs") else "tile"  # exact where the runner can
                 tc = TileConfig(tile=cfg.tile, ca_stats=stats, plan="layers" if stats == "global" else "auto")
                 fn = lambda r=runner, x=x, tc=tc: upscale_tensor(r, x, tc)  # noqa: E731
             m = _measure(fn, cfg.repeat, device)
             mp = size * size / 1e6
-            rows.append({"backend": name, "size": size, "mode": mode, **m,
-                         "mp_per_s": mp / m["median_s"],
-                         "gflops": flops_px * size * size / m["median_s"] / 1e9,
-                         "peak_share": flops_px * size * size / m["median_s"] / 1e9 / peak_gflops})
+            rows.append(
+                {
+                    "backend": name,
+                    "size": size,
+                    "mode": mode,
+                    **m,
+                    "mp_per_s": mp / m["median_s"],
+                    "gflops": flops_px * size * size / m["median_s"] / 1e9,
+                    "peak_share": flops_px * size * size / m["median_s"] / 1e9 / peak_gflops,
+                }
+            )
     for r in rows:  # ratios against eager float32 NCHW, whole image, same size, this run
-        base = next((b for b in rows if b["backend"] == "eager" and b["mode"] == "whole" and b["size"] == r["size"]), None)
+        base = next(
+            (b for b in rows if b["backend"] == "eager" and b["mode"] == "whole" and b["size"] == r["size"]), None
+        )
         r["ratio_to_eager"] = r["mp_per_s"] / base["mp_per_s"] if base else None
     return rows
 
@@ -271,7 +313,7 @@ def bench_training(cfg: BenchConfig, device: torch.device, sample_dir: Path | No
         g = torch.Generator().manual_seed(0)
         xs = [torch.rand(3, 96, 96, generator=g) for _ in range(4)]
         data = PairedImages([str(i) for i in range(4)], xs, xs).to(device)
-    impls = ["torch"]
+    impls: list[RcabImpl] = ["torch"]
     if any(b in TRITON_BACKENDS for b in cfg.backends) and _triton_usable(device) is None:
         impls.append("triton")
     rows = []
@@ -279,8 +321,10 @@ def bench_training(cfg: BenchConfig, device: torch.device, sample_dir: Path | No
         mcfg = dataclasses.replace(base_cfg, rcab_impl=impl)
         torch.manual_seed(0)
         model = build_model(mcfg).to(device)
-        for what, module, fwd in (("block", model.blocks[0], lambda x, m=model: m.blocks[0](x)),
-                                  ("N", model, lambda x, m=model: m(x))):
+        for what, module, fwd in (
+            ("block", model.blocks[0], lambda x, m=model: m.blocks[0](x)),
+            ("N", model, lambda x, m=model: m(x)),
+        ):
             sampler = PatchSampler(data, 48, 16, seed=0)
             opt = torch.optim.Adam(module.parameters(), lr=1e-4)
             data_t, step_t = [], []
@@ -299,16 +343,31 @@ def bench_training(cfg: BenchConfig, device: torch.device, sample_dir: Path | No
                     data_t.append(t1 - t0)
                     step_t.append(t2 - t0)
             med = statistics.median(step_t)
-            rows.append({"model": name, "what": what, "rcab": impl, "step_s": med, "min_s": min(step_t), "max_s": max(step_t),
-                         "data_share": sum(data_t) / sum(step_t)})
+            rows.append(
+                {
+                    "model": name,
+                    "what": what,
+                    "rcab": impl,
+                    "step_s": med,
+                    "min_s": min(step_t),
+                    "max_s": max(step_t),
+                    "data_share": sum(data_t) / sum(step_t),
+                }
+            )
     return rows
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.machine(),
-                            "system": platform.system(), "python": platform.python_version(),
-                            "cores": os.cpu_count(), "torch": torch.__version__,
-                            "threads": torch.get_num_threads(), "device": str(device)}
+    info: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "python": platform.python_version(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
@@ -321,7 +380,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     for mod in ("onnxruntime", "onnx", "triton", "openvino", "nncf"):
         info[mod] = None
         for dist in (mod, f"{mod}-gpu"):  # installed versions, read without importing (openvino would
-            try:                            # start its telemetry at import)
+            try:  # start its telemetry at import)
                 info[mod] = version(dist)
                 break
             except PackageNotFoundError:
@@ -344,9 +403,13 @@ def run_bench(cfg: BenchConfig, out: Path, sample_dir: Path | None = None) -> di
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         training = pool.submit(bench_training, cfg, device, sample_dir).result()
-    results = {"machine": machine_info(device), "config": dataclasses.asdict(cfg),
-               "matmul_peak_gflops": peak, "inference": bench_inference(cfg, device, peak, sample_dir),
-               "training": training}
+    results = {
+        "machine": machine_info(device),
+        "config": dataclasses.asdict(cfg),
+        "matmul_peak_gflops": peak,
+        "inference": bench_inference(cfg, device, peak, sample_dir),
+        "training": training,
+    }
     if cfg.quality_model:
         from .backend_quality import compare_backends
 
@@ -361,30 +424,51 @@ def run_bench(cfg: BenchConfig, out: Path, sample_dir: Path | None = None) -> di
 
 def render_report(res: dict[str, Any]) -> str:
     m = res["machine"]
-    lines = [f"# mcan-bench report ({m['date']})", "",
-             f"{m.get('gpu') or m.get('cpu')}, {m['cores']} cores, torch {m['torch']}, "
-             f"onnxruntime {m.get('onnxruntime')}, {m['threads']} threads; matrix-multiply peak "
-             f"{res['matmul_peak_gflops']:.1f} GFLOP/s.", "",
-             f"Model: {res['config']['model']}", "",
-             "## Inference", "",
-             "| backend | size | mode | MP/s (median) | min-max s | peak MB | x eager | GFLOP/s | share of matmul peak |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# mcan-bench report ({m['date']})",
+        "",
+        f"{m.get('gpu') or m.get('cpu')}, {m['cores']} cores, torch {m['torch']}, "
+        f"onnxruntime {m.get('onnxruntime')}, {m['threads']} threads; matrix-multiply peak "
+        f"{res['matmul_peak_gflops']:.1f} GFLOP/s.",
+        "",
+        f"Model: {res['config']['model']}",
+        "",
+        "## Inference",
+        "",
+        "| backend | size | mode | MP/s (median) | min-max s | peak MB | x eager | GFLOP/s | share of matmul peak |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in res["inference"]:
         ratio = f"{r['ratio_to_eager']:.2f}" if r["ratio_to_eager"] else "-"
-        lines.append(f"| {r['backend']} | {r['size']}x{r['size']} | {r['mode']} | {r['mp_per_s']:.4f} | "
-                     f"{r['min_s']:.3f}-{r['max_s']:.3f} | {r['peak_mb']:.0f} | {ratio} | {r['gflops']:.1f} | "
-                     f"{100 * r['peak_share']:.1f}% |")
-    lines += ["", "## Training (batch 16 at 48x48, L1, Adam)", "",
-              "| model | trains | RCAB tail | s/step (median) | min-max s | data wait share |",
-              "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['backend']} | {r['size']}x{r['size']} | {r['mode']} | {r['mp_per_s']:.4f} | "
+            f"{r['min_s']:.3f}-{r['max_s']:.3f} | {r['peak_mb']:.0f} | {ratio} | {r['gflops']:.1f} | "
+            f"{100 * r['peak_share']:.1f}% |"
+        )
+    lines += [
+        "",
+        "## Training (batch 16 at 48x48, L1, Adam)",
+        "",
+        "| model | trains | RCAB tail | s/step (median) | min-max s | data wait share |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in res["training"]:
-        lines.append(f"| {r['model']} | {r['what']} | {r.get('rcab', 'torch')} | {r['step_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | "
-                     f"{100 * r['data_share']:.1f}% |")
+        lines.append(
+            f"| {r['model']} | {r['what']} | {r.get('rcab', 'torch')} | {r['step_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | "
+            f"{100 * r['data_share']:.1f}% |"
+        )
     if res.get("quality"):
         q = res["quality"]
-        lines += ["", f"## Quality ({q['model']} on {q['pairs']} test pairs of {q['data']})", "",
-                  "Exact global statistics except where noted; retention is the share of PyTorch float32's "
-                  "PSNR gain over the identity.", "", q["table"], *[f"- {n}" for n in q["notes"]]]
+        lines += [
+            "",
+            f"## Quality ({q['model']} on {q['pairs']} test pairs of {q['data']})",
+            "",
+            "Exact global statistics except where noted; retention is the share of PyTorch float32's "
+            "PSNR gain over the identity.",
+            "",
+            q["table"],
+            *[f"- {n}" for n in q["notes"]],
+        ]
     lines += ["", "![throughput](throughput.png)", "", "![memory](memory.png)", ""]
     return "\n".join(lines)
 
@@ -395,8 +479,10 @@ def plot(res: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for key, ylabel, fname in (("mp_per_s", "megapixels per second", "throughput.png"),
-                               ("peak_mb", "peak memory (MB)", "memory.png")):
+    for key, ylabel, fname in (
+        ("mp_per_s", "megapixels per second", "throughput.png"),
+        ("peak_mb", "peak memory (MB)", "memory.png"),
+    ):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         series: dict[str, list[tuple[float, float]]] = {}
         for r in res["inference"]:

@@ -48,8 +48,10 @@ def _child(folder: Path, names: tuple[str, ...]) -> Path | None:
 def _problem_report(root: Path, problems: list[str]) -> DataError:
     shown = problems[:50]
     more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-    return DataError(f"{root}: {len(problems)} problem{'s' * (len(problems) > 1)} with the image pairs "
-                     "(fix them all, then run again):\n  - " + "\n  - ".join(shown) + more)
+    return DataError(
+        f"{root}: {len(problems)} problem{'s' * (len(problems) > 1)} with the image pairs "
+        "(fix them all, then run again):\n  - " + "\n  - ".join(shown) + more
+    )
 
 
 def _by_key(files: list[Path], key, problems: list[str], what: str) -> dict:
@@ -84,13 +86,14 @@ def find_pairs(root: str | Path, problems: list[str] | None = None) -> list[Pair
         pairs = [Pair(k, lrs[k], hrs[k]) for k in sorted(set(hrs) & set(lrs))]
     else:
         files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-        v3_key = lambda rx: (lambda p: (p.parent, m["stem"]) if (m := rx.match(p.stem)) else None)  # noqa: E731
+        v3_key = lambda rx: lambda p: (p.parent, m["stem"]) if (m := rx.match(p.stem)) else None  # noqa: E731
         hrs = _by_key(files, v3_key(_V3_HR), problems, "HR")
         lrs = _by_key(files, v3_key(_V3_LR), problems, "LR")
         problems += [f"{hrs[k]}: no LR partner named {k[1]}_LR*.* beside it" for k in sorted(set(hrs) - set(lrs))]
         problems += [f"{lrs[k]}: no HR partner named {k[1]}_HR.* beside it" for k in sorted(set(lrs) - set(hrs))]
-        pairs = [Pair(str(hrs[k].relative_to(root).with_name(k[1])), lrs[k], hrs[k])
-                 for k in sorted(set(hrs) & set(lrs))]
+        pairs = [
+            Pair(str(hrs[k].relative_to(root).with_name(k[1])), lrs[k], hrs[k]) for k in sorted(set(hrs) & set(lrs))
+        ]
     if problems and not collect:
         raise _problem_report(root, problems)
     if not pairs and not problems:
@@ -133,8 +136,10 @@ def load_pair(pair: Pair, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.T
     lr_img, hr_img = read_image(pair.lr, max_pixels), read_image(pair.hr, max_pixels)
     kind = lambda im: ("gray" if im.gray else "colour") + (" + alpha" if im.alpha is not None else "")  # noqa: E731
     if kind(lr_img) != kind(hr_img):
-        raise DataError(f"{pair.lr} ({kind(lr_img)}) and {pair.hr} ({kind(hr_img)}): channel counts differ; "
-                        "export both with the same channels")
+        raise DataError(
+            f"{pair.lr} ({kind(lr_img)}) and {pair.hr} ({kind(hr_img)}): channel counts differ; "
+            "export both with the same channels"
+        )
     scale = upsample_factor(lr_img.size, hr_img.size, pair)
     lr = lr_img.rgb
     if scale > 1:
@@ -169,15 +174,15 @@ class PairedImages:
         return len(self.names)
 
     def to(self, device: torch.device | str) -> PairedImages:
-        return PairedImages(self.names, [t.to(device) for t in self.inputs],
-                            [t.to(device) for t in self.targets])
+        return PairedImages(self.names, [t.to(device) for t in self.inputs], [t.to(device) for t in self.targets])
 
     def with_inputs(self, inputs: list[torch.Tensor]) -> PairedImages:
         return PairedImages(self.names, inputs, self.targets)
 
 
-def load_images(root: str | Path, max_size: int | None = None, progress: bool = True,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> PairedImages:
+def load_images(
+    root: str | Path, max_size: int | None = None, progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> PairedImages:
     """Load every pair under ``root`` (optionally centre-cropped to ``max_size``). A bad pair
     (unreadable file, sizes or channels that do not match) does not stop the loading: all of
     them are named in one ``DataError`` at the end."""
@@ -199,8 +204,12 @@ def load_images(root: str | Path, max_size: int | None = None, progress: bool = 
         targets.append(hr)
     if problems:
         raise _problem_report(Path(root), problems)
-    log.info("loaded %d pairs from %s (%.1f megapixels)", len(names), root,
-             sum(t.shape[-1] * t.shape[-2] for t in targets) / 1e6)
+    log.info(
+        "loaded %d pairs from %s (%.1f megapixels)",
+        len(names),
+        root,
+        sum(t.shape[-1] * t.shape[-2] for t in targets) / 1e6,
+    )
     return PairedImages(names, inputs, targets)
 
 
@@ -218,8 +227,9 @@ class PatchSampler:
     that a resumed run draws the same batches as an uninterrupted one.
     """
 
-    def __init__(self, data: PairedImages, patch_size: int, batch_size: int,
-                 augment: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self, data: PairedImages, patch_size: int, batch_size: int, augment: bool = True, seed: int = 0
+    ) -> None:
         for name, img in zip(data.names, data.targets):
             h, w = img.shape[-2:]
             if h < patch_size or w < patch_size:

@@ -85,8 +85,10 @@ class Dist:
         torch.distributed.all_gather_object(seen, digest)
         odd = [r for r, d in enumerate(seen) if d != seen[0]]
         if odd:
-            raise MCANError(f"{what} differs between rank 0 and rank(s) {odd}: every process must see the "
-                            "same files (put --data, --out and the inputs on a filesystem all machines share)")
+            raise MCANError(
+                f"{what} differs between rank 0 and rank(s) {odd}: every process must see the "
+                "same files (put --data, --out and the inputs on a filesystem all machines share)"
+            )
 
     def broadcast_(self, t: torch.Tensor, src: int) -> torch.Tensor:
         """``t`` (same shape on every rank) takes rank ``src``'s values, in place."""
@@ -124,15 +126,18 @@ def init(device: str = "auto", timeout_min: float = 120.0, backend: str | None =
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if cuda:
         if torch.cuda.device_count() <= d.local_rank:
-            raise MCANError(f"LOCAL_RANK={d.local_rank} but this machine has {torch.cuda.device_count()} "
-                            "CUDA devices; start at most that many processes per node")
+            raise MCANError(
+                f"LOCAL_RANK={d.local_rank} but this machine has {torch.cuda.device_count()} "
+                "CUDA devices; start at most that many processes per node"
+            )
         torch.cuda.set_device(d.local_rank)
         device = f"cuda:{d.local_rank}"
     elif device == "auto":
         device = "cpu"
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend or ("nccl" if cuda else "gloo"),
-                                             timeout=datetime.timedelta(minutes=timeout_min))
+        torch.distributed.init_process_group(
+            backend or ("nccl" if cuda else "gloo"), timeout=datetime.timedelta(minutes=timeout_min)
+        )
     log.debug("rank %d of %d (local %d) on %s", d.rank, d.world, d.local_rank, device)
     return d, device
 

@@ -7,6 +7,7 @@ Each block ends with "+ input", and N_i+ clamps that sum to [0, 1] (report sec. 
 from __future__ import annotations
 
 import dataclasses
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -15,16 +16,16 @@ from .config import InitScheme, ModelConfig, RcabImpl
 from .errors import ConfigError
 
 __all__ = [
-    "ModelConfig",
-    "ChannelAttention",
-    "RCAB",
-    "MCANBlock",
-    "ToyBlock",
     "MCAN",
+    "RCAB",
+    "ChannelAttention",
+    "MCANBlock",
+    "ModelConfig",
+    "ToyBlock",
     "build_model",
-    "receptive_field",
-    "init_block",
     "inherit_block",
+    "init_block",
+    "receptive_field",
     "set_rcab_impl",
 ]
 
@@ -85,6 +86,7 @@ class RCAB(nn.Module):
                 from .kernels.rcab import fused_channel_attention
 
                 ca = self.ca
+                assert ca.down.bias is not None and ca.up.bias is not None  # nn.Conv2d's default bias=True
                 return fused_channel_attention(x, r, ca.down.weight, ca.down.bias, ca.up.weight, ca.up.bias)
         return x + self.ca(r)
 
@@ -99,8 +101,7 @@ class MCANBlock(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.head = conv3x3(cfg.n_colors, cfg.n_feats)
-        self.body = nn.Sequential(*(RCAB(cfg.n_feats, cfg.reduction, cfg.rcab_impl)
-                                    for _ in range(cfg.n_resblocks)))
+        self.body = nn.Sequential(*(RCAB(cfg.n_feats, cfg.reduction, cfg.rcab_impl) for _ in range(cfg.n_resblocks)))
         self.body_conv = conv3x3(cfg.n_feats, cfg.n_feats)
         self.tail = conv3x3(cfg.n_feats, cfg.n_colors)
         self.clamp = cfg.clamp
@@ -127,7 +128,7 @@ class ToyBlock(nn.Module):
         super().__init__()
         chans = [cfg.n_colors] + [cfg.n_feats] * (self.n_convs - 1) + [cfg.n_colors]
         layers: list[nn.Module] = []
-        for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:])):
+        for i, (cin, cout) in enumerate(pairwise(chans)):
             layers.append(conv3x3(cin, cout))
             if i < self.n_convs - 1:
                 layers.append(nn.ReLU())
@@ -148,9 +149,7 @@ class MCAN(nn.Module):
         block_cls = {"mcan": MCANBlock, "toy": ToyBlock}[cfg.kind]
         self.blocks = nn.ModuleList(block_cls(cfg) for _ in range(cfg.n_blocks))
 
-    def forward(
-        self, x: torch.Tensor, clamp: bool | None = None, upto: int | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, clamp: bool | None = None, upto: int | None = None) -> torch.Tensor:
         """Run blocks N_1..N_upto (all by default); ``clamp`` overrides the config's N_i+."""
         for block in self.blocks[: upto or len(self.blocks)]:
             x = block(x, clamp=clamp)

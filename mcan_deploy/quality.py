@@ -38,8 +38,10 @@ class Quality:
 def identity_psnr(pairs: PairedImages) -> tuple[float, float]:
     """Mean PSNR of the LR images against HR: the baseline a model has to beat."""
     n = len(pairs)
-    return (sum(psnr(x, y) for x, y in zip(pairs.inputs, pairs.targets)) / n,
-            sum(psnr(x, y, y=True) for x, y in zip(pairs.inputs, pairs.targets)) / n)
+    return (
+        sum(psnr(x, y) for x, y in zip(pairs.inputs, pairs.targets)) / n,
+        sum(psnr(x, y, y=True) for x, y in zip(pairs.inputs, pairs.targets)) / n,
+    )
 
 
 def outputs(runner: Runner, pairs: PairedImages, cfg: TileConfig = TileConfig()) -> list[torch.Tensor]:
@@ -55,8 +57,10 @@ def measure(named: dict[str, list[torch.Tensor]], pairs: PairedImages, reference
     ident, ident_y = identity_psnr(pairs)
     means = {}
     for name, outs in named.items():
-        means[name] = (sum(psnr(o, y) for o, y in zip(outs, pairs.targets)) / len(pairs),
-                       sum(psnr(o, y, y=True) for o, y in zip(outs, pairs.targets)) / len(pairs))
+        means[name] = (
+            sum(psnr(o, y) for o, y in zip(outs, pairs.targets)) / len(pairs),
+            sum(psnr(o, y, y=True) for o, y in zip(outs, pairs.targets)) / len(pairs),
+        )
     ref_gain = means[reference][0] - ident
     rows = [Quality("identity", ident, ident_y, 0.0, 0.0, None)]
     for name, (p, py) in means.items():
@@ -67,8 +71,10 @@ def measure(named: dict[str, list[torch.Tensor]], pairs: PairedImages, reference
 
 def render(rows: list[Quality], reference: str) -> str:
     """A markdown table of quality rows."""
-    lines = ["| back-end / precision | PSNR RGB | PSNR Y | gain RGB | gain Y | share of the "
-             f"{reference} gain kept |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"| back-end / precision | PSNR RGB | PSNR Y | gain RGB | gain Y | share of the {reference} gain kept |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         kept = "-" if r.retention is None else f"{100 * r.retention:.1f}%"
         gain = "-" if r.name == "identity" else f"{r.gain:+.3f} dB"

@@ -93,8 +93,10 @@ def prepare(job: Job, scale: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS) 
     h, w = img.size
     th, tw = max(1, round(h * scale)), max(1, round(w * scale))
     if th * tw > max_pixels:
-        raise MCANError(f"{job.src}: {w}x{h} x {scale:g} = {tw}x{th} = {tw * th / 1e6:.1f} MP, above the "
-                        f"limit of {max_pixels / 1e6:.1f} MP; lower --scale or raise --max-pixels")
+        raise MCANError(
+            f"{job.src}: {w}x{h} x {scale:g} = {tw}x{th} = {tw * th / 1e6:.1f} MP, above the "
+            f"limit of {max_pixels / 1e6:.1f} MP; lower --scale or raise --max-pixels"
+        )
     rgb = resize(img.rgb, scale)
     alpha = resize(img.alpha, scale) if img.alpha is not None else None
     x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
@@ -108,9 +110,14 @@ def write_result(job: Job, prepared: Prepared, out: torch.Tensor) -> None:
     write_image(job.dst, result, alpha=prepared.alpha, bit_depth=depth, gray=prepared.gray)
 
 
-def upscale_file(runner: Runner, job: Job, cfg: TileConfig, scale: float = 1.0,
-                 progress: Callable[[int], None] | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> TileReport:
+def upscale_file(
+    runner: Runner,
+    job: Job,
+    cfg: TileConfig,
+    scale: float = 1.0,
+    progress: Callable[[int], None] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> TileReport:
     """Upscale one file into ``job.dst`` (written atomically)."""
     prepared = prepare(job, scale, max_pixels)
     out, report = upscale_tensor(runner, prepared.x, cfg, progress)
@@ -154,8 +161,12 @@ def _log_failure(job: Job, exc: Exception) -> None:
     if isinstance(exc, MCANError):
         log.error("%s", exc)
     else:
-        log.error("%s: unexpected %s: %s (--debug for the traceback)", job.src, type(exc).__name__,
-                  (str(exc).strip().splitlines() or [""])[0][:300])
+        log.error(
+            "%s: unexpected %s: %s (--debug for the traceback)",
+            job.src,
+            type(exc).__name__,
+            (str(exc).strip().splitlines() or [""])[0][:300],
+        )
 
 
 def default_prefetch(runner: Runner) -> int:
@@ -168,9 +179,19 @@ def default_prefetch(runner: Runner) -> int:
     return 0 if runner.device.type == "cpu" and isinstance(runner, TorchRunner) else 2
 
 
-def upscale_jobs(runner: Runner, jobs: Sequence[Job], cfg: TileConfig = TileConfig(), scale: float = 1.0,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, *, overwrite: bool = False, prefetch: int = 2,
-                 workers: int | None = None, debug: bool = False, progress: bool = True) -> BatchStats:
+def upscale_jobs(
+    runner: Runner,
+    jobs: Sequence[Job],
+    cfg: TileConfig = TileConfig(),
+    scale: float = 1.0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    overwrite: bool = False,
+    prefetch: int = 2,
+    workers: int | None = None,
+    debug: bool = False,
+    progress: bool = True,
+) -> BatchStats:
     """Upscale ``jobs`` in order, overlapping file reading and writing with the model.
 
     Why: decoding and resizing a large PNG, and encoding and writing the result, take about as
@@ -234,8 +255,10 @@ def upscale_jobs(runner: Runner, jobs: Sequence[Job], cfg: TileConfig = TileConf
     n_workers = workers or max(1, min(prefetch, 2))
     pools: tuple[Any, Any] = (_Inline(), _Inline())
     if prefetch:
-        pools = (ThreadPoolExecutor(n_workers, thread_name_prefix="mcan-decode"),
-                 ThreadPoolExecutor(n_workers, thread_name_prefix="mcan-write"))
+        pools = (
+            ThreadPoolExecutor(n_workers, thread_name_prefix="mcan-decode"),
+            ThreadPoolExecutor(n_workers, thread_name_prefix="mcan-write"),
+        )
     decoder, writer = pools
     # jobs whose decode was submitted (a future) or that are skipped (None), in job order
     ahead: deque[tuple[Job, Future | None]] = deque()
@@ -270,7 +293,7 @@ def upscale_jobs(runner: Runner, jobs: Sequence[Job], cfg: TileConfig = TileConf
                 n_writing -= 1
                 try:
                     what.result()
-                except Exception as exc:  # noqa: BLE001 - one bad file must not stop a batch
+                except Exception as exc:  # one bad file must not stop a batch
                     outcomes.popleft()
                     if debug:
                         raise
@@ -295,8 +318,10 @@ def upscale_jobs(runner: Runner, jobs: Sequence[Job], cfg: TileConfig = TileConf
             images.update(1)
 
     try:
-        with (logging_redirect_tqdm() if progress else contextlib.nullcontext()), \
-                tqdm(total=len(jobs), desc="images", unit="img", disable=not progress) as images:
+        with (
+            logging_redirect_tqdm() if progress else contextlib.nullcontext(),
+            tqdm(total=len(jobs), desc="images", unit="img", disable=not progress) as images,
+        ):
             while True:
                 refill()
                 if not ahead:
@@ -311,14 +336,19 @@ def upscale_jobs(runner: Runner, jobs: Sequence[Job], cfg: TileConfig = TileConf
                     prepared = fut.result()
                     del fut
                     _, h, w = prepared.x.shape
-                    with tqdm(total=planned_windows(runner, h, w, cfg), desc=job.src.name, unit="tile",
-                              leave=False, disable=not progress) as bar:
+                    with tqdm(
+                        total=planned_windows(runner, h, w, cfg),
+                        desc=job.src.name,
+                        unit="tile",
+                        leave=False,
+                        disable=not progress,
+                    ) as bar:
                         t0 = time.perf_counter()
                         try:
                             out, report = upscale_tensor(runner, prepared.x, cfg, progress=bar.update)
                         finally:
                             stats.model_s += time.perf_counter() - t0
-                except Exception as exc:  # noqa: BLE001 - one bad file must not stop a batch
+                except Exception as exc:  # one bad file must not stop a batch
                     if debug:
                         raise
                     # logged in turn; its traceback's frames would keep the image alive till then

@@ -21,18 +21,41 @@ def tiny_plan_dict(**sections: Any) -> dict[str, Any]:
         "data": {"patch_size": 24, "batch_size": 4},
         "train": {"seed": 0, "log_every": 2, "val_every": 4, "checkpoint_every": 3, "strip_size": 64},
         "phases": [
-            {"name": "1-1", "kind": "train_block", "block": 1, "init": "orthogonal", "stages": [
-                {"name": "adadelta", "optimizer": "adadelta", "iters": [4], "lr": [1.0],
-                 "rho": 0.9, "eps": 1e-6, "clamp": False},
-                {"name": "adam", "optimizer": "adam", "iters": [3, 2], "lr": [1e-4, 1e-5], "clamp": True},
-            ]},
+            {
+                "name": "1-1",
+                "kind": "train_block",
+                "block": 1,
+                "init": "orthogonal",
+                "stages": [
+                    {
+                        "name": "adadelta",
+                        "optimizer": "adadelta",
+                        "iters": [4],
+                        "lr": [1.0],
+                        "rho": 0.9,
+                        "eps": 1e-6,
+                        "clamp": False,
+                    },
+                    {"name": "adam", "optimizer": "adam", "iters": [3, 2], "lr": [1e-4, 1e-5], "clamp": True},
+                ],
+            },
             {"name": "1-2", "kind": "generate", "block": 1},
-            {"name": "2-1", "kind": "train_block", "block": 2, "init": "inherit", "stages": [
-                {"name": "adam", "optimizer": "adam", "iters": [4], "lr": [1e-4], "clamp": True},
-            ]},
-            {"name": "4", "kind": "train_joint", "stages": [
-                {"name": "adam", "optimizer": "adam", "iters": [3], "lr": [1e-5], "clamp": True},
-            ]},
+            {
+                "name": "2-1",
+                "kind": "train_block",
+                "block": 2,
+                "init": "inherit",
+                "stages": [
+                    {"name": "adam", "optimizer": "adam", "iters": [4], "lr": [1e-4], "clamp": True},
+                ],
+            },
+            {
+                "name": "4",
+                "kind": "train_joint",
+                "stages": [
+                    {"name": "adam", "optimizer": "adam", "iters": [3], "lr": [1e-5], "clamp": True},
+                ],
+            },
         ],
     }
     for key, value in sections.items():
@@ -42,4 +65,6 @@ def tiny_plan_dict(**sections: Any) -> dict[str, Any]:
 
 def tiny_plan(**sections: Any) -> Plan:
     return plan_from_dict(tiny_plan_dict(**sections), "<tiny plan>")
+
+
 SHARED_DATA = REPO.parent / "shared" / "data" / "city100_nikon"

@@ -54,6 +54,7 @@ def model_file(tmp_path_factory):
 
 # ---- image files ------------------------------------------------------------------------------
 
+
 def rgb8(h=20, w=30, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
@@ -81,8 +82,14 @@ def test_bad_image_files_raise_one_typed_error_naming_the_file(name, tmp_path):
 
 
 def test_pixel_limit_is_checked_from_the_header_for_every_format(tmp_path):
-    for suffix, arr in ((".png", rgb8()), (".jpg", rgb8()), (".bmp", rgb8()), (".webp", rgb8()),
-                        (".tif", np.zeros((20, 30, 3), np.float32)), (".tiff", np.zeros((20, 30), np.uint16))):
+    for suffix, arr in (
+        (".png", rgb8()),
+        (".jpg", rgb8()),
+        (".bmp", rgb8()),
+        (".webp", rgb8()),
+        (".tif", np.zeros((20, 30, 3), np.float32)),
+        (".tiff", np.zeros((20, 30), np.uint16)),
+    ):
         path = tmp_path / f"x{suffix}"
         path.write_bytes(encoded(suffix, arr))
         assert read_image(path, max_pixels=600).size == (20, 30)
@@ -149,7 +156,12 @@ def test_upscale_batch_goes_on_past_every_bad_file_with_one_line_each(tmp_path, 
     assert "Traceback" not in cap.err and "WARN" not in cap.err, cap.err  # OpenCV's own warnings are muted
     for name in BAD_FILES:
         assert sum(name in line for line in cap.err.splitlines()) == 1, (name, cap.err)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["alpha.png", "good.png", "gray16.png", "one_pixel.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "alpha.png",
+        "good.png",
+        "gray16.png",
+        "one_pixel.png",
+    ]
     assert cv2.imread(str(tmp_path / "out" / "gray16.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
 
 
@@ -165,8 +177,19 @@ def test_output_folder_that_cannot_be_written(tmp_path, model_file, capsys):
 def test_scale_beyond_the_pixel_limit_is_refused_before_resizing(tmp_path, model_file, capsys):
     path, _ = model_file
     (tmp_path / "a.png").write_bytes(encoded(".png", rgb8()))
-    rc = upscale_main([str(path), str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--scale", "100",
-                       "--max-pixels", "1e6", "--no-progress"])
+    rc = upscale_main(
+        [
+            str(path),
+            str(tmp_path / "a.png"),
+            "-o",
+            str(tmp_path / "o"),
+            "--scale",
+            "100",
+            "--max-pixels",
+            "1e6",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "3000x2000 = 6.0 MP, above the limit of 1.0 MP" in err
 
@@ -186,12 +209,15 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, 
     err = capsys.readouterr().err
     assert "a.png: unexpected ZeroDivisionError: a bug (--debug for the traceback)" in err and "Traceback" not in err
     with pytest.raises(ZeroDivisionError):
-        upscale_main(args + ["--debug"])
+        upscale_main([*args, "--debug"])
     with pytest.raises(CheckpointError):  # library errors too: the traceback, not the line
-        upscale_main([str(tmp_path / "missing.safetensors"), str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--debug"])
+        upscale_main(
+            [str(tmp_path / "missing.safetensors"), str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--debug"]
+        )
 
 
 # ---- LR/HR pairs -----------------------------------------------------------------------------
+
 
 def _write_pairs(root, pairs):
     for split, files in pairs.items():
@@ -204,23 +230,34 @@ def _write_pairs(root, pairs):
 def test_every_pair_problem_is_named_in_one_report_before_training(tmp_path, capsys):
     good = encoded(".png", rgb8(64, 64))
     root = tmp_path / "data"
-    _write_pairs(root, {
-        "train": {
-            "HR/ok.png": good, "LR/ok.png": good,
-            "HR/no_lr.png": good,                                            # missing LR partner
-            "LR/no_hr.png": good,                                            # missing HR partner
-            "HR/dup.png": good, "HR/dup.jpg": encoded(".jpg", rgb8(64, 64)), "LR/dup.png": good,  # two HR files
-            "HR/size.png": good, "LR/size.png": encoded(".png", rgb8(30, 64)),  # not an integer scale
-            "HR/gray.png": good, "LR/gray.png": encoded(".png", rgb8(64, 64)[:, :, 0]),  # channels differ
-            "HR/broken.png": good, "LR/broken.png": good[:50],               # unreadable
+    _write_pairs(
+        root,
+        {
+            "train": {
+                "HR/ok.png": good,
+                "LR/ok.png": good,
+                "HR/no_lr.png": good,  # missing LR partner
+                "LR/no_hr.png": good,  # missing HR partner
+                "HR/dup.png": good,
+                "HR/dup.jpg": encoded(".jpg", rgb8(64, 64)),
+                "LR/dup.png": good,  # two HR files
+                "HR/size.png": good,
+                "LR/size.png": encoded(".png", rgb8(30, 64)),  # not an integer scale
+                "HR/gray.png": good,
+                "LR/gray.png": encoded(".png", rgb8(64, 64)[:, :, 0]),  # channels differ
+                "HR/broken.png": good,
+                "LR/broken.png": good[:50],  # unreadable
+            },
+            "test": {"HR/t.png": good, "LR/t.png": good, "HR/t2.png": good},  # and one in test/
         },
-        "test": {"HR/t.png": good, "LR/t.png": good, "HR/t2.png": good},   # and one in test/
-    })
+    )
     with pytest.raises(DataError) as info:
         find_pairs(root / "train")
     text = str(info.value)
-    assert "3 problems" in text and all(s in text for s in ("no_lr.png: no LR partner", "no_hr.png: no HR partner",
-                                                            "dup.jpg and", "dup.png: two HR files"))
+    assert "3 problems" in text and all(
+        s in text
+        for s in ("no_lr.png: no LR partner", "no_hr.png: no HR partner", "dup.jpg and", "dup.png: two HR files")
+    )
     # through mcan-train: pairing and loading problems of both splits, all in one error
     import tomli_w
 
@@ -229,10 +266,19 @@ def test_every_pair_problem_is_named_in_one_report_before_training(tmp_path, cap
     rc = train_main(["--config", str(plan), "--data", str(root), "--out", str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 1
-    for needle in ("train: 6 problems", "no_lr.png: no LR partner", "no_hr.png: no HR partner", "two HR files",
-                   "size.png (64x30) and", "sizes do not differ by one integer scale",
-                   "gray.png (gray) and", "(colour): channel counts differ", "broken.png: not a readable image",
-                   "test: 1 problem", "t2.png: no LR partner"):
+    for needle in (
+        "train: 6 problems",
+        "no_lr.png: no LR partner",
+        "no_hr.png: no HR partner",
+        "two HR files",
+        "size.png (64x30) and",
+        "sizes do not differ by one integer scale",
+        "gray.png (gray) and",
+        "(colour): channel counts differ",
+        "broken.png: not a readable image",
+        "test: 1 problem",
+        "t2.png: no LR partner",
+    ):
         assert needle in err, (needle, err)
     assert not (tmp_path / "run" / "checkpoints").exists(), "nothing trained"
 
@@ -245,6 +291,7 @@ def test_pair_loader_limit_applies_to_training_data(tmp_path):
 
 
 # ---- untrusted model files -------------------------------------------------------------------
+
 
 class _Payload:
     """Pickles into a call of os.system: what a hostile .pt file carries."""
@@ -259,7 +306,7 @@ class _Payload:
 
 
 def test_pickle_models_are_refused_or_read_with_weights_only(tmp_path, model_file, capsys):
-    path, model = model_file
+    _path, model = model_file
     pt = tmp_path / "model.pt"
     torch.save({"state_dict": model.state_dict()}, pt)
     with pytest.raises(CheckpointError, match="pickle-based PyTorch file, refused .* --trust-pickle"):
@@ -313,6 +360,7 @@ def test_export_refuses_to_overwrite_its_input(tmp_path, model_file, capsys):
 
 # ---- hostile ONNX files ----------------------------------------------------------------------
 
+
 def _onnx_with_external(tmp_path, location: str, offset: int = 0, length: int = 16):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
@@ -323,22 +371,29 @@ def _onnx_with_external(tmp_path, location: str, offset: int = 0, length: int = 
     for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
         e = w.external_data.add()
         e.key, e.value = k, v
-    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [w])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [w],
+    )
     path = tmp_path / "models" / "m.onnx"
     path.parent.mkdir(exist_ok=True)
     onnx.save_model(helper.make_model(graph), str(path))
     return path
 
 
-@pytest.mark.parametrize("location, message", [
-    ("../secret.bin", "outside the model's folder"),
-    ("/etc/hostname", "outside the model's folder"),
-    ("link.bin", "outside the model's folder"),          # a symlink in the folder pointing out
-    ("missing.bin", "which is missing"),
-    ("short.bin", "reads bytes 0..16 of 'short.bin', which holds 4"),
-])
+@pytest.mark.parametrize(
+    "location, message",
+    [
+        ("../secret.bin", "outside the model's folder"),
+        ("/etc/hostname", "outside the model's folder"),
+        ("link.bin", "outside the model's folder"),  # a symlink in the folder pointing out
+        ("missing.bin", "which is missing"),
+        ("short.bin", "reads bytes 0..16 of 'short.bin', which holds 4"),
+    ],
+)
 def test_onnx_external_data_outside_the_folder_is_refused(tmp_path, location, message):
     from mcan_deploy.export.onnx import ExportError, read_metadata
 
@@ -410,9 +465,12 @@ def test_onnx_with_malformed_metadata_is_one_error(tmp_path):
 
     from mcan_deploy.export.onnx import META_KEY, ExportError, read_metadata
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     m = helper.make_model(graph)
     helper.set_model_props(m, {META_KEY: "{not json"})
     onnx.save_model(m, str(tmp_path / "m.onnx"))

@@ -61,10 +61,18 @@ def test_tiny_bench_writes_consistent_outputs(tmp_path):
 
     torch.manual_seed(0)
     save_model(tmp_path / "m.safetensors", build_model(ModelConfig(n_blocks=1, n_resblocks=1, n_feats=4)))
-    cfg = BenchConfig(model=ModelConfig(n_blocks=2, n_resblocks=1, n_feats=8), sizes=(32, 48), repeat=2,
-                      tile=16, backends=backends, compile_sizes=(), train_steps=2,
-                      train_models=(("tiny", ModelConfig(n_blocks=2, n_resblocks=1, n_feats=8)),),
-                      quality_model=str(tmp_path / "m.safetensors"), quality_data=str(SAMPLE))
+    cfg = BenchConfig(
+        model=ModelConfig(n_blocks=2, n_resblocks=1, n_feats=8),
+        sizes=(32, 48),
+        repeat=2,
+        tile=16,
+        backends=backends,
+        compile_sizes=(),
+        train_steps=2,
+        train_models=(("tiny", ModelConfig(n_blocks=2, n_resblocks=1, n_feats=8)),),
+        quality_model=str(tmp_path / "m.safetensors"),
+        quality_data=str(SAMPLE),
+    )
     run_bench(cfg, tmp_path, SAMPLE)
     for name in ("results.json", "report.md", "throughput.png", "memory.png"):
         assert (tmp_path / name).is_file(), name
@@ -72,8 +80,9 @@ def test_tiny_bench_writes_consistent_outputs(tmp_path):
     assert {"machine", "config", "matmul_peak_gflops", "inference", "training"} <= set(res)
     assert {"date", "torch", "cores", "cpu", "device"} <= set(res["machine"])
     rows = res["inference"]
-    assert {(r["backend"], r["size"], r["mode"]) for r in rows} == \
-        {(b, s, m) for b in backends for s in (32, 48) for m in ("whole", "tiled")}
+    assert {(r["backend"], r["size"], r["mode"]) for r in rows} == {
+        (b, s, m) for b in backends for s in (32, 48) for m in ("whole", "tiled")
+    }
     for r in rows:
         assert r["min_s"] <= r["median_s"] <= r["max_s"]
         assert r["mp_per_s"] == pytest.approx(r["size"] ** 2 / 1e6 / r["median_s"])
@@ -84,8 +93,9 @@ def test_tiny_bench_writes_consistent_outputs(tmp_path):
         assert r["peak_share"] == pytest.approx(r["gflops"] / res["matmul_peak_gflops"])
         assert r["peak_mb"] > 0
     train_rows = res["training"]
-    assert [(r["what"], r["rcab"]) for r in train_rows] == \
-        [("block", "torch"), ("N", "torch")] + ([("block", "triton"), ("N", "triton")] if triton else [])
+    assert [(r["what"], r["rcab"]) for r in train_rows] == [("block", "torch"), ("N", "torch")] + (
+        [("block", "triton"), ("N", "triton")] if triton else []
+    )
     assert all(0 <= r["data_share"] < 1 and r["min_s"] <= r["step_s"] <= r["max_s"] for r in train_rows)
     assert "| eager | 32x32 | whole |" in (tmp_path / "report.md").read_text()
     q = res["quality"]

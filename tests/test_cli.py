@@ -24,8 +24,9 @@ def test_bad_plan_is_one_line_naming_the_file(tmp_path, capsys):
 def test_missing_data_folder(tmp_path, capsys):
     plan = tmp_path / "plan.toml"
     plan.write_text(tomli_w.dumps(tiny_plan_dict()))
-    rc = main(["--config", str(plan), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"),
-               "--no-progress"])
+    rc = main(
+        ["--config", str(plan), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), "--no-progress"]
+    )
     assert rc == 1
     assert "nowhere" in capsys.readouterr().err
 

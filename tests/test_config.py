@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from mcan_deploy.config import ModelConfig, StageConfig, dump_plan, load_plan, plan_from_dict
@@ -26,16 +25,33 @@ def test_paper_plan_is_the_report_schedule():
     assert plan.model == ModelConfig(n_blocks=3, n_resblocks=16, n_feats=64, reduction=4, clamp=True)
     assert (plan.data.patch_size, plan.data.batch_size, plan.data.val_max_size) == (48, 16, 1500)
     kinds = [(p.name, p.kind, p.block, p.init) for p in plan.phases]
-    assert kinds == [("1-1", "train_block", 1, "orthogonal"), ("1-2", "generate", 1, "keep"),
-                     ("2-1", "train_block", 2, "inherit"), ("2-2", "generate", 2, "keep"),
-                     ("3", "train_block", 3, "inherit"), ("4", "train_joint", 0, "keep")]
+    assert kinds == [
+        ("1-1", "train_block", 1, "orthogonal"),
+        ("1-2", "generate", 1, "keep"),
+        ("2-1", "train_block", 2, "inherit"),
+        ("2-2", "generate", 2, "keep"),
+        ("3", "train_block", 3, "inherit"),
+        ("4", "train_joint", 0, "keep"),
+    ]
     for p in plan.phases:
         if p.kind == "train_block":
             ada, adam = p.stages
-            assert (ada.optimizer, ada.iters, ada.lr, ada.rho, ada.eps, ada.clamp) == \
-                ("adadelta", [2000], [1.0], 0.9, 1e-6, False)
-            assert (adam.optimizer, adam.iters, adam.lr, adam.betas, adam.eps, adam.clamp) == \
-                ("adam", [3000, 10000], [1e-4, 1e-5], [0.9, 0.999], 1e-8, True)
+            assert (ada.optimizer, ada.iters, ada.lr, ada.rho, ada.eps, ada.clamp) == (
+                "adadelta",
+                [2000],
+                [1.0],
+                0.9,
+                1e-6,
+                False,
+            )
+            assert (adam.optimizer, adam.iters, adam.lr, adam.betas, adam.eps, adam.clamp) == (
+                "adam",
+                [3000, 10000],
+                [1e-4, 1e-5],
+                [0.9, 0.999],
+                1e-8,
+                True,
+            )
             assert p.total_iters == 15000
             assert all(s.loss == "l1" for s in p.stages)
     (joint,) = plan.phases[-1].stages
@@ -67,21 +83,24 @@ def test_unknown_key_names_key_and_file(tmp_path):
         load_plan(path)
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d["model"].update(n_feats="64"), "should be of type int"),
-    (lambda d: d["model"].update(kind="rcan"), "not one of"),
-    (lambda d: d["model"].update(rcab_impl="cuda"), r"rcab_impl = 'cuda' is not one of \['torch', 'triton'\]"),
-    (lambda d: d["phases"][0].update(block=5), "block = 5 must be in 1..2"),
-    (lambda d: d["phases"][0].update(init="inherit"), "needs block >= 2"),
-    (lambda d: d["phases"][0]["stages"][1].update(lr=[1e-4]), "same length"),
-    (lambda d: d["model"].update(reduction=3), "not divisible"),
-    (lambda d: d.update(phases=[]), "no \\[\\[phases\\]\\]"),
-    (lambda d: d["train"].update(log_every=0), "log_every = 0"),
-    (lambda d: d["data"].update(batch_size=0), "batch_size = 0 must be >= 1"),
-    (lambda d: d["data"].update(micro_batches=3), "batch_size = 4 does not split into data.micro_batches = 3"),
-    (lambda d: d["train"].update(on_nonfinite="ignore"), "on_nonfinite = 'ignore' is not one of"),
-    (lambda d: d["train"].update(nonfinite_lr_factor=1.5), "nonfinite_lr_factor = 1.5 in \\(0, 1\\)"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d["model"].update(n_feats="64"), "should be of type int"),
+        (lambda d: d["model"].update(kind="rcan"), "not one of"),
+        (lambda d: d["model"].update(rcab_impl="cuda"), r"rcab_impl = 'cuda' is not one of \['torch', 'triton'\]"),
+        (lambda d: d["phases"][0].update(block=5), "block = 5 must be in 1..2"),
+        (lambda d: d["phases"][0].update(init="inherit"), "needs block >= 2"),
+        (lambda d: d["phases"][0]["stages"][1].update(lr=[1e-4]), "same length"),
+        (lambda d: d["model"].update(reduction=3), "not divisible"),
+        (lambda d: d.update(phases=[]), "no \\[\\[phases\\]\\]"),
+        (lambda d: d["train"].update(log_every=0), "log_every = 0"),
+        (lambda d: d["data"].update(batch_size=0), "batch_size = 0 must be >= 1"),
+        (lambda d: d["data"].update(micro_batches=3), "batch_size = 4 does not split into data.micro_batches = 3"),
+        (lambda d: d["train"].update(on_nonfinite="ignore"), "on_nonfinite = 'ignore' is not one of"),
+        (lambda d: d["train"].update(nonfinite_lr_factor=1.5), "nonfinite_lr_factor = 1.5 in \\(0, 1\\)"),
+    ],
+)
 def test_invalid_plans(mutate, message):
     data = tiny_plan_dict()
     mutate(data)

@@ -8,8 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mcan_deploy.data import (PairedImages, PatchSampler, augment, center_crop, find_pairs, load_images,
-                              load_pair, split_dirs)
+from mcan_deploy.data import (
+    PairedImages,
+    PatchSampler,
+    augment,
+    center_crop,
+    find_pairs,
+    load_images,
+    load_pair,
+    split_dirs,
+)
 from mcan_deploy.errors import DataError
 from mcan_deploy.metrics import psnr
 
@@ -47,8 +55,12 @@ def test_realsr_v3_layout_and_bicubic_upsampling(tmp_path):
     lr_t, hr_t = load_pair(pairs[0])
     assert lr_t.shape == hr_t.shape == (3, 32, 48)
     # independent reference: torch's bicubic (a = -0.75, half-pixel centres) on the LR file
-    ref = F.interpolate(torch.from_numpy(lr[:, :, ::-1].copy()).permute(2, 0, 1)[None].float() / 255,
-                        scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)[0]
+    ref = F.interpolate(
+        torch.from_numpy(lr[:, :, ::-1].copy()).permute(2, 0, 1)[None].float() / 255,
+        scale_factor=2,
+        mode="bicubic",
+        align_corners=False,
+    ).clamp(0, 1)[0]
     torch.testing.assert_close(lr_t[:, 2:-2, 2:-2], ref[:, 2:-2, 2:-2], atol=2e-5, rtol=0)
 
 

@@ -31,8 +31,10 @@ from mcan_deploy.train.phases import PhaseRunner
 
 from .helpers import REPO
 
-pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+    reason="torch.distributed with gloo is not available",
+)
 
 SHORTEN = 20  # the demo plan's stages, 1/20 as long, to keep CI short (equality holds at any length)
 
@@ -50,8 +52,14 @@ def demo_plan_dict(micro_batches: int = 1) -> dict:
 
 def torchrun(*args: str, n: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-                           "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -87,8 +95,18 @@ def test_two_processes_train_the_demo_plan_like_one(single_run, sample_dir, tmp_
     plan = tmp_path / "plan.toml"
     plan.write_text(tomli_w.dumps(demo_plan_dict()))
     out = tmp_path / "run2"
-    proc = torchrun("mcan_deploy.cli.train", "--config", str(plan), "--data", str(sample_dir), "--out", str(out),
-                    "--device", "cpu", "--no-progress")
+    proc = torchrun(
+        "mcan_deploy.cli.train",
+        "--config",
+        str(plan),
+        "--data",
+        str(sample_dir),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert proc.stdout.count("mcan-train: run finished") == 1, "only rank 0 prints the summary"
     _assert_bitwise(_weights(single_run), _weights(out))
     la, lb = _lines(single_run), _lines(out)
@@ -109,12 +127,28 @@ def test_resume_with_another_number_of_processes(single_run, sample_dir, tmp_pat
 
     torch.set_num_threads(1)  # restored by the autouse fixture in conftest.py
     with pytest.raises(TrainingInterrupted):
-        train(plan_from_dict(demo_plan_dict(micro_batches=2)), sample_dir, out, device="cpu", progress=False,
-              should_stop=stop_after_11)
+        train(
+            plan_from_dict(demo_plan_dict(micro_batches=2)),
+            sample_dir,
+            out,
+            device="cpu",
+            progress=False,
+            should_stop=stop_after_11,
+        )
     plan = tmp_path / "plan.toml"
     plan.write_text(tomli_w.dumps(demo_plan_dict()))  # micro_batches 1: may change on resume
-    torchrun("mcan_deploy.cli.train", "--config", str(plan), "--data", str(sample_dir), "--out", str(out),
-             "--device", "cpu", "--no-progress")
+    torchrun(
+        "mcan_deploy.cli.train",
+        "--config",
+        str(plan),
+        "--data",
+        str(sample_dir),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     _assert_bitwise(_weights(single_run), _weights(out))
 
 
@@ -128,16 +162,18 @@ def test_two_process_upscale_writes_the_same_files(single_run, tmp_path):
     from mcan_deploy.cli.upscale import main as upscale_main
 
     assert upscale_main([str(model), str(src), "-o", str(tmp_path / "one"), "--no-progress", "--tile", "32"]) == 0
-    proc = torchrun("mcan_deploy.cli.upscale", str(model), str(src), "-o", str(tmp_path / "two"), "--no-progress",
-                    "--tile", "32")
+    proc = torchrun(
+        "mcan_deploy.cli.upscale", str(model), str(src), "-o", str(tmp_path / "two"), "--no-progress", "--tile", "32"
+    )
     assert "5 written, 0 skipped, 0 failed by 2 processes" in proc.stdout
     for i in range(5):
         assert (tmp_path / "one" / f"{i}.png").read_bytes() == (tmp_path / "two" / f"{i}.png").read_bytes()
     logged = {i for i in range(5) if f"{i}.png ->" in proc.stderr}
     assert logged == {0, 2, 4}, "rank 0 takes every second file and only rank 0 logs below WARNING"
     (tmp_path / "two" / "3.png").unlink()
-    proc = torchrun("mcan_deploy.cli.upscale", str(model), str(src), "-o", str(tmp_path / "two"), "--no-progress",
-                    "--tile", "32")
+    proc = torchrun(
+        "mcan_deploy.cli.upscale", str(model), str(src), "-o", str(tmp_path / "two"), "--no-progress", "--tile", "32"
+    )
     assert "1 written, 4 skipped, 0 failed by 2 processes" in proc.stdout, "counts summed over the ranks"
 
 
@@ -163,10 +199,26 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_checkpoint_then_resumes(
     plan.write_text(tomli_w.dumps(demo_plan_dict()))
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-            "mcan_deploy.cli.train", "--config", str(plan), "--data", str(sample_dir), "--out", str(out),
-            "--device", "cpu", "--no-progress"]
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "mcan_deploy.cli.train",
+        "--config",
+        str(plan),
+        "--data",
+        str(sample_dir),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
     def lines() -> int:
         path = out / "metrics.jsonl"
         return sum(1 for _ in path.open()) if path.exists() else 0
@@ -179,6 +231,16 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_checkpoint_then_resumes(
     assert proc.returncode != 0, "torchrun reports the stopped workers as failed"
     assert "checkpoint written" in err and "Traceback" not in err.split("checkpoint written")[0][-500:], err[-3000:]
     assert not (out / "model.safetensors").exists()
-    torchrun("mcan_deploy.cli.train", "--config", str(plan), "--data", str(sample_dir), "--out", str(out),
-             "--device", "cpu", "--no-progress")
+    torchrun(
+        "mcan_deploy.cli.train",
+        "--config",
+        str(plan),
+        "--data",
+        str(sample_dir),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     _assert_bitwise(_weights(single_run), _weights(out))

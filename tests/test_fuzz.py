@@ -23,9 +23,21 @@ from hypothesis import strategies as st  # noqa: E402
 # CI runs a fixed, derandomised sample; MCAN_FUZZ_SCALE=20 runs twenty times as many, random ones
 SCALE = int(os.environ.get("MCAN_FUZZ_SCALE", "1"))
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=SCALE == 1)
-MAGICS = [b"", b"\x89PNG\r\n\x1a\n", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", b"\xff\xd8\xff", b"II*\x00",
-          b"MM\x00*", b"II+\x00\x08\x00\x00\x00", b"BM", b"RIFF\x00\x00\x00\x00WEBPVP8 ",
-          b"#?RADIANCE\n", b"PF\n", b"P7\n", b"P6\n"]
+MAGICS = [
+    b"",
+    b"\x89PNG\r\n\x1a\n",
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+    b"\xff\xd8\xff",
+    b"II*\x00",
+    b"MM\x00*",
+    b"II+\x00\x08\x00\x00\x00",
+    b"BM",
+    b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+    b"#?RADIANCE\n",
+    b"PF\n",
+    b"P7\n",
+    b"P6\n",
+]
 
 
 def _check_read(path: Path, max_pixels: int = 10_000_000) -> None:
@@ -59,13 +71,20 @@ def _image(h, w, channels, dtype, seed):
     return rng.integers(0, hi, shape).astype(dtype)
 
 
-odd_images = st.tuples(st.integers(1, 40), st.integers(1, 40), st.sampled_from([1, 3, 4]),
-                       st.sampled_from(["uint8", "uint16", "float32"]), st.sampled_from(IMAGE_SUFFIXES),
-                       st.integers(0, 2**16))
+odd_images = st.tuples(
+    st.integers(1, 40),
+    st.integers(1, 40),
+    st.sampled_from([1, 3, 4]),
+    st.sampled_from(["uint8", "uint16", "float32"]),
+    st.sampled_from(IMAGE_SUFFIXES),
+    st.integers(0, 2**16),
+)
 
 
 @settings(max_examples=200 * SCALE, **SETTINGS)
-@given(spec=odd_images, cut=st.floats(0, 1), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=6))
+@given(
+    spec=odd_images, cut=st.floats(0, 1), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=6)
+)
 def test_odd_and_damaged_images(spec, cut, flips):
     h, w, channels, dtype, suffix, seed = spec
     try:
@@ -92,11 +111,17 @@ def test_odd_and_damaged_images(spec, cut, flips):
 
 
 pair_specs = st.lists(
-    st.tuples(st.integers(8, 24), st.integers(8, 24),        # HR size
-              st.sampled_from([1, 2, 3, 0]),                   # LR scale (0: an unrelated size)
-              st.sampled_from([1, 3, 4]), st.sampled_from([1, 3, 4]),  # HR / LR channels
-              st.sampled_from(["ok", "ok", "ok", "truncate", "garbage", "no_lr", "no_hr"])),
-    min_size=1, max_size=4)
+    st.tuples(
+        st.integers(8, 24),
+        st.integers(8, 24),  # HR size
+        st.sampled_from([1, 2, 3, 0]),  # LR scale (0: an unrelated size)
+        st.sampled_from([1, 3, 4]),
+        st.sampled_from([1, 3, 4]),  # HR / LR channels
+        st.sampled_from(["ok", "ok", "ok", "truncate", "garbage", "no_lr", "no_hr"]),
+    ),
+    min_size=1,
+    max_size=4,
+)
 
 
 @settings(max_examples=40 * SCALE, **SETTINGS)

@@ -19,15 +19,21 @@ pytest.importorskip("triton")
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
 def test_smoke_run_covers_every_plan_dtype_and_section(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
-    res = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--smoke"], env=env,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--smoke"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     (js,) = tmp_path.glob("engine-smoke-*.json")
     data = json.loads(js.read_text())
     rows = data["engine"]["rows"]
     assert not [r for r in rows if "error" in r or "skipped" in r]
-    assert {(r["plan"], r["dtype"]) for r in rows} == {(p, d) for p in ("whole", "layers", "layers-host", "block", "all")
-                                                       for d in ("float32", "bfloat16", "float16")}
+    assert {(r["plan"], r["dtype"]) for r in rows} == {
+        (p, d) for p in ("whole", "layers", "layers-host", "block", "all") for d in ("float32", "bfloat16", "float16")
+    }
     assert {r["rcab"] for r in rows} == {"torch", "triton"}
     for r in rows:  # exact plans in float32 equal the float32 whole image; tile statistics do not
         if r["dtype"] == "float32" and r["stats"] == "global":

@@ -44,11 +44,13 @@ def test_ssim_matches_scikit_image():
     rng = np.random.default_rng(0)
     a = rng.random((3, 40, 50))
     b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
-    ref = skm.structural_similarity(a, b, data_range=1.0, channel_axis=0, gaussian_weights=True,
-                                    sigma=1.5, use_sample_covariance=False)
+    ref = skm.structural_similarity(
+        a, b, data_range=1.0, channel_axis=0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
     assert ssim(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(ref, abs=1e-9)
     ya, yb = rgb_to_y(torch.from_numpy(a)), rgb_to_y(torch.from_numpy(b))
-    ref_y = skm.structural_similarity(ya[0].numpy(), yb[0].numpy(), data_range=1.0, gaussian_weights=True,
-                                      sigma=1.5, use_sample_covariance=False)
+    ref_y = skm.structural_similarity(
+        ya[0].numpy(), yb[0].numpy(), data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
     assert ssim(torch.from_numpy(a), torch.from_numpy(b), y=True) == pytest.approx(ref_y, abs=1e-9)
     assert ssim(torch.from_numpy(a), torch.from_numpy(a)) == pytest.approx(1.0)

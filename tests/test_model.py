@@ -9,8 +9,17 @@ from torch import nn
 
 from mcan_deploy.checkpoint import load_model, save_model
 from mcan_deploy.errors import CheckpointError
-from mcan_deploy.model import (MCAN, ChannelAttention, MCANBlock, ModelConfig, ToyBlock, build_model,
-                               inherit_block, init_block, receptive_field)
+from mcan_deploy.model import (
+    MCAN,
+    ChannelAttention,
+    MCANBlock,
+    ModelConfig,
+    ToyBlock,
+    build_model,
+    inherit_block,
+    init_block,
+    receptive_field,
+)
 
 
 def reference_block(sd: dict[str, torch.Tensor], x: torch.Tensor, n_res: int, clamp: bool) -> torch.Tensor:
@@ -99,11 +108,15 @@ def _bbox(mask: torch.Tensor) -> tuple[int, int, int, int]:
     return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
 
 
-@pytest.mark.parametrize("cfg", [
-    ModelConfig(n_blocks=1, n_feats=16, n_resblocks=16),
-    ModelConfig(n_blocks=3, n_feats=8, n_resblocks=16),
-    ModelConfig(kind="toy", n_blocks=1, n_feats=16),
-], ids=["block", "N3", "toy"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ModelConfig(n_blocks=1, n_feats=16, n_resblocks=16),
+        ModelConfig(n_blocks=3, n_feats=8, n_resblocks=16),
+        ModelConfig(kind="toy", n_blocks=1, n_feats=16),
+    ],
+    ids=["block", "N3", "toy"],
+)
 def test_receptive_field_empirically(cfg):
     """With the pooled statistics held fixed, one output pixel depends on exactly the window."""
     torch.manual_seed(1)
@@ -121,7 +134,7 @@ def test_receptive_field_empirically(cfg):
 def test_channel_attention_makes_the_block_non_local():
     torch.manual_seed(0)
     model = build_model(ModelConfig(n_blocks=1, n_resblocks=2, n_feats=8)).double()
-    grad, c = gradient_support(model, 41)
+    grad, _c = gradient_support(model, 41)
     assert grad[0, 0] != 0, "the global pool links every input pixel to every output pixel"
 
 

@@ -71,7 +71,8 @@ def files(folder) -> dict[str, bytes]:
 
 
 def test_folder_with_bad_files_gives_the_same_files_errors_and_counts_for_every_prefetch(
-        model_file, tmp_path, capsys, caplog):
+    model_file, tmp_path, capsys, caplog
+):
     """Catches any difference between the pipelined and the sequential run: an output written
     differently or to the wrong name, a skip or error lost, counted twice or attributed to the
     wrong file, an exit code, or log lines out of job order."""
@@ -94,8 +95,23 @@ def test_folder_with_bad_files_gives_the_same_files_errors_and_counts_for_every_
         out = tmp_path / f"out{prefetch}"
         out.mkdir()
         (out / "existing.png").write_bytes(b"kept as it was")
-        rc = main([str(path), str(src), "-o", str(out), "--no-progress", "--tile", "24", "--backend", "torch",
-                   "--max-pixels", "2000", "--prefetch", str(prefetch)])
+        rc = main(
+            [
+                str(path),
+                str(src),
+                "-o",
+                str(out),
+                "--no-progress",
+                "--tile",
+                "24",
+                "--backend",
+                "torch",
+                "--max-pixels",
+                "2000",
+                "--prefetch",
+                str(prefetch),
+            ]
+        )
         counts = capsys.readouterr().out
         counts = re.sub(r" in \d+\.\d+ s -> .*", "", counts.strip())
         results[prefetch] = rc, counts, files(out), messages(caplog, out)
@@ -105,7 +121,10 @@ def test_folder_with_bad_files_gives_the_same_files_errors_and_counts_for_every_
     assert written["existing.png"] == b"kept as it was"
     errors = [msg for level, msg in lines if level == "ERROR"]
     assert len(errors) == 3 and [e.split(":")[0].rsplit("/", 1)[-1] for e in errors] == [
-        "corrupt.png", "huge.png", "text.png"], errors
+        "corrupt.png",
+        "huge.png",
+        "text.png",
+    ], errors
     assert sum(msg.startswith("skip ") for _, msg in lines) == 1
     for prefetch in (2, 3):
         assert results[prefetch][0] == rc and results[prefetch][1] == counts
@@ -212,20 +231,32 @@ def test_a_slow_first_write_changes_no_file_and_no_log_order(runner, tmp_path, m
     assert stats.done == 5
     assert finished[0] != "0.png", "the test needs a later write to finish first"
     assert files(out) == files(seq)
-    logged = [r.getMessage().split(" -> ")[0].rsplit("/", 1)[-1] for r in caplog.records
-              if r.name == "mcan_deploy.upscale"]
+    logged = [
+        r.getMessage().split(" -> ")[0].rsplit("/", 1)[-1] for r in caplog.records if r.name == "mcan_deploy.upscale"
+    ]
     assert logged == [f"{i}.png" for i in range(5)]
 
 
 @pytest.mark.parametrize("prefetch", ["0", "2"])
-def test_debug_reraises_and_errors_in_the_writer_are_counted(model_file, tmp_path, monkeypatch, capsys,
-                                                              prefetch):
+def test_debug_reraises_and_errors_in_the_writer_are_counted(model_file, tmp_path, monkeypatch, capsys, prefetch):
     """Catches a pipeline that swallows errors under --debug, loses an error raised on a writer
     thread (or stops the batch at it), or leaves worker threads behind."""
     path, _ = model_file
     src = small_folder(tmp_path / "src", 4)
-    args = [str(path), str(src), "-o", str(tmp_path / "out"), "--no-progress", "--tile", "24",
-            "--backend", "torch", "--prefetch", prefetch, "--overwrite"]
+    args = [
+        str(path),
+        str(src),
+        "-o",
+        str(tmp_path / "out"),
+        "--no-progress",
+        "--tile",
+        "24",
+        "--backend",
+        "torch",
+        "--prefetch",
+        prefetch,
+        "--overwrite",
+    ]
     (src / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     with pytest.raises(ImageReadError, match="1.png"):
         main([*args, "--debug"])

@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 import weakref
+from typing import ClassVar
 
 import pytest
 import torch
@@ -14,8 +15,7 @@ import torch
 from mcan_deploy.errors import MCANError
 from mcan_deploy.model import ModelConfig, build_model
 from mcan_deploy.runners import TorchRunner
-from mcan_deploy.tiling import Budget, TileConfig, budget_for, choose, footprint, upscale_tensor
-from mcan_deploy.tiling import engine
+from mcan_deploy.tiling import Budget, TileConfig, budget_for, choose, engine, footprint, upscale_tensor
 
 GB = 10**9
 
@@ -25,15 +25,21 @@ class FakeGpuRunner:
 
     device = torch.device("cuda")
     n_blocks = 3
-    block_radii = [35, 35, 35]
+    block_radii: ClassVar[list[int]] = [35, 35, 35]
     has_channel_attention = True
     n_feats = 64
     map_dtype = torch.bfloat16
     prefers_whole = True
 
-    def run_blocks(self, x, start, stop): raise AssertionError("the planner must not run the model")
-    def supports(self, start, stop): return True
-    def n_rcabs(self, block): return 16
+    def run_blocks(self, x, start, stop):
+        raise AssertionError("the planner must not run the model")
+
+    def supports(self, start, stop):
+        return True
+
+    def n_rcabs(self, block):
+        return 16
+
     def head(self, block, x): ...
     def rcab_residual(self, block, k, h): ...
     def ca_scale(self, block, k, mean): ...
@@ -42,11 +48,14 @@ class FakeGpuRunner:
     def gate_add(self, h, r, gate): ...
 
 
-@pytest.mark.parametrize("device_gb, host_gb, plan", [
-    (80, 60, "whole"),  # an H100 holds the 12 MP forward pass: one call per block
-    (5, 60, "layers"),  # not the whole pass, but the two full-size maps: exact tiles on the device
-    (1, 60, "layers-host"),  # not even the maps: they go to host memory
-])
+@pytest.mark.parametrize(
+    "device_gb, host_gb, plan",
+    [
+        (80, 60, "whole"),  # an H100 holds the 12 MP forward pass: one call per block
+        (5, 60, "layers"),  # not the whole pass, but the two full-size maps: exact tiles on the device
+        (1, 60, "layers-host"),  # not even the maps: they go to host memory
+    ],
+)
 def test_the_fastest_plan_that_fits_the_budget(device_gb, host_gb, plan, caplog):
     h, w = 3000, 4000
     choice = choose(FakeGpuRunner(), h, w, TileConfig(512, batch=2), Budget(device_gb * GB, host_gb * GB, False))
@@ -137,15 +146,17 @@ class OOMOnce(TorchRunner):
 def test_out_of_memory_retry_frees_the_failed_maps_first(model, monkeypatch, caplog):
     runner = OOMOnce(model, torch.device("cpu"))
     alive_at_release = []
-    monkeypatch.setattr(engine, "_release_memory",
-                        lambda r: alive_at_release.append([m() is not None for m in runner.maps]))
+    monkeypatch.setattr(
+        engine, "_release_memory", lambda r: alive_at_release.append([m() is not None for m in runner.maps])
+    )
     x = torch.rand(3, 40, 40)
     with caplog.at_level(logging.WARNING):
         out, report = upscale_tensor(runner, x, TileConfig(32, plan="layers"))
     assert alive_at_release == [[False, False, False]], "the failed attempt's maps were still alive"
     assert report.oom_retries == 1 and report.tile == 16 and "retrying with 16x16" in caplog.text
-    torch.testing.assert_close(out, TorchRunner(model, torch.device("cpu")).run_blocks(x[None], 0, 2)[0],
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        out, TorchRunner(model, torch.device("cpu")).run_blocks(x[None], 0, 2)[0], atol=1e-5, rtol=0
+    )
 
 
 def overflowing_model(n_blocks: int) -> torch.nn.Module:

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from .helpers import REPO, SAMPLE
+
 from mcan_deploy.config import load_plan
 from mcan_deploy.errors import ConfigError
 from mcan_deploy.study import load_experiment, plan_for_seed
 from mcan_deploy.study.budget import backprops_per_block, block_forward_flops_per_pixel, step_flops
 from mcan_deploy.study.stats import paired, summary, t_critical, welch
 from mcan_deploy.train import train
+
+from .helpers import REPO, SAMPLE
 
 STUDY = REPO / "configs" / "study"
 EXPERIMENTS = sorted(STUDY.glob("*.toml"))
@@ -46,7 +48,12 @@ def tiny_pairs(tmp_path_factory) -> Path:
 def test_the_study_covers_every_experiment_of_the_issue():
     names = {load_experiment(e).name: load_experiment(e).kind for e in EXPERIMENTS}
     assert {k: names.get(k) for k in ("toy", "budget", "phases", "patch", "inverse")} == {
-        "toy": "compare", "budget": "compare", "phases": "phases", "patch": "patch", "inverse": "inverse"}
+        "toy": "compare",
+        "budget": "compare",
+        "phases": "phases",
+        "patch": "patch",
+        "inverse": "inverse",
+    }
     for e in EXPERIMENTS:
         exp = load_experiment(e)
         assert len(exp.seeds) >= 3, f"{e}: at least 3 seeds"
@@ -115,13 +122,29 @@ def test_mcan_study_end_to_end(tiny_pairs, tmp_path):
     """All five experiments through the command, each span cut to two iterations, two seeds. The
     numbers in results.json are checked against the run directories and a numpy PSNR."""
     out, runs = tmp_path / "out", tmp_path / "runs"
-    cmd = [sys.executable, "-m", "mcan_deploy.cli.study", *map(str, EXPERIMENTS), "--data", str(tiny_pairs),
-           "--runs", str(runs), "--out", str(out), "--max-iters", "2", "--seeds", "0,1", "--no-progress",
-           "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mcan_deploy.cli.study",
+        *map(str, EXPERIMENTS),
+        "--data",
+        str(tiny_pairs),
+        "--runs",
+        str(runs),
+        "--out",
+        str(out),
+        "--max-iters",
+        "2",
+        "--seeds",
+        "0,1",
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {e.stem: json.loads((out / load_experiment(e).name / "results.json").read_text()) for e in EXPERIMENTS}
-    for name, r in results.items():
+    for r in results.values():
         assert r["max_iters"] == 2 and r["seeds"] == [0, 1] and r["command"].startswith("mcan-study ")
         for plot in r["plots"]:
             png = out / r["experiment"]["name"] / plot
@@ -164,8 +187,9 @@ def test_mcan_study_end_to_end(tiny_pairs, tmp_path):
     # inverse: the whole chain of the final N is what phase 4 validated (two code paths, one model)
     inv = results["inverse"]
     assert [row["output"] for row in inv["prefixes"]["phased"]] == ["N1(LR)", "N2(N1(LR))", "N3(N2(N1(LR)))"]
-    assert inv["prefixes"]["phased"][-1]["psnr"]["mean"] == pytest.approx(budget["finals"]["phased"]["psnr"]["mean"],
-                                                                          abs=1e-5)
+    assert inv["prefixes"]["phased"][-1]["psnr"]["mean"] == pytest.approx(
+        budget["finals"]["phased"]["psnr"]["mean"], abs=1e-5
+    )
 
     # patch: ordered by patch size, pixels per update follow it
     pa = results["patch"]
@@ -173,8 +197,13 @@ def test_mcan_study_end_to_end(tiny_pairs, tmp_path):
     assert [pa["budgets"][k]["pixels_per_update"] for k in pa["finals"]] == [16 * 24**2, 16 * 48**2, 16 * 96**2]
 
     # a rerun trains nothing and remakes the same numbers
-    again = subprocess.run([*cmd[:3], str(STUDY / "budget.toml"), *cmd[3 + len(EXPERIMENTS):], "--aggregate-only"],
-                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [*cmd[:3], str(STUDY / "budget.toml"), *cmd[3 + len(EXPERIMENTS) :], "--aggregate-only"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((out / "budget" / "results.json").read_text())["finals"] == budget["finals"]
 
@@ -193,11 +222,24 @@ def test_unfinished_runs_and_bad_experiment_files_are_one_line_errors(tmp_path, 
         load_experiment(bad)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "mcan_deploy.cli.study", *args], cwd=REPO,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "mcan_deploy.cli.study", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
-    proc = cli(str(STUDY / "budget.toml"), "--data", str(tiny_pairs), "--runs", str(tmp_path / "r"),
-               "--out", str(tmp_path / "o"), "--aggregate-only")
+    proc = cli(
+        str(STUDY / "budget.toml"),
+        "--data",
+        str(tiny_pairs),
+        "--runs",
+        str(tmp_path / "r"),
+        "--out",
+        str(tmp_path / "o"),
+        "--aggregate-only",
+    )
     assert proc.returncode == 1 and "run missing or unfinished" in proc.stderr and "Traceback" not in proc.stderr
     proc = cli(str(STUDY / "budget.toml"), "--data", str(tiny_pairs), "--scale", "gpu")
     assert proc.returncode == 1 and "no [plans.gpu]" in proc.stderr

@@ -82,16 +82,20 @@ def test_tile_statistics_pool_per_window(plan, trained_runner):
     out, report = upscale_tensor(runner, x, TileConfig(tile=16, ca_stats="tile", plan=plan))
     assert report.plan == {"block": "block-by-block", "all": "all-blocks"}[plan]
     ref = x
-    stages = [(i, i + 1, m) for i, m in enumerate(runner.block_radii)] if plan == "block" \
+    stages = (
+        [(i, i + 1, m) for i, m in enumerate(runner.block_radii)]
+        if plan == "block"
         else [(0, runner.n_blocks, sum(runner.block_radii))]
+    )
     for start, stop, margin in stages:
         nxt = torch.empty_like(ref)
         for sy in spans(45, 16, margin):
             for sx in spans(38, 16, margin):
                 win = ref[:, sy.start : sy.start + sy.size, sx.start : sx.start + sx.size]
                 y = runner.run_blocks(win[None], start, stop)[0]
-                nxt[:, sy.lo : sy.hi, sx.lo : sx.hi] = y[:, sy.lo - sy.start : sy.hi - sy.start,
-                                                         sx.lo - sx.start : sx.hi - sx.start]
+                nxt[:, sy.lo : sy.hi, sx.lo : sx.hi] = y[
+                    :, sy.lo - sy.start : sy.hi - sy.start, sx.lo - sx.start : sx.hi - sx.start
+                ]
         ref = nxt
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
     big, _ = upscale_tensor(runner, x, TileConfig(tile=1000, ca_stats="tile", plan=plan))
@@ -124,8 +128,13 @@ def test_concurrent_calls_do_not_mix_images(trained_runner):
     for cfg in cfgs:
         sequential = [upscale_tensor(trained_runner, im, cfg)[0] for im in images]
         results: dict[int, torch.Tensor] = {}
-        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, upscale_tensor(
-            trained_runner, images[i], cfg)[0])) for i in range(2) for _ in range(2)]
+        threads = [
+            threading.Thread(
+                target=lambda i=i: results.__setitem__(i, upscale_tensor(trained_runner, images[i], cfg)[0])
+            )
+            for i in range(2)
+            for _ in range(2)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -151,7 +160,9 @@ def test_out_of_memory_halves_the_tile_and_says_so(mode, caplog):
     runner = OOMRunner(build_model(ModelConfig(n_blocks=2, n_resblocks=1, n_feats=8)), torch.device("cpu"))
     x = torch.rand(3, 70, 70)
     with caplog.at_level(logging.WARNING):
-        out, report = upscale_tensor(runner, x, TileConfig(tile=64, ca_stats=mode, plan="block" if mode == "tile" else "layers"))
+        out, report = upscale_tensor(
+            runner, x, TileConfig(tile=64, ca_stats=mode, plan="block" if mode == "tile" else "layers")
+        )
     assert report.tile < 64 and report.oom_retries >= 1
     assert "out of memory with 64x64 tiles" in caplog.text
     ref = TorchRunner(runner.model, torch.device("cpu"))
@@ -164,8 +175,15 @@ def test_out_of_memory_halves_the_tile_and_says_so(mode, caplog):
 
 def test_map_pass_reduces_over_cores_only():
     x = torch.arange(2 * 9 * 11, dtype=torch.float32).reshape(2, 9, 11)
-    out, total = map_pass([x], lambda t: t * 2, margin=2, cfg=TileConfig(tile=4), out_channels=2,
-                          out_device=torch.device("cpu"), reduce=lambda t: t.sum((2, 3)))
+    out, total = map_pass(
+        [x],
+        lambda t: t * 2,
+        margin=2,
+        cfg=TileConfig(tile=4),
+        out_channels=2,
+        out_device=torch.device("cpu"),
+        reduce=lambda t: t.sum((2, 3)),
+    )
     assert out.equal(x * 2)
     torch.testing.assert_close(total, (x * 2).sum((1, 2)).double())
 
@@ -197,10 +215,19 @@ def test_channels_last_maps_equal_the_plain_layout():
     x = torch.rand(4, 23, 31)
     conv = torch.nn.Conv2d(4, 6, 3, padding=1)
     with torch.no_grad():
-        plain, s1 = map_pass([x], conv, 1, TileConfig(tile=8, batch=3), 6, torch.device("cpu"),
-                             reduce=lambda t: t.sum((2, 3)))
-        cl, s2 = map_pass([x], conv, 1, TileConfig(tile=8, batch=3), 6, torch.device("cpu"),
-                          reduce=lambda t: t.sum((2, 3)), channels_last=True)
+        plain, s1 = map_pass(
+            [x], conv, 1, TileConfig(tile=8, batch=3), 6, torch.device("cpu"), reduce=lambda t: t.sum((2, 3))
+        )
+        cl, s2 = map_pass(
+            [x],
+            conv,
+            1,
+            TileConfig(tile=8, batch=3),
+            6,
+            torch.device("cpu"),
+            reduce=lambda t: t.sum((2, 3)),
+            channels_last=True,
+        )
         whole = conv(x[None])[0]
     assert cl.stride() == (1, 31 * 6, 6)
     torch.testing.assert_close(plain, whole, atol=1e-6, rtol=0)

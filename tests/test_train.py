@@ -47,8 +47,11 @@ def spied_run(monkeypatch):
             peak = forward(torch.full((1, 3, 16, 16), 3.0)).max().item()
         out = real(forward, optimizer, sample, stage, start, log_every, callbacks, progress, **kw)
         after = _block_states(model)
-        calls.append(dict(stage=stage.name, clamp=stage.clamp, peak=peak,
-                          changed=[not _same(b, a) for b, a in zip(before, after)]))
+        calls.append(
+            dict(
+                stage=stage.name, clamp=stage.clamp, peak=peak, changed=[not _same(b, a) for b, a in zip(before, after)]
+            )
+        )
         return out
 
     real_build = phases_mod.build_model
@@ -65,7 +68,8 @@ def spied_run(monkeypatch):
 def test_each_phase_trains_only_its_block_and_clamp_stages_clamp(spied_run, sample_dir, tmp_path):
     train(tiny_plan(), sample_dir, tmp_path / "run", device="cpu", progress=False)
     assert [(c["stage"], c["changed"]) for c in spied_run] == [
-        ("adadelta", [True, False]), ("adam", [True, False]),  # phase 1-1: N1 only
+        ("adadelta", [True, False]),
+        ("adam", [True, False]),  # phase 1-1: N1 only
         ("adam", [False, True]),  # phase 2-1: N2 only
         ("adam", [True, True]),  # phase 4: all of N
     ]
@@ -102,8 +106,16 @@ def test_inheritance_generated_data_and_saved_blocks(sample_dir, tmp_path):
 def test_report_and_run_directory(sample_dir, tmp_path):
     run = tmp_path / "run"
     result = train(tiny_plan(), sample_dir, run, device="cpu", progress=False)
-    for name in ("plan.toml", "run.json", "metrics.jsonl", "checkpoints/last.safetensors",
-                 "blocks/N1.safetensors", "blocks/N2.safetensors", "model.safetensors", "report.md"):
+    for name in (
+        "plan.toml",
+        "run.json",
+        "metrics.jsonl",
+        "checkpoints/last.safetensors",
+        "blocks/N1.safetensors",
+        "blocks/N2.safetensors",
+        "model.safetensors",
+        "report.md",
+    ):
         assert (run / name).is_file(), name
     for png in ("curves.png", "strip.png"):
         assert cv2.imread(str(run / png)) is not None
@@ -158,8 +170,20 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(sig, sample_dir, 
     plan_path = tmp_path / "plan.toml"
     plan_path.write_text(tomli_w.dumps(_long_plan()))
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "mcan_deploy.cli.train", "--config", str(plan_path),
-           "--data", str(sample_dir), "--out", str(run), "--device", "cpu", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mcan_deploy.cli.train",
+        "--config",
+        str(plan_path),
+        "--data",
+        str(sample_dir),
+        "--out",
+        str(run),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
     ckpt = run / "checkpoints" / "last.safetensors"
@@ -203,14 +227,31 @@ def test_training_loss_falls_and_beats_identity_on_the_sample(sample_dir, tmp_pa
         "model": {"n_blocks": 1, "n_resblocks": 2, "n_feats": 16},
         "data": {"patch_size": 48, "batch_size": 8},
         "train": {"log_every": 10, "val_every": 0, "checkpoint_every": 0, "strip_size": 64},
-        "phases": [{"name": "1-1", "kind": "train_block", "block": 1, "init": "orthogonal", "stages": [
-            {"name": "adadelta", "optimizer": "adadelta", "iters": [60], "lr": [1.0], "eps": 1e-6,
-             "clamp": False},
-            {"name": "adam", "optimizer": "adam", "iters": [120], "lr": [2e-4], "clamp": True},
-        ]}],
+        "phases": [
+            {
+                "name": "1-1",
+                "kind": "train_block",
+                "block": 1,
+                "init": "orthogonal",
+                "stages": [
+                    {
+                        "name": "adadelta",
+                        "optimizer": "adadelta",
+                        "iters": [60],
+                        "lr": [1.0],
+                        "eps": 1e-6,
+                        "clamp": False,
+                    },
+                    {"name": "adam", "optimizer": "adam", "iters": [120], "lr": [2e-4], "clamp": True},
+                ],
+            }
+        ],
     }
     result = train(plan_from_dict(data), sample_dir, tmp_path / "run", device="cpu", progress=False)
-    losses = [json.loads(x)["loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-              if json.loads(x)["kind"] == "train"]
+    losses = [
+        json.loads(x)["loss"]
+        for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(x)["kind"] == "train"
+    ]
     assert sum(losses[-3:]) / 3 < 0.5 * losses[0]
     assert result.phases[-1]["psnr"] > result.identity["psnr"] + 0.3

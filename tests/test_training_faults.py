@@ -31,6 +31,7 @@ def nan_at(monkeypatch):
             calls["n"] += 1
             loss = crit(pred, target)
             return loss * float("nan") if calls["n"] in calls["at"] else loss
+
         return poisoned
 
     monkeypatch.setattr(loop_mod, "loss_function", loss_function)
@@ -71,8 +72,11 @@ def test_nan_loss_with_stop_policy_keeps_the_good_checkpoint_and_names_the_fix(n
     plan = tiny_plan_dict()
     plan["train"]["on_nonfinite"] = "stop"
     run = tmp_path / "run"
-    with pytest.raises(TrainingDiverged, match=r"phase 1-1: stage adam, iteration 2: loss is nan .*"
-                                               r"stopped \(train\.on_nonfinite = 'stop'\).*lower this phase's learning rates"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"phase 1-1: stage adam, iteration 2: loss is nan .*"
+        r"stopped \(train\.on_nonfinite = 'stop'\).*lower this phase's learning rates",
+    ):
         train(plan_from_dict(plan), sample_dir, run, device="cpu", progress=False)
     tensors, meta = load_tensors(run / "checkpoints" / "last.safetensors")
     assert meta["position"] == {"phase": 0, "stage": 1, "iter": 0}
@@ -200,6 +204,9 @@ def test_checkpoint_of_another_model_is_refused_with_both_values(sample_dir, tmp
     import tomli_w
 
     (run / "plan.toml").write_text(tomli_w.dumps(plan))
-    with pytest.raises(CheckpointError, match=r"written for another model, differing at model\.n_feats "
-                                              r"\(8 in the run, 16 now\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"written for another model, differing at model\.n_feats "
+        r"\(8 in the run, 16 now\)",
+    ):
         train(plan_from_dict(plan), sample_dir, run, device="cpu", progress=False)

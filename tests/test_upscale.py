@@ -108,8 +108,11 @@ def test_output_equal_to_input_is_refused(model_file, tmp_path, capsys):
 def test_bad_options_are_one_line(model_file, tmp_path, capsys):
     path, _ = model_file
     cv2.imwrite(str(tmp_path / "x.png"), np.zeros((4, 4, 3), np.uint8))
-    for extra, message in ((["--suffix", ".xyz"], "--suffix .xyz"), (["--scale", "nan"], "--scale nan"),
-                           (["--device", "gpu"], "--device gpu: not a device")):
+    for extra, message in (
+        (["--suffix", ".xyz"], "--suffix .xyz"),
+        (["--scale", "nan"], "--scale nan"),
+        (["--device", "gpu"], "--device gpu: not a device"),
+    ):
         rc, cap = run([path, tmp_path / "x.png", "-o", tmp_path / "o", *extra], capsys)
         assert rc == 1 and cap.err.strip().count("\n") == 0 and message in cap.err, cap.err
 

@@ -25,7 +25,7 @@ def setup_logging(verbose: bool = False) -> None:
     tag = f"[rank {rank}] " if world != "1" else ""
     logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {tag}%(message)s", datefmt="%H:%M:%S")
     if not verbose:  # OpenCV's own decoder warnings ("PNG input buffer is incomplete") would add a
-        try:         # second line to our one-line error for the same file
+        try:  # second line to our one-line error for the same file
             import cv2
 
             cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
@@ -45,17 +45,19 @@ def run_main(prog: str, body: Callable[[], int], debug: bool = False) -> int:
         return EXIT_ERROR
     except (KeyboardInterrupt, SystemExit):
         raise
-    except Exception as exc:  # noqa: BLE001 - the one place that turns the unexpected into a line
+    except Exception as exc:
         if debug:
             raise
         msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        print(f"{prog}: error: unexpected {type(exc).__name__}: {msg} (run again with --debug for "
-              "the traceback, and please report it)", file=sys.stderr)
+        print(
+            f"{prog}: error: unexpected {type(exc).__name__}: {msg} (run again with --debug for "
+            "the traceback, and please report it)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
 
 
-def cli_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
-             argv: list[str] | None) -> int:
+def cli_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
     """Parse ``argv``, set up logging (``-v`` for debug) and run, turning errors into exit codes
     (``--debug``: tracebacks instead of one-line errors)."""
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")

@@ -18,32 +18,52 @@ from .common import cli_main
 def build_parser() -> argparse.ArgumentParser:
     from ..export.onnx import DEFAULT_OPSET
 
-    p = argparse.ArgumentParser(prog="mcan-export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="mcan-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("model", help="model.safetensors from mcan-train")
     p.add_argument("-o", "--out", required=True, help="output path: .onnx, or .xml for --format openvino")
-    p.add_argument("--format", choices=["onnx", "openvino"],
-                   help="onnx (default for -o *.onnx) or openvino: IR .xml/.bin with every block and the "
-                        "layer steps of exact global statistics (default for -o *.xml)")
-    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
-                   help="openvino: fp32, or int8 calibrated on --calibration's training pairs and refused "
-                        "unless it keeps --min-retention of fp32's PSNR gain on its test pairs")
+    p.add_argument(
+        "--format",
+        choices=["onnx", "openvino"],
+        help="onnx (default for -o *.onnx) or openvino: IR .xml/.bin with every block and the "
+        "layer steps of exact global statistics (default for -o *.xml)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "int8"],
+        default="fp32",
+        help="openvino: fp32, or int8 calibrated on --calibration's training pairs and refused "
+        "unless it keeps --min-retention of fp32's PSNR gain on its test pairs",
+    )
     p.add_argument("--calibration", help="int8: dataset folder with train/ (calibration) and test/ (quality check)")
-    p.add_argument("--min-retention", type=float, default=0.9,
-                   help="int8: share of the fp32 model's PSNR gain over the identity that int8 must keep "
-                        "on the test pairs (default 0.9)")
-    p.add_argument("--force", action="store_true",
-                   help="int8: write the file even if it misses --min-retention (its retention is still "
-                        "measured, printed and stored in the file)")
+    p.add_argument(
+        "--min-retention",
+        type=float,
+        default=0.9,
+        help="int8: share of the fp32 model's PSNR gain over the identity that int8 must keep "
+        "on the test pairs (default 0.9)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="int8: write the file even if it misses --min-retention (its retention is still "
+        "measured, printed and stored in the file)",
+    )
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--fp16", action="store_true", help="float16 weights and input/output")
-    p.add_argument("--blocks", default="all",
-                   help="'all' (N in one file) or block numbers like 1,2,3 (one <stem>.N<i>.onnx each, "
-                        "for block-by-block tiling)")
+    p.add_argument(
+        "--blocks",
+        default="all",
+        help="'all' (N in one file) or block numbers like 1,2,3 (one <stem>.N<i>.onnx each, for block-by-block tiling)",
+    )
     p.add_argument("--no-clamp", action="store_true", help="export N_i instead of N_i+ (no [0, 1] clamp)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="accept a pickle-based .pt/.pth model, reading only its tensors "
-                        "(torch.load weights_only=True); refused without this flag")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="accept a pickle-based .pt/.pth model, reading only its tensors "
+        "(torch.load weights_only=True); refused without this flag",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -65,8 +85,10 @@ def _run(args: argparse.Namespace) -> int:
     if fmt == "onnx" and (args.precision != "fp32" or args.calibration):
         raise MCANError("--precision/--calibration apply to --format openvino; ONNX takes --fp16")
     if fmt == "openvino" and (args.fp16 or args.blocks != "all"):
-        raise MCANError("--fp16/--blocks apply to --format onnx; an OpenVINO file holds every block and "
-                        "runs bf16 at run time (mcan-upscale --precision bf16)")
+        raise MCANError(
+            "--fp16/--blocks apply to --format onnx; an OpenVINO file holds every block and "
+            "runs bf16 at run time (mcan-upscale --precision bf16)"
+        )
     if not math.isfinite(args.min_retention):
         raise MCANError(f"--min-retention {args.min_retention}: a share of the gain such as 0.9")
     siblings = [out.with_name(f"{out.stem}.N{i}{out.suffix or '.onnx'}") for i in range(1, 1000)]
@@ -80,18 +102,26 @@ def _run(args: argparse.Namespace) -> int:
         if args.precision == "int8" and importlib.util.find_spec("nncf") is None:
             raise MCANError("--precision int8 needs NNCF: pip install 'mcan-deploy[openvino]'")
         model = load_model(args.model, trust_pickle=args.trust_pickle)
-        f = export_openvino(model, out, precision=args.precision, calibration=args.calibration,
-                            clamp=not args.no_clamp, source_hash=file_sha256(args.model),
-                            min_retention=None if args.force else args.min_retention)
-        if f.quality:
-            q = f.quality
-            print(f"mcan-export: {f.path} (int8): PSNR {q['psnr_int8']:.3f} dB against fp32 {q['psnr_fp32']:.3f} dB "
-                  f"and identity {q['psnr_identity']:.3f} dB on {q['pairs']} test pairs: keeps "
-                  f"{100 * q['retention']:.1f}% of the gain (bar {100 * args.min_retention:.0f}%"
-                  f"{', forced' if args.force else ''}), recipe '{q['recipe']}', {q['int8_convolutions']} of "
-                  f"{q['convolutions']} convolutions int8")
+        ir = export_openvino(
+            model,
+            out,
+            precision=args.precision,
+            calibration=args.calibration,
+            clamp=not args.no_clamp,
+            source_hash=file_sha256(args.model),
+            min_retention=None if args.force else args.min_retention,
+        )
+        if ir.quality:
+            q = ir.quality
+            print(
+                f"mcan-export: {ir.path} (int8): PSNR {q['psnr_int8']:.3f} dB against fp32 {q['psnr_fp32']:.3f} dB "
+                f"and identity {q['psnr_identity']:.3f} dB on {q['pairs']} test pairs: keeps "
+                f"{100 * q['retention']:.1f}% of the gain (bar {100 * args.min_retention:.0f}%"
+                f"{', forced' if args.force else ''}), recipe '{q['recipe']}', {q['int8_convolutions']} of "
+                f"{q['convolutions']} convolutions int8"
+            )
         else:
-            print(f"mcan-export: {f.path} (fp32), OpenVINO vs PyTorch max abs error {f.max_abs_error:.2g}")
+            print(f"mcan-export: {ir.path} (fp32), OpenVINO vs PyTorch max abs error {ir.max_abs_error:.2g}")
         return 0
     missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
@@ -99,11 +129,20 @@ def _run(args: argparse.Namespace) -> int:
     from ..export.onnx import export_onnx
 
     model = load_model(args.model, trust_pickle=args.trust_pickle)
-    files = export_onnx(model, args.out, blocks=args.blocks, opset=args.opset, fp16=args.fp16,
-                        clamp=not args.no_clamp, source_hash=file_sha256(args.model))
+    files = export_onnx(
+        model,
+        args.out,
+        blocks=args.blocks,
+        opset=args.opset,
+        fp16=args.fp16,
+        clamp=not args.no_clamp,
+        source_hash=file_sha256(args.model),
+    )
     for f in files:
-        print(f"mcan-export: {f.path} (blocks {f.blocks[0] + 1}..{f.blocks[1]}), "
-              f"ONNX Runtime vs PyTorch max abs error {f.max_abs_error:.2g}")
+        print(
+            f"mcan-export: {f.path} (blocks {f.blocks[0] + 1}..{f.blocks[1]}), "
+            f"ONNX Runtime vs PyTorch max abs error {f.max_abs_error:.2g}"
+        )
     return 0
 
 

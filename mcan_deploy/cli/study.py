@@ -37,21 +37,33 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mcan-study", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="mcan-study", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("experiments", nargs="+", help="experiment files, e.g. configs/study/*.toml")
-    p.add_argument("--data", required=True, help="dataset folder with train/ and test/ (City100: "
-                   "../shared/data/city100_nikon)")
-    p.add_argument("--scale", default="cpu", help="which plans of each experiment: cpu (scaled down: about 2.3 "
-                   "hours on one thread for all, from scratch) or full (the report's configuration, for a GPU)")
+    p.add_argument(
+        "--data", required=True, help="dataset folder with train/ and test/ (City100: ../shared/data/city100_nikon)"
+    )
+    p.add_argument(
+        "--scale",
+        default="cpu",
+        help="which plans of each experiment: cpu (scaled down: about 2.3 "
+        "hours on one thread for all, from scratch) or full (the report's configuration, for a GPU)",
+    )
     p.add_argument("--runs", default="runs/study", help="where the run directories go (default runs/study)")
-    p.add_argument("--out", help="where results.json, table.md and plots go (default docs/experiments/<scale>, "
-                   "or <scale>-max<N> for a smoke run, so a smoke run never overwrites real results)")
+    p.add_argument(
+        "--out",
+        help="where results.json, table.md and plots go (default docs/experiments/<scale>, "
+        "or <scale>-max<N> for a smoke run, so a smoke run never overwrites real results)",
+    )
     p.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default: each experiment's own)")
     p.add_argument("--max-iters", type=_positive, help="cut every span of iterations to this many: a smoke run")
     p.add_argument("--aggregate-only", action="store_true", help="no training: tables and plots from finished runs")
-    p.add_argument("--threads", type=_positive, help="CPU threads for torch (timings are comparable only at "
-                   "equal threads; the committed CPU results used 1)")
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        help="CPU threads for torch (timings are comparable only at equal threads; the committed CPU results used 1)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -86,11 +98,21 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with logging_redirect_tqdm():
             for exp in experiments:
-                r = run_study(exp, args.scale, args.data, args.runs, out, args.seeds, args.device,
-                              not args.no_progress, args.max_iters, train=not args.aggregate_only,
-                              command=args.command, should_stop=stop)
-                print(f"mcan-study: {exp.name}: {out}/{exp.name}/results.json, table.md, "
-                      + ", ".join(r["plots"]))
+                r = run_study(
+                    exp,
+                    args.scale,
+                    args.data,
+                    args.runs,
+                    out,
+                    args.seeds,
+                    args.device,
+                    not args.no_progress,
+                    args.max_iters,
+                    train=not args.aggregate_only,
+                    command=args.command,
+                    should_stop=stop,
+                )
+                print(f"mcan-study: {exp.name}: {out}/{exp.name}/results.json, table.md, " + ", ".join(r["plots"]))
     except TrainingInterrupted as exc:
         print(f"mcan-study: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -15,13 +15,14 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
 
+from ..checkpoint import config_to_dict
 from ..errors import MCANError
 from ..io import atomic_write_bytes
-from ..checkpoint import config_to_dict
 from ..model import MCAN, receptive_field, set_rcab_impl
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,9 @@ class ExportedFile:
     max_abs_error: float
 
 
-def onnx_metadata(model: MCAN, start: int, stop: int, opset: int, dtype: str, clamp: bool,
-                  source_hash: str) -> dict[str, object]:
+def onnx_metadata(
+    model: MCAN, start: int, stop: int, opset: int, dtype: str, clamp: bool, source_hash: str
+) -> dict[str, object]:
     radii = [receptive_field(b) // 2 for b in model.blocks[start:stop]]
     return {
         "format": "mcan-deploy-onnx/1",
@@ -83,6 +85,7 @@ MAX_ONNX_BYTES = 2**31
 
 def _all_tensors(proto) -> Iterator:
     """Every TensorProto of a model: initializers, tensor attributes, subgraphs, functions."""
+
     def graph_tensors(g):
         yield from g.initializer
         for sp in g.sparse_initializer:
@@ -137,20 +140,25 @@ def check_external_data(proto, path: Path, max_bytes: int = MAX_ONNX_BYTES) -> N
         except (OSError, ValueError):  # a NUL byte in the name, no permission, a malformed number
             raise ExportError(f"{path}: tensor '{t.name}' has unusable external-data fields; refused") from None
         if not inside:
-            raise ExportError(f"{path}: tensor '{t.name}' points its external data at {loc!r}, outside "
-                              f"the model's folder {folder}; refused")
+            raise ExportError(
+                f"{path}: tensor '{t.name}' points its external data at {loc!r}, outside "
+                f"the model's folder {folder}; refused"
+            )
         if not exists:
             raise ExportError(f"{path}: tensor '{t.name}' needs external data {loc!r}, which is missing")
         if offset < 0 or length < 0 or offset + length > file_size:
-            raise ExportError(f"{path}: tensor '{t.name}' reads bytes {offset}..{offset + length} of "
-                              f"{loc!r}, which holds {file_size}; refused")
+            raise ExportError(
+                f"{path}: tensor '{t.name}' reads bytes {offset}..{offset + length} of "
+                f"{loc!r}, which holds {file_size}; refused"
+            )
         total += length
     if total > max_bytes:
-        raise ExportError(f"{path}: model and external data hold {total} bytes, above the limit of "
-                          f"{max_bytes}; refused")
+        raise ExportError(
+            f"{path}: model and external data hold {total} bytes, above the limit of {max_bytes}; refused"
+        )
 
 
-def read_metadata(path: str | Path, max_bytes: int = MAX_ONNX_BYTES) -> dict[str, object]:
+def read_metadata(path: str | Path, max_bytes: int = MAX_ONNX_BYTES) -> dict[str, Any]:
     """The mcan-deploy metadata of an ONNX file; ``ExportError`` if it is not one of ours, is
     larger than ``max_bytes`` or has external data outside its folder (checked before any
     runtime loads it)."""
@@ -167,7 +175,7 @@ def read_metadata(path: str | Path, max_bytes: int = MAX_ONNX_BYTES) -> dict[str
         raise ExportError(f"{path}: {size} bytes, above the limit of {max_bytes} for an ONNX file; refused")
     try:
         proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and friends for corrupt files
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and friends for corrupt files
         raise ExportError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})"[:400]) from None
     check_external_data(proto, path, max_bytes)
     props = {p.key: p.value for p in proto.metadata_props}
@@ -194,17 +202,26 @@ def _export_one(module: nn.Module, opset: int) -> bytes:
         q.setLevel(logging.ERROR)
     try:
         program = torch.onnx.export(
-            module, (example,), dynamo=True, opset_version=opset, input_names=["image"],
-            output_names=["output"], dynamic_shapes={"x": {0: dim, 2: dim, 3: dim}},
-            external_data=False, optimize=True, verbose=False,
+            module,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["output"],
+            dynamic_shapes={"x": {0: dim, 2: dim, 3: dim}},
+            external_data=False,
+            optimize=True,
+            verbose=False,
         )
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds; one message names them
         raise ExportError(f"torch.onnx.export failed at opset {opset}: {type(exc).__name__}: {exc}"[:500]) from None
     finally:
         for q, level in zip(quiet, levels):
             q.setLevel(level)
-    return program.model_proto.SerializeToString() if hasattr(program, "model_proto") \
-        else onnx.load_from_string(program).SerializeToString()
+    model_proto = getattr(program, "model_proto", None)  # an ONNXProgram (the property serializes: read it once)
+    if model_proto is not None:
+        return model_proto.SerializeToString()
+    return onnx.load_from_string(cast(bytes, program)).SerializeToString()  # an exporter that returned the bytes
 
 
 def _verify(path: Path, module: nn.Module, dtype: str, shown: Path) -> float:
@@ -235,8 +252,15 @@ def _verify(path: Path, module: nn.Module, dtype: str, shown: Path) -> float:
     return worst
 
 
-def export_onnx(model: MCAN, out: str | Path, blocks: str = "all", opset: int = DEFAULT_OPSET,
-                fp16: bool = False, clamp: bool = True, source_hash: str = "") -> list[ExportedFile]:
+def export_onnx(
+    model: MCAN,
+    out: str | Path,
+    blocks: str = "all",
+    opset: int = DEFAULT_OPSET,
+    fp16: bool = False,
+    clamp: bool = True,
+    source_hash: str = "",
+) -> list[ExportedFile]:
     """Export N (``blocks='all'``) or the listed 1-based blocks ("1,2,3": one file each, named
     ``<stem>.N<i>.onnx``) to ONNX, verifying every file before it is kept."""
     import onnx
@@ -267,8 +291,9 @@ def export_onnx(model: MCAN, out: str | Path, blocks: str = "all", opset: int = 
             proto = onnx.load_from_string(_export_one(module, opset))
             actual = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
             if actual != opset:
-                log.warning("opset %d requested, the exporter produced opset %d; the file says %d",
-                            opset, actual, actual)
+                log.warning(
+                    "opset %d requested, the exporter produced opset %d; the file says %d", opset, actual, actual
+                )
             meta = onnx_metadata(model, start, stop, actual, dtype, clamp, source_hash)
             entry = proto.metadata_props.add()
             entry.key, entry.value = META_KEY, json.dumps(meta)
@@ -278,8 +303,15 @@ def export_onnx(model: MCAN, out: str | Path, blocks: str = "all", opset: int = 
             atomic_write_bytes(tmp, proto.SerializeToString())
             err = _verify(tmp, _HalfReference(module) if fp16 else ref_module, dtype, shown=path)
             checked[-1] = (tmp, path, (start, stop), err)
-            log.info("checked %s (blocks %d..%d, %s, opset %d): ONNX Runtime matches PyTorch, max abs "
-                     "error %.2g", path, start + 1, stop, dtype, actual, err)
+            log.info(
+                "checked %s (blocks %d..%d, %s, opset %d): ONNX Runtime matches PyTorch, max abs error %.2g",
+                path,
+                start + 1,
+                stop,
+                dtype,
+                actual,
+                err,
+            )
         for tmp, path, _, _ in checked:  # every file passed: only now replace what was there
             os.replace(tmp, path)
     finally:

@@ -25,14 +25,14 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from ..checkpoint import config_to_dict
 from ..errors import OpenVINOError
-from ..model import MCAN, MCANBlock, receptive_field
+from ..model import MCAN, RCAB, MCANBlock, receptive_field
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -104,16 +104,17 @@ class _Steps(nn.Module):
                 continue
             block_name, _, step = p.name.partition(".")
             block = self.model.blocks[int(block_name[1:]) - 1]
+            mcan_block = cast(MCANBlock, block)  # pieces() names layer steps of MCAN blocks only
             if not step:
                 outs.append(block(x[0], clamp=self.clamp))
             elif step == "head":
-                outs.append(block.head(x[0]))
+                outs.append(mcan_block.head(x[0]))
             elif step == "finish":
-                outs.append(block.finish(x[0], x[1], clamp=self.clamp))
+                outs.append(mcan_block.finish(x[0], x[1], clamp=self.clamp))
             elif step[0] == "r":
-                outs.append(block.body[int(step[1:])].residual(x[0]))
+                outs.append(cast(RCAB, mcan_block.body[int(step[1:])]).residual(x[0]))
             else:
-                outs.append(block.body[int(step[1:])].ca.scale(x[0]))
+                outs.append(cast(RCAB, mcan_block.body[int(step[1:])]).ca.scale(x[0]))
         return tuple(outs)
 
 
@@ -158,12 +159,13 @@ def to_openvino(model: MCAN, clamp: bool = True, source_hash: str = "") -> ov.Mo
     steps = _Steps(model, clamp).eval()
     cfg = model.config
     example = tuple(torch.rand(_example_shape(n, cfg, 16)) for n in steps.inputs)
-    shapes = [ov.PartialShape([-1, s[1], 1, 1] if s[2] == 1 else [-1, s[1], -1, -1])
-              for s in (t.shape for t in example)]
+    shapes = [
+        ov.PartialShape([-1, s[1], 1, 1] if s[2] == 1 else [-1, s[1], -1, -1]) for s in (t.shape for t in example)
+    ]
     try:
         with torch.no_grad():
             ov_model = ov.convert_model(steps, example_input=example, input=shapes)
-    except Exception as exc:  # the converter raises its own error classes
+    except Exception as exc:  # noqa: BLE001 - the converter raises its own error classes
         raise OpenVINOError(f"OpenVINO conversion failed: {type(exc).__name__}: {exc}"[:500]) from None
     for param, name in zip(ov_model.get_parameters(), steps.inputs):
         param.set_friendly_name(name)
@@ -182,16 +184,21 @@ def set_metadata(ov_model: ov.Model, meta: dict[str, Any]) -> None:
 def get_metadata(ov_model: ov.Model, source: str | Path) -> dict[str, Any]:
     """The mcan-deploy metadata of an OpenVINO model; ``OpenVINOError`` naming ``source``."""
     if not ov_model.has_rt_info([META_KEY]):
-        raise OpenVINOError(f"{source}: OpenVINO model without mcan-deploy metadata; export it with "
-                            "mcan-export --format openvino")
+        raise OpenVINOError(
+            f"{source}: OpenVINO model without mcan-deploy metadata; export it with mcan-export --format openvino"
+        )
     try:
         meta = json.loads(ov_model.get_rt_info([META_KEY]).astype(str))
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT or not {
-                "n_blocks", "block_radii", "model", "precision", "pieces"} <= set(meta):
+        if (
+            not isinstance(meta, dict)
+            or meta.get("format") != FORMAT
+            or not {"n_blocks", "block_radii", "model", "precision", "pieces"} <= set(meta)
+        ):
             raise ValueError("keys missing or another format")
     except ValueError as exc:
-        raise OpenVINOError(f"{source}: malformed mcan-deploy metadata ({exc}); re-export with "
-                            "mcan-export --format openvino") from None
+        raise OpenVINOError(
+            f"{source}: malformed mcan-deploy metadata ({exc}); re-export with mcan-export --format openvino"
+        ) from None
     return meta
 
 
@@ -208,7 +215,7 @@ def read_ir(path: str | Path) -> tuple[ov.Model, dict[str, Any]]:
         raise OpenVINOError(f"{path}: its weights {path.with_suffix('.bin').name} are missing beside it")
     try:
         ov_model = ov.Core().read_model(str(path))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own error classes
         raise OpenVINOError(f"{path}: not a readable OpenVINO IR ({type(exc).__name__}: {exc})"[:400]) from None
     return ov_model, get_metadata(ov_model, path)
 
@@ -243,7 +250,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mcan-deploy"
 
 
-def model_for_openvino(path: str | Path, cache_dir: Path, trust_pickle: bool = False) -> tuple[ov.Model, dict[str, Any]]:
+def model_for_openvino(
+    path: str | Path, cache_dir: Path, trust_pickle: bool = False
+) -> tuple[ov.Model, dict[str, Any]]:
     """The OpenVINO model of a file: an IR file as it is; a model file from ``mcan-train``
     converted in memory, the conversion kept in ``cache_dir`` under the file's SHA-256 (and the
     OpenVINO and mcan-deploy versions), so the next run reads it instead of converting."""

@@ -42,9 +42,10 @@ def verify_fp32(ov_model: ov.Model, meta: dict[str, Any], model: MCAN, clamp: bo
         with torch.no_grad():
             ref = model(x, clamp=clamp)
             ref_last = model.blocks[-1](x, clamp=clamp)
-        checks = [("all blocks", runner.run_blocks(x, 0, runner.n_blocks), ref),
-                  (f"block N{runner.n_blocks} alone", runner.run_blocks(x, runner.n_blocks - 1, runner.n_blocks),
-                   ref_last)]
+        checks = [
+            ("all blocks", runner.run_blocks(x, 0, runner.n_blocks), ref),
+            (f"block N{runner.n_blocks} alone", runner.run_blocks(x, runner.n_blocks - 1, runner.n_blocks), ref_last),
+        ]
         if runner.has_channel_attention:  # the first image, cut into 16-pixel tiles
             got, _ = upscale_tensor(runner, x[0], TileConfig(16, ca_stats="global", plan="layers"))
             checks.append(("global statistics, tiled", got, ref[0]))
@@ -52,8 +53,10 @@ def verify_fp32(ov_model: ov.Model, meta: dict[str, Any], model: MCAN, clamp: bo
             err = float((got - want).abs().max())
             worst = max(worst, err)
             if not err <= TOLERANCE:
-                raise OpenVINOError(f"{shown}: OpenVINO ({what}) differs from PyTorch at {w}x{h}: max abs error "
-                                    f"{err:.3g} > {TOLERANCE:g}; nothing was written")
+                raise OpenVINOError(
+                    f"{shown}: OpenVINO ({what}) differs from PyTorch at {w}x{h}: max abs error "
+                    f"{err:.3g} > {TOLERANCE:g}; nothing was written"
+                )
     return worst
 
 
@@ -67,9 +70,16 @@ class ExportedIR:
     quality: dict[str, Any] | None  # int8: PSNR of float32 and int8, retention of the gain
 
 
-def export_openvino(model: MCAN, out: str | Path, precision: str = "fp32", calibration: str | Path | None = None,
-                    clamp: bool = True, source_hash: str = "", min_retention: float | None = 0.9,
-                    calibration_size: int = 0) -> ExportedIR:
+def export_openvino(
+    model: MCAN,
+    out: str | Path,
+    precision: str = "fp32",
+    calibration: str | Path | None = None,
+    clamp: bool = True,
+    source_hash: str = "",
+    min_retention: float | None = 0.9,
+    calibration_size: int = 0,
+) -> ExportedIR:
     """Write N as an OpenVINO IR file (``out``.xml + .bin) after checking it: float32 against
     PyTorch; int8 (calibrated on ``calibration``'s training pairs) must keep ``min_retention`` of
     float32's PSNR gain over the identity on its test pairs, else nothing is written
@@ -79,11 +89,15 @@ def export_openvino(model: MCAN, out: str | Path, precision: str = "fp32", calib
     if out.suffix.lower() != ".xml":
         raise OpenVINOError(f"-o {out}: an OpenVINO IR file ends in .xml")
     if precision not in ("fp32", "int8"):
-        raise OpenVINOError(f"--precision {precision}: an IR file is fp32 or int8 (bf16 is a run-time "
-                            "choice: mcan-upscale model.xml --precision bf16)")
+        raise OpenVINOError(
+            f"--precision {precision}: an IR file is fp32 or int8 (bf16 is a run-time "
+            "choice: mcan-upscale model.xml --precision bf16)"
+        )
     if precision == "int8" and calibration is None:
-        raise OpenVINOError("--precision int8 needs --calibration DATA: a folder of LR/HR pairs with train/ "
-                            "and test/ (training pairs calibrate, test pairs check the quality)")
+        raise OpenVINOError(
+            "--precision int8 needs --calibration DATA: a folder of LR/HR pairs with train/ "
+            "and test/ (training pairs calibrate, test pairs check the quality)"
+        )
     if precision == "fp32" and calibration is not None:
         raise OpenVINOError("--calibration applies to --precision int8 only")
     import copy
@@ -98,8 +112,17 @@ def export_openvino(model: MCAN, out: str | Path, precision: str = "fp32", calib
     if precision == "int8":
         from .quantize import quantize_int8
 
-        ov_model, quality = quantize_int8(ov_model, meta, model, Path(calibration), clamp,
-                                          min_retention=min_retention, shown=out, n_crops=calibration_size)
+        assert calibration is not None  # checked above: int8 needs --calibration
+        ov_model, quality = quantize_int8(
+            ov_model,
+            meta,
+            model,
+            Path(calibration),
+            clamp,
+            min_retention=min_retention,
+            shown=out,
+            n_crops=calibration_size,
+        )
         meta = {**meta, "precision": "int8", "int8": quality}
         set_metadata(ov_model, meta)
     write_ir(ov_model, out)

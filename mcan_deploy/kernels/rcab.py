@@ -31,14 +31,14 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 __all__ = [
+    "MAX_OFFSET",
+    "FusedChannelAttention",
     "channel_sums",
+    "fused_channel_attention",
     "gate",
     "gate_backward",
-    "scale_add",
-    "FusedChannelAttention",
-    "fused_channel_attention",
     "max_offset",
-    "MAX_OFFSET",
+    "scale_add",
 ]
 
 MAX_OFFSET = 2**31 - 1  # in-image offsets are int32; the batch offset is int64
@@ -46,9 +46,25 @@ MAX_OFFSET = 2**31 - 1  # in-image offsets are int32; the batch offset is int64
 
 @triton.jit
 def _channel_sums_kernel(
-    A, B, PART, C, H, W, G,
-    sa_b, sa_c, sa_h, sa_w, sb_b, sb_c, sb_h, sb_w,
-    HAS_B: tl.constexpr, FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    A,
+    B,
+    PART,
+    C,
+    H,
+    W,
+    G,
+    sa_b,
+    sa_c,
+    sa_h,
+    sa_w,
+    sb_b,
+    sb_c,
+    sb_h,
+    sb_w,
+    HAS_B: tl.constexpr,
+    FLAT: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """PART[b, g, c] = sum over pixels p = g, g + G, ... (in blocks) of A[b, c, p] (* B[b, c, p]).
 
@@ -85,15 +101,29 @@ def _sum_partials(PART, pid_b, G, C, c, cmask, BLOCK_C: tl.constexpr, BLOCK_G: t
     acc = tl.zeros([BLOCK_G, BLOCK_C], dtype=tl.float32)
     for g0 in range(0, G, BLOCK_G):
         gg = g0 + g
-        acc += tl.load(PART + (pid_b * G + gg[:, None]) * C + c[None, :],
-                       mask=(gg < G)[:, None] & cmask[None, :], other=0.0)
+        acc += tl.load(
+            PART + (pid_b * G + gg[:, None]) * C + c[None, :], mask=(gg < G)[:, None] & cmask[None, :], other=0.0
+        )
     return tl.sum(acc, axis=0)
 
 
 @triton.jit
 def _gate_kernel(
-    PART, WD, BD, WU, BU, MEAN, Z, S, G, C, R, inv_hw,
-    BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
+    PART,
+    WD,
+    BD,
+    WU,
+    BU,
+    MEAN,
+    Z,
+    S,
+    G,
+    C,
+    R,
+    inv_hw,
+    BLOCK_C: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_G: tl.constexpr,
 ):
     """Per image b: mean = sum(PART[b]) * inv_hw; z = relu(W_D mean + b_D); s = sigmoid(W_U z + b_U)."""
     pid_b = tl.program_id(0)
@@ -115,8 +145,24 @@ def _gate_kernel(
 
 @triton.jit
 def _gate_backward_kernel(
-    PART, MEAN, Z, S, WD, WU, DK, DWD, DBD, DWU, DBU, G, C, R, inv_hw,
-    BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
+    PART,
+    MEAN,
+    Z,
+    S,
+    WD,
+    WU,
+    DK,
+    DWD,
+    DBD,
+    DWU,
+    DBU,
+    G,
+    C,
+    R,
+    inv_hw,
+    BLOCK_C: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_G: tl.constexpr,
 ):
     """Per image b, from ds = sum(PART[b]) (= sum_hw dy * r): the MLP's weight and bias gradients
     of this image, and DK[b] = dmean / (H W), the per-channel term of dr."""
@@ -146,9 +192,30 @@ def _gate_backward_kernel(
 
 @triton.jit
 def _scale_add_kernel(
-    R_, S, X, K, OUT, C, H, W,
-    sr_b, sr_c, sr_h, sr_w, sx_b, sx_c, sx_h, sx_w, so_b, so_c, so_h, so_w,
-    HAS_X: tl.constexpr, HAS_K: tl.constexpr, FLAT: tl.constexpr, BLOCK_C: tl.constexpr,
+    R_,
+    S,
+    X,
+    K,
+    OUT,
+    C,
+    H,
+    W,
+    sr_b,
+    sr_c,
+    sr_h,
+    sr_w,
+    sx_b,
+    sx_c,
+    sx_h,
+    sx_w,
+    so_b,
+    so_c,
+    so_h,
+    so_w,
+    HAS_X: tl.constexpr,
+    HAS_K: tl.constexpr,
+    FLAT: tl.constexpr,
+    BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
     """OUT[b, c, p] = R[b, c, p] * S[b, c] (+ X[b, c, p]) (+ K[b, c]); FLAT as in the sums."""
@@ -179,6 +246,7 @@ def _scale_add_kernel(
 
 # ---- launchers ------------------------------------------------------------------------------
 
+
 def _blocks(c: int, device: torch.device) -> tuple[int, int, int]:
     """(BLOCK_C, BLOCK_P, num_warps): all channels of a pixel block in one program. The
     interpreter pays per program and per loop step, so it takes wider pixel blocks."""
@@ -193,8 +261,10 @@ def _check(t: torch.Tensor, name: str) -> None:
     if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"{name}: dtype {t.dtype} is not float32, float16 or bfloat16")
     if max_offset(t) > MAX_OFFSET:
-        raise ValueError(f"{name}: offsets within one image of shape {tuple(t.shape)} exceed int32; "
-                         "split it (rows) or tile the image")
+        raise ValueError(
+            f"{name}: offsets within one image of shape {tuple(t.shape)} exceed int32; "
+            "split it (rows) or tile the image"
+        )
 
 
 def max_offset(t: torch.Tensor) -> int:
@@ -239,8 +309,21 @@ def _partial_sums(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tenso
             raise ValueError(f"shapes differ: {tuple(a.shape)} and {tuple(b.shape)}")
     with _on(a):
         _channel_sums_kernel[(n, groups)](
-            a, bb, part, c, h, w, groups, *a.stride(), *bb.stride(),
-            HAS_B=b is not None, FLAT=_flat(a, bb), BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
+            a,
+            bb,
+            part,
+            c,
+            h,
+            w,
+            groups,
+            *a.stride(),
+            *bb.stride(),
+            HAS_B=b is not None,
+            FLAT=_flat(a, bb),
+            BLOCK_C=block_c,
+            BLOCK_P=block_p,
+            num_warps=warps,
+        )
     return part
 
 
@@ -249,8 +332,9 @@ def channel_sums(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor
     return _partial_sums(a, b).sum(1)
 
 
-def _launch_gate(part: torch.Tensor, inv_hw: float, wd: torch.Tensor, bd: torch.Tensor, wu: torch.Tensor,
-                 bu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _launch_gate(
+    part: torch.Tensor, inv_hw: float, wd: torch.Tensor, bd: torch.Tensor, wu: torch.Tensor, bu: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n, groups, c = part.shape
     r = wd.shape[0]
     if wd.numel() != r * c or wu.numel() != c * r or bd.numel() != r or bu.numel() != c:
@@ -262,14 +346,28 @@ def _launch_gate(part: torch.Tensor, inv_hw: float, wd: torch.Tensor, bd: torch.
     if n:
         with _on(part):
             _gate_kernel[(n,)](
-                part, wd.contiguous(), bd.contiguous(), wu.contiguous(), bu.contiguous(), mean, z, s,
-                groups, c, r, inv_hw, BLOCK_C=triton.next_power_of_2(c),
-                BLOCK_R=triton.next_power_of_2(r), BLOCK_G=min(64, triton.next_power_of_2(groups)))
+                part,
+                wd.contiguous(),
+                bd.contiguous(),
+                wu.contiguous(),
+                bu.contiguous(),
+                mean,
+                z,
+                s,
+                groups,
+                c,
+                r,
+                inv_hw,
+                BLOCK_C=triton.next_power_of_2(c),
+                BLOCK_R=triton.next_power_of_2(r),
+                BLOCK_G=min(64, triton.next_power_of_2(groups)),
+            )
     return mean, z, s
 
 
-def gate(sums: torch.Tensor, count: float, wd: torch.Tensor, bd: torch.Tensor, wu: torch.Tensor,
-         bu: torch.Tensor) -> torch.Tensor:
+def gate(
+    sums: torch.Tensor, count: float, wd: torch.Tensor, bd: torch.Tensor, wu: torch.Tensor, bu: torch.Tensor
+) -> torch.Tensor:
     """(B, C) float32 gate s from channel sums (B, C) over ``count`` pixels: the MLP step.
 
     For callers that gather the sums themselves, e.g. over every tile of an image (the tiling
@@ -281,8 +379,13 @@ def gate(sums: torch.Tensor, count: float, wd: torch.Tensor, bd: torch.Tensor, w
     return _launch_gate(part, 1.0 / count, wd, bd, wu, bu)[2]
 
 
-def scale_add(r: torch.Tensor, s: torch.Tensor, x: torch.Tensor | None = None,
-              k: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+def scale_add(
+    r: torch.Tensor,
+    s: torch.Tensor,
+    x: torch.Tensor | None = None,
+    k: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """r * s[:, :, None, None] (+ x) (+ k[:, :, None, None]) in one pass: the apply pass.
 
     ``s`` and ``k`` are (B, C) float32. ``out`` may be ``x`` (in place). The result has the
@@ -306,14 +409,36 @@ def scale_add(r: torch.Tensor, s: torch.Tensor, x: torch.Tensor | None = None,
     xx = x if x is not None else r
     with _on(r):
         _scale_add_kernel[(triton.cdiv(h * w, block_p), n)](
-            r, s, xx, k, out, c, h, w, *r.stride(), *xx.stride(), *out.stride(),
-            HAS_X=x is not None, HAS_K=k is not s, FLAT=_flat(r, xx, out), BLOCK_C=block_c, BLOCK_P=block_p,
-            num_warps=warps)
+            r,
+            s,
+            xx,
+            k,
+            out,
+            c,
+            h,
+            w,
+            *r.stride(),
+            *xx.stride(),
+            *out.stride(),
+            HAS_X=x is not None,
+            HAS_K=k is not s,
+            FLAT=_flat(r, xx, out),
+            BLOCK_C=block_c,
+            BLOCK_P=block_p,
+            num_warps=warps,
+        )
     return out
 
 
-def gate_backward(part: torch.Tensor, hw: int, mean: torch.Tensor, z: torch.Tensor, s: torch.Tensor,
-                  wd: torch.Tensor, wu: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def gate_backward(
+    part: torch.Tensor,
+    hw: int,
+    mean: torch.Tensor,
+    z: torch.Tensor,
+    s: torch.Tensor,
+    wd: torch.Tensor,
+    wu: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
     """From partial sums of dy * r: (dk, dW_D, db_D, dW_U, db_U), the weight gradients summed
     over the batch and dk = dmean / (H W), (B, C) float32."""
     n, groups, c = part.shape
@@ -327,9 +452,25 @@ def gate_backward(part: torch.Tensor, hw: int, mean: torch.Tensor, z: torch.Tens
     if n:
         with _on(part):
             _gate_backward_kernel[(n,)](
-                part, mean, z, s, wd.contiguous(), wu.contiguous(), dk, dwd, dbd, dwu, dbu,
-                groups, c, r, 1.0 / max(hw, 1), BLOCK_C=triton.next_power_of_2(c),
-                BLOCK_R=triton.next_power_of_2(r), BLOCK_G=min(64, triton.next_power_of_2(groups)))
+                part,
+                mean,
+                z,
+                s,
+                wd.contiguous(),
+                wu.contiguous(),
+                dk,
+                dwd,
+                dbd,
+                dwu,
+                dbu,
+                groups,
+                c,
+                r,
+                1.0 / max(hw, 1),
+                BLOCK_C=triton.next_power_of_2(c),
+                BLOCK_R=triton.next_power_of_2(r),
+                BLOCK_G=min(64, triton.next_power_of_2(groups)),
+            )
     return dk, dwd.sum(0), dbd.sum(0), dwu.sum(0), dbu.sum(0)
 
 
@@ -338,7 +479,7 @@ class FusedChannelAttention(torch.autograd.Function):
     the four attention parameters."""
 
     @staticmethod
-    def forward(ctx, x, r, wd, bd, wu, bu):  # type: ignore[override]
+    def forward(ctx, x, r, wd, bd, wu, bu):
         if x.shape != r.shape:
             raise ValueError(f"shapes differ: x {tuple(x.shape)}, r {tuple(r.shape)}")
         hw = r.shape[2] * r.shape[3]
@@ -351,17 +492,17 @@ class FusedChannelAttention(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable  # no double backward: create_graph=True raises instead of dropping terms
-    def backward(ctx, dy):  # type: ignore[override]
+    def backward(ctx, dy):
         r, mean, z, s, wd, wu = ctx.saved_tensors
         x_dt, wd_dt, bd_dt, wu_dt, bu_dt = ctx.dtypes
         dk, dwd, dbd, dwu, dbu = gate_backward(_partial_sums(dy, r), ctx.hw, mean, z, s, wd, wu)
         dr = scale_add(dy, s, k=dk, out=torch.empty_like(r)) if ctx.needs_input_grad[1] else None
         dx = dy.to(x_dt) if ctx.needs_input_grad[0] else None
-        return (dx, dr, dwd.reshape(wd.shape).to(wd_dt), dbd.to(bd_dt),
-                dwu.reshape(wu.shape).to(wu_dt), dbu.to(bu_dt))
+        return (dx, dr, dwd.reshape(wd.shape).to(wd_dt), dbd.to(bd_dt), dwu.reshape(wu.shape).to(wu_dt), dbu.to(bu_dt))
 
 
-def fused_channel_attention(x: torch.Tensor, r: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor,
-                            wu: torch.Tensor, bu: torch.Tensor) -> torch.Tensor:
+def fused_channel_attention(
+    x: torch.Tensor, r: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor, wu: torch.Tensor, bu: torch.Tensor
+) -> torch.Tensor:
     """The RCAB tail y = x + CA(r), fused; differentiable in every argument."""
     return FusedChannelAttention.apply(x, r, wd, bd, wu, bu)

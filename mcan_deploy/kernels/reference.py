@@ -10,8 +10,9 @@ import torch.nn.functional as F
 __all__ = ["channel_attention_tail", "rcab"]
 
 
-def channel_attention_tail(x: torch.Tensor, r: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor,
-                           wu: torch.Tensor, bu: torch.Tensor) -> torch.Tensor:
+def channel_attention_tail(
+    x: torch.Tensor, r: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor, wu: torch.Tensor, bu: torch.Tensor
+) -> torch.Tensor:
     """y = x + r * sigmoid(W_U relu(W_D mean_hw(r) + b_D) + b_U), weights as 1x1 convolutions."""
     mean = r.mean(dim=(2, 3), keepdim=True)
     s = torch.sigmoid(F.conv2d(F.relu(F.conv2d(mean, wd, bd)), wu, bu))
@@ -20,7 +21,12 @@ def channel_attention_tail(x: torch.Tensor, r: torch.Tensor, wd: torch.Tensor, b
 
 def rcab(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
     """One residual channel-attention block from an RCAB state dict (conv1, conv2, ca.down, ca.up)."""
-    r = F.conv2d(F.relu(F.conv2d(x, params["conv1.weight"], params["conv1.bias"], padding=1)),
-                 params["conv2.weight"], params["conv2.bias"], padding=1)
-    return channel_attention_tail(x, r, params["ca.down.weight"], params["ca.down.bias"],
-                                  params["ca.up.weight"], params["ca.up.bias"])
+    r = F.conv2d(
+        F.relu(F.conv2d(x, params["conv1.weight"], params["conv1.bias"], padding=1)),
+        params["conv2.weight"],
+        params["conv2.bias"],
+        padding=1,
+    )
+    return channel_attention_tail(
+        x, r, params["ca.down.weight"], params["ca.down.bias"], params["ca.up.weight"], params["ca.up.bias"]
+    )

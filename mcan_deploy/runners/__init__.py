@@ -10,11 +10,23 @@ returns float32 images; a ``LayerRunner`` also runs a block's layer steps, which
 from __future__ import annotations
 
 from .base import DTYPES, LayerRunner, Runner, resolve_device, resolve_dtype, safe_dtype
-from .ort_runner import OrtRunner
 from .openvino_runner import OpenVINORunner
+from .ort_runner import OrtRunner
 from .select import BACKENDS, choose_backend, load_runner
 from .torch_runner import TorchRunner, TritonRunner
 
-__all__ = ["DTYPES", "BACKENDS", "LayerRunner", "Runner", "OrtRunner", "OpenVINORunner", "TorchRunner",
-           "TritonRunner", "choose_backend", "load_runner", "resolve_device",
-           "resolve_dtype", "safe_dtype"]
+__all__ = [
+    "BACKENDS",
+    "DTYPES",
+    "LayerRunner",
+    "OpenVINORunner",
+    "OrtRunner",
+    "Runner",
+    "TorchRunner",
+    "TritonRunner",
+    "choose_backend",
+    "load_runner",
+    "resolve_device",
+    "resolve_dtype",
+    "safe_dtype",
+]

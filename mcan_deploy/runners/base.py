@@ -43,6 +43,7 @@ class LayerRunner(Runner, Protocol):
     def channel_sums(self, r: torch.Tensor) -> torch.Tensor:
         """(B, C) sums over H and W of a (possibly cropped, strided) view (B, C, h, w)."""
         ...
+
     def gate_add(self, h: torch.Tensor, r: torch.Tensor, gate: torch.Tensor) -> None:
         """h += r * gate[:, None, None] in place on full-size maps (C, H, W); r may be consumed."""
         ...

@@ -47,14 +47,20 @@ def resolve_precision(asked: str, file_precision: str, capabilities: list[str], 
     if asked not in HINTS:
         raise MCANError(f"--precision {asked}: choose fp32, bf16, int8 or auto")
     if asked == "int8" and file_precision != "int8":
-        raise MCANError(f"--precision int8: {source} is not an int8 file; make one with mcan-export MODEL "
-                        "-o model.xml --format openvino --precision int8 --calibration DATA")
+        raise MCANError(
+            f"--precision int8: {source} is not an int8 file; make one with mcan-export MODEL "
+            "-o model.xml --format openvino --precision int8 --calibration DATA"
+        )
     if file_precision == "int8" and asked != "int8":
-        raise MCANError(f"--precision {asked}: {source} is an int8 file; run it with --precision int8 "
-                        "(or auto), or export a float32 file")
+        raise MCANError(
+            f"--precision {asked}: {source} is an int8 file; run it with --precision int8 "
+            "(or auto), or export a float32 file"
+        )
     if asked == "bf16" and "BF16" not in capabilities:
-        raise MCANError(f"--precision bf16: this CPU has no bfloat16 support (OpenVINO capabilities: "
-                        f"{', '.join(capabilities)}); use --precision fp32")
+        raise MCANError(
+            f"--precision bf16: this CPU has no bfloat16 support (OpenVINO capabilities: "
+            f"{', '.join(capabilities)}); use --precision fp32"
+        )
     return asked
 
 
@@ -66,9 +72,15 @@ class OpenVINORunner:
     keeps compiled blobs so that a second run starts fast.
     """
 
-    def __init__(self, ov_model: ov.Model, meta: dict[str, Any], precision: str = "auto",
-                 threads: int | None = None, cache_dir: str | Path | None = None,
-                 source: str | Path = "model") -> None:
+    def __init__(
+        self,
+        ov_model: ov.Model,
+        meta: dict[str, Any],
+        precision: str = "auto",
+        threads: int | None = None,
+        cache_dir: str | Path | None = None,
+        source: str | Path = "model",
+    ) -> None:
         from ..telemetry import import_openvino
 
         ov = import_openvino()
@@ -98,8 +110,10 @@ class OpenVINORunner:
         self._inputs = {name: tuple(ins) for name, ins in meta["pieces"]}
         missing = [n for n in self._inputs if n not in self._results]
         if missing:
-            raise MCANError(f"{source}: the OpenVINO model lacks the outputs {', '.join(missing[:3])}; "
-                            "re-export with mcan-export --format openvino")
+            raise MCANError(
+                f"{source}: the OpenVINO model lacks the outputs {', '.join(missing[:3])}; "
+                "re-export with mcan-export --format openvino"
+            )
         self._compiled: dict[str, Any] = {}
         # live pieces, least recently used first, with the bytes each holds: OpenVINO keeps a
         # compiled model's intermediate buffers until it is dropped, so keeping every piece
@@ -129,9 +143,10 @@ class OpenVINORunner:
             sub = ov.Model([self._results[name]], params, name)
             try:
                 compiled = self._compiled[name] = self.core.compile_model(sub, "CPU", self.config)
-            except Exception as exc:
-                raise MCANError(f"{self.source}: OpenVINO cannot compile {name} "
-                                f"({type(exc).__name__}: {exc})"[:400]) from None
+            except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own error classes
+                raise MCANError(
+                    f"{self.source}: OpenVINO cannot compile {name} ({type(exc).__name__}: {exc})"[:400]
+                ) from None
             self.threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
         return compiled
 

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -44,7 +45,7 @@ class OrtRunner:
         opts.intra_op_num_threads = threads or os.cpu_count() or 1
         available = ort.get_available_providers()
         self.providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.sessions: dict[tuple[int, int], object] = {}
+        self.sessions: dict[tuple[int, int], Any] = {}  # onnxruntime.InferenceSession
         for rng, f in files.items():
             m = meta if f == path else read_metadata(f)
             if m["model"] != meta["model"] or m.get("source_sha256") != meta.get("source_sha256"):
@@ -54,15 +55,16 @@ class OrtRunner:
             self._dtype[rng] = str(m["dtype"])
             try:
                 self.sessions[rng] = ort.InferenceSession(str(f), sess_options=opts, providers=self.providers)
-            except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph classes
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph classes
                 raise ExportError(f"{f}: ONNX Runtime cannot load it ({type(exc).__name__}: {exc})"[:400]) from None
         if sorted(radii) != list(range(self.n_blocks)):
             raise ExportError(f"{path}: the ONNX files beside it do not cover blocks 1..{self.n_blocks}")
         self.block_radii = [radii[i] for i in range(self.n_blocks)]
         self.has_channel_attention = meta["model"]["kind"] == "mcan"
         self.device = torch.device("cpu")  # tensors in and out; ORT places the work itself
-        log.info("ONNX Runtime %s on %s: %s", ort.__version__, self.providers[0],
-                 ", ".join(p.name for p in files.values()))
+        log.info(
+            "ONNX Runtime %s on %s: %s", ort.__version__, self.providers[0], ", ".join(p.name for p in files.values())
+        )
 
     def supports(self, start: int, stop: int) -> bool:
         return (start, stop) in self.sessions or all((i, i + 1) in self.sessions for i in range(start, stop))

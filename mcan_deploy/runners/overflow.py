@@ -31,12 +31,12 @@ class OverflowGuard:
             self._flag = bad if self._flag is None else self._flag.logical_or(bad)
 
     def __enter__(self) -> OverflowGuard:
-        self._handles = [m.register_forward_hook(self._hook) for m in self.model.modules()
-                         if isinstance(m, nn.Conv2d)]
+        self._handles = [m.register_forward_hook(self._hook) for m in self.model.modules() if isinstance(m, nn.Conv2d)]
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []

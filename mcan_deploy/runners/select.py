@@ -24,8 +24,14 @@ def _has(*modules: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
-def choose_backend(model_path: str | Path, backend: str = "auto", device: str = "auto",
-                   dtype: str = "auto", rcab_impl: str = "torch", precision: str = "auto") -> tuple[str, str]:
+def choose_backend(
+    model_path: str | Path,
+    backend: str = "auto",
+    device: str = "auto",
+    dtype: str = "auto",
+    rcab_impl: str = "torch",
+    precision: str = "auto",
+) -> tuple[str, str]:
     """(back-end, why) for a model file and the options asked; one-line errors for combinations
     that cannot run."""
     if backend not in BACKENDS:
@@ -35,15 +41,19 @@ def choose_backend(model_path: str | Path, backend: str = "auto", device: str = 
     if suffix == ".onnx":
         name, why = "onnxruntime", "an ONNX file"
         if backend not in ("auto", "onnxruntime"):
-            raise MCANError(f"--backend {backend}: {model_path} is an ONNX file, which runs on onnxruntime; "
-                            "give the model.safetensors or an OpenVINO .xml instead")
+            raise MCANError(
+                f"--backend {backend}: {model_path} is an ONNX file, which runs on onnxruntime; "
+                "give the model.safetensors or an OpenVINO .xml instead"
+            )
     elif suffix == ".xml":
         name, why = "openvino", "an OpenVINO IR file"
         if backend not in ("auto", "openvino"):
             raise MCANError(f"--backend {backend}: {model_path} is an OpenVINO IR file, which runs on openvino")
     elif backend == "onnxruntime":
-        raise MCANError(f"--backend onnxruntime: {model_path} is not an ONNX file; export it first with "
-                        f"mcan-export {model_path} -o model.onnx")
+        raise MCANError(
+            f"--backend onnxruntime: {model_path} is not an ONNX file; export it first with "
+            f"mcan-export {model_path} -o model.onnx"
+        )
     elif backend in ("torch", "openvino"):
         name, why = backend, "asked for"
     elif torch_options:
@@ -60,25 +70,37 @@ def choose_backend(model_path: str | Path, backend: str = "auto", device: str = 
         option = f"--dtype {dtype}" if dtype not in ("auto", "float32") else f"--rcab {rcab_impl}"
         raise MCANError(f"{option} applies to PyTorch models (the torch back-end), not {name}")
     if name != "openvino" and precision not in ("auto", "fp32"):
-        raise MCANError(f"--precision {precision} applies to the openvino back-end, not {name}"
-                        + (" (on CUDA use --dtype float16/bfloat16)" if name == "torch" else ""))
+        raise MCANError(
+            f"--precision {precision} applies to the openvino back-end, not {name}"
+            + (" (on CUDA use --dtype float16/bfloat16)" if name == "torch" else "")
+        )
     if name == "openvino" and device not in ("auto", "cpu"):
         raise MCANError(f"--device {device}: the openvino back-end runs on the CPU; use --backend torch for CUDA")
     if name == "onnxruntime" and device not in ("auto", "cpu"):
-        raise MCANError(f"--device {device}: ONNX Runtime places the work itself (CUDA where "
-                        "onnxruntime-gpu sees a GPU); leave --device at auto")
+        raise MCANError(
+            f"--device {device}: ONNX Runtime places the work itself (CUDA where "
+            "onnxruntime-gpu sees a GPU); leave --device at auto"
+        )
     needs = {"openvino": ("openvino",), "onnxruntime": ("onnx", "onnxruntime")}.get(name, ())
     if not _has(*needs):
         extra = "openvino" if name == "openvino" else "onnx"
-        raise MCANError(f"{model_path}: the {name} back-end needs the {extra} extra: "
-                        f"pip install 'mcan-deploy[{extra}]'")
+        raise MCANError(
+            f"{model_path}: the {name} back-end needs the {extra} extra: pip install 'mcan-deploy[{extra}]'"
+        )
     return name, why
 
 
-def load_runner(model_path: str | Path, device: str = "auto", dtype: str = "auto",
-                rcab_impl: str = "torch", trust_pickle: bool = False, backend: str = "auto",
-                precision: str = "auto", threads: int | None = None,
-                cache_dir: str | Path | None = None) -> Runner:
+def load_runner(
+    model_path: str | Path,
+    device: str = "auto",
+    dtype: str = "auto",
+    rcab_impl: str = "torch",
+    trust_pickle: bool = False,
+    backend: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> Runner:
     """A runner for a model file on the back-end ``choose_backend`` picks; the log names the
     back-end, its precision and why it was chosen."""
     name, why = choose_backend(model_path, backend, device, dtype, rcab_impl, precision)
@@ -108,6 +130,11 @@ def load_runner(model_path: str | Path, device: str = "auto", dtype: str = "auto
 
         torch.set_num_threads(int(threads))
     runner = cls.create(load_model(model_path, trust_pickle=trust_pickle), device, dtype)
-    log.info("back-end torch, %s on %s, RCAB tail %s (%s)", str(runner.dtype).replace("torch.", ""),
-             runner.device, rcab_impl, why)
+    log.info(
+        "back-end torch, %s on %s, RCAB tail %s (%s)",
+        str(runner.dtype).replace("torch.", ""),
+        runner.device,
+        rcab_impl,
+        why,
+    )
     return runner

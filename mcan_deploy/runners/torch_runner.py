@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
 from ..errors import MCANError
-from ..model import MCAN, MCANBlock, receptive_field
+from ..model import MCAN, RCAB, MCANBlock, receptive_field
 from . import base
 from .base import resolve_device, resolve_dtype, safe_dtype
 from .overflow import OverflowGuard
@@ -31,12 +32,16 @@ class TorchRunner:
             raise MCANError(f"dtype {self.dtype}: choose float32, float16 or bfloat16")
         self.channels_last = self.device.type == "cuda"
         # float16 can overflow: keep the float32 weights for the safe-dtype twin that redoes a block
-        self._float_state = ({k: v.detach().to("cpu", torch.float32, copy=True)
-                              for k, v in self.model.state_dict().items()} if self.dtype == torch.float16 else None)
+        self._float_state = (
+            {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in self.model.state_dict().items()}
+            if self.dtype == torch.float16
+            else None
+        )
         self._twin: TorchRunner | None = None
         self.model = self.model.to(self.device, self.dtype).eval()
         if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            # nn.Module.to takes memory_format (documented); torch's overloads for it leave it out
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.n_blocks = len(self.model.blocks)
         self.block_radii = [receptive_field(b) // 2 for b in self.model.blocks]
         self.has_channel_attention = all(isinstance(b, MCANBlock) for b in self.model.blocks)
@@ -89,7 +94,10 @@ class TorchRunner:
 
     # ---- layer-level steps of one MCANBlock (global statistics) ----------------------------
     def _block(self, i: int) -> MCANBlock:
-        return self.model.blocks[i]
+        return cast(MCANBlock, self.model.blocks[i])  # nn.ModuleList items are typed nn.Module
+
+    def _rcab(self, block: int, k: int) -> RCAB:
+        return cast(RCAB, self._block(block).body[k])  # nn.Sequential items are typed nn.Module
 
     def n_rcabs(self, block: int) -> int:
         return len(self._block(block).body)
@@ -102,13 +110,13 @@ class TorchRunner:
     @torch.inference_mode()
     def rcab_residual(self, block: int, k: int, h: torch.Tensor) -> torch.Tensor:
         """r = conv2(relu(conv1(h))) of RCAB k: what its channel attention pools and scales."""
-        rcab = self._block(block).body[k]
+        rcab = self._rcab(block, k)
         return rcab.residual(self._in(h)).to(h.device)
 
     @torch.inference_mode()
     def ca_scale(self, block: int, k: int, mean: torch.Tensor) -> torch.Tensor:
         """Per-channel gate (C,) of RCAB k from the channel means (C,) of its residual."""
-        ca = self._block(block).body[k].ca
+        ca = self._rcab(block, k).ca
         m = mean.to(self.device, self.dtype).reshape(1, -1, 1, 1)
         return ca.scale(m).float().reshape(-1).to(mean.device)
 

@@ -7,8 +7,8 @@ experiments that use the plan. ``analyses.py`` turns the run directories into ``
 ``table.md`` and plots, without training, so they can be remade at any time.
 """
 
-from .spec import Experiment, load_experiment
 from .pipeline import run_study
 from .runs import plan_for_seed, run_dir, run_experiment
+from .spec import Experiment, load_experiment
 
 __all__ = ["Experiment", "load_experiment", "plan_for_seed", "run_dir", "run_experiment", "run_study"]

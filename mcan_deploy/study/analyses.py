@@ -7,6 +7,7 @@ traced to ``results.json`` and from there to the run directories and the command
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +31,24 @@ def _identity(runs: dict[str, list[RunData]]) -> dict[str, float]:
     for rs in runs.values():
         for r in rs:
             if any(abs(r.identity[m] - first[m]) > 1e-9 for m in METRICS):
-                raise StudyError(f"{r.path}: its identity baseline differs from {next(iter(runs.values()))[0].path}'s "
-                                 "(other data or validation crop); the runs cannot share one table")
+                raise StudyError(
+                    f"{r.path}: its identity baseline differs from {next(iter(runs.values()))[0].path}'s "
+                    "(other data or validation crop); the runs cannot share one table"
+                )
     return {m: first[m] for m in METRICS}
 
 
 def _run_record(r: RunData) -> dict[str, Any]:
-    return {"seed": r.seed, "run": str(r.path), "final": {m: r.final[m] for m in METRICS},
-            "final_phase": r.final["phase"], "best_psnr": r.best_psnr(),
-            "phase_ends": [{k: p[k] for k in ("phase", "stage", "block", *METRICS)} for p in r.phase_ends],
-            "train_seconds": r.train_seconds, "generate_seconds": r.generate_seconds}
+    return {
+        "seed": r.seed,
+        "run": str(r.path),
+        "final": {m: r.final[m] for m in METRICS},
+        "final_phase": r.final["phase"],
+        "best_psnr": r.best_psnr(),
+        "phase_ends": [{k: p[k] for k in ("phase", "stage", "block", *METRICS)} for p in r.phase_ends],
+        "train_seconds": r.train_seconds,
+        "generate_seconds": r.generate_seconds,
+    }
 
 
 def _budget(plan: Plan, data_root: Path) -> dict[str, Any]:
@@ -105,7 +114,7 @@ def _band(ax, points: list[dict[str, Any]], label: str, color: str | None = None
     mean = [p["mean"] for p in points]
     lo = [p["mean"] - p["std"] for p in points]
     hi = [p["mean"] + p["std"] for p in points]
-    line, = ax.plot(xs, mean, marker="o", ms=3, label=label, color=color)
+    (line,) = ax.plot(xs, mean, marker="o", ms=3, label=label, color=color)
     ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
 
 
@@ -121,8 +130,15 @@ def _dots(ax, labels: list[str], finals: dict[str, dict[str, Any]], identity: fl
     ax.legend(fontsize=8)
 
 
-def _curves_and_dots(path: Path, curves: dict[str, list[dict[str, Any]]], names: dict[str, str],
-                     finals: dict[str, dict[str, Any]], identity: float, xlabel: str, scale: float = 1.0) -> None:
+def _curves_and_dots(
+    path: Path,
+    curves: dict[str, list[dict[str, Any]]],
+    names: dict[str, str],
+    finals: dict[str, dict[str, Any]],
+    identity: float,
+    xlabel: str,
+    scale: float = 1.0,
+) -> None:
     """Validation curves with std bands (left) and every seed's final value (right)."""
     plt = _plt()
     fig, (ax_c, ax_d) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
@@ -143,14 +159,32 @@ def analyse_compare(exp: Experiment, runs: dict[str, list[RunData]], out: Path) 
     identity = _identity(runs)
     labels = list(runs)
     finals = {label: _finals(rs) for label, rs in runs.items()}
-    diffs = {label: {m: _compared(finals[label][m]["values"], finals[exp.baseline][m]["values"])
-                     for m in (*METRICS, "best_psnr")} for label in labels if label != exp.baseline}
+    diffs = {
+        label: {
+            m: _compared(finals[label][m]["values"], finals[exp.baseline][m]["values"]) for m in (*METRICS, "best_psnr")
+        }
+        for label in labels
+        if label != exp.baseline
+    }
     budgets = {label: _budget(rs[0].plan, rs[0].data_root) for label, rs in runs.items()}
     curves = {label: _curves(rs, "flops") for label, rs in runs.items()}
-    _curves_and_dots(out / "curves.png", curves, {label: label for label in labels}, finals, identity["psnr"],
-                     "training TFLOPs so far (generation not included)", 1e-12)
-    return {"identity": identity, "finals": finals, "diffs": diffs, "budgets": budgets, "curves": curves,
-            "plots": ["curves.png"]}
+    _curves_and_dots(
+        out / "curves.png",
+        curves,
+        {label: label for label in labels},
+        finals,
+        identity["psnr"],
+        "training TFLOPs so far (generation not included)",
+        1e-12,
+    )
+    return {
+        "identity": identity,
+        "finals": finals,
+        "diffs": diffs,
+        "budgets": budgets,
+        "curves": curves,
+        "plots": ["curves.png"],
+    }
 
 
 # ----- phases: validation after each phase (report sec. 5.2, fig. 8) ---------------------------
@@ -164,9 +198,12 @@ def analyse_phases(exp: Experiment, runs: dict[str, list[RunData]], out: Path) -
         recs = [next(p for p in r.phase_ends if p["phase"] == name and p["stage"] != "generate") for r in rs]
         vals = {m: [rec[m] for rec in recs] for m in METRICS}
         block = recs[0]["block"]
-        per_phase[name] = {"block": block, "output": "N(LR)" if block == "N" else chain_name(int(block[1:])),
-                           **{m: summary(vals[m]) for m in METRICS},
-                           "gain": {m: paired(vals[m], prev_vals[m]) for m in METRICS}}
+        per_phase[name] = {
+            "block": block,
+            "output": "N(LR)" if block == "N" else chain_name(int(block[1:])),
+            **{m: summary(vals[m]) for m in METRICS},
+            "gain": {m: paired(vals[m], prev_vals[m]) for m in METRICS},
+        }
         prev_vals = vals
     curves = _curves(rs, "step")
     plt = _plt()
@@ -174,21 +211,30 @@ def analyse_phases(exp: Experiment, runs: dict[str, list[RunData]], out: Path) -
     for name in names:
         _band(ax_c, [p for p in curves if p["phase"] == name], f"phase {name}")
     ax_c.axhline(identity["psnr"], color="gray", ls="--", label="identity (LR)")
-    ax_c.set(xlabel="iteration (all phases)", ylabel="validation PSNR RGB (dB)",
-             title=f"Validation during each phase: mean +- std over {len(rs)} seeds")
+    ax_c.set(
+        xlabel="iteration (all phases)",
+        ylabel="validation PSNR RGB (dB)",
+        title=f"Validation during each phase: mean +- std over {len(rs)} seeds",
+    )
     ax_c.legend(fontsize=8)
     xs = ["LR", *names]
     for r in rs:
-        ys = [identity["psnr"]] + [next(p["psnr"] for p in r.phase_ends if p["phase"] == n and p["stage"] != "generate")
-                                   for n in names]
+        ys = [identity["psnr"]] + [
+            next(p["psnr"] for p in r.phase_ends if p["phase"] == n and p["stage"] != "generate") for n in names
+        ]
         ax_p.plot(xs, ys, marker="o", alpha=0.6, label=f"seed {r.seed}")
     ax_p.set(xlabel="after phase", ylabel="validation PSNR RGB (dB)", title="Each seed after each phase")
     ax_p.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "phases.png", dpi=110)
     plt.close(fig)
-    return {"identity": identity, "phases": per_phase, "curves": curves, "plots": ["phases.png"],
-            "budgets": {"phased": _budget(rs[0].plan, rs[0].data_root)}}
+    return {
+        "identity": identity,
+        "phases": per_phase,
+        "curves": curves,
+        "plots": ["phases.png"],
+        "budgets": {"phased": _budget(rs[0].plan, rs[0].data_root)},
+    }
 
 
 # ----- patch: patch sizes (report sec. 5.1) --------------------------------------------------
@@ -196,14 +242,22 @@ def analyse_patch(exp: Experiment, runs: dict[str, list[RunData]], out: Path) ->
     identity = _identity(runs)
     labels = sorted(runs, key=lambda k: runs[k][0].plan.data.patch_size)
     finals = {label: _finals(runs[label]) for label in labels}
-    diffs = {f"{b} - {a}": {m: _compared(finals[b][m]["values"], finals[a][m]["values"]) for m in METRICS}
-             for a, b in zip(labels, labels[1:])}
+    diffs = {
+        f"{b} - {a}": {m: _compared(finals[b][m]["values"], finals[a][m]["values"]) for m in METRICS}
+        for a, b in pairwise(labels)
+    }
     budgets = {label: _budget(runs[label][0].plan, runs[label][0].data_root) for label in labels}
     curves = {label: _curves(runs[label], "step") for label in labels}
     names = {label: f"{label} ({runs[label][0].plan.data.patch_size} px)" for label in labels}
     _curves_and_dots(out / "patch.png", curves, names, finals, identity["psnr"], "iteration")
-    return {"identity": identity, "finals": finals, "diffs": diffs, "budgets": budgets, "curves": curves,
-            "plots": ["patch.png"]}
+    return {
+        "identity": identity,
+        "finals": finals,
+        "diffs": diffs,
+        "budgets": budgets,
+        "curves": curves,
+        "plots": ["patch.png"],
+    }
 
 
 # ----- inverse: every block of the final N in turn (report sec. 5.3, fig. 9) -----------------
@@ -217,7 +271,12 @@ def _prefix_scores(r: RunData, val) -> list[dict[str, float]]:
     sums = [dict.fromkeys(METRICS, 0.0) for _ in model.blocks]
     for x, y in zip(val.inputs, val.targets):
         for k, o in enumerate(model.forward_all(x[None], clamp=True)):
-            for m, fn, yy in (("psnr", psnr, False), ("psnr_y", psnr, True), ("ssim", ssim, False), ("ssim_y", ssim, True)):
+            for m, fn, yy in (
+                ("psnr", psnr, False),
+                ("psnr_y", psnr, True),
+                ("ssim", ssim, False),
+                ("ssim_y", ssim, True),
+            ):
                 sums[k][m] += fn(o, y[None], r.plan.data.shave, y=yy)
     return [{m: v / len(val) for m, v in s.items()} for s in sums]
 
@@ -227,8 +286,12 @@ def analyse_inverse(exp: Experiment, runs: dict[str, list[RunData]], out: Path) 
 
     identity = _identity(runs)
     first = runs["phased"][0]
-    val = load_images(split_dirs(first.data_root)[1], max_size=first.plan.data.val_max_size, progress=False,
-                      max_pixels=first.plan.data.max_pixels)
+    val = load_images(
+        split_dirs(first.data_root)[1],
+        max_size=first.plan.data.val_max_size,
+        progress=False,
+        max_pixels=first.plan.data.max_pixels,
+    )
     prefixes: dict[str, list[dict[str, Any]]] = {}
     raw: dict[str, list[list[dict[str, float]]]] = {}
     for label, rs in runs.items():
@@ -238,17 +301,29 @@ def analyse_inverse(exp: Experiment, runs: dict[str, list[RunData]], out: Path) 
         for k in range(n):
             vals = {m: [s[k][m] for s in raw[label]] for m in METRICS}
             before = {m: [s[k - 1][m] for s in raw[label]] if k else [identity[m]] * len(rs) for m in METRICS}
-            rows.append({"output": chain_name(k + 1), **{m: summary(vals[m]) for m in METRICS},
-                         "gain": {m: paired(vals[m], before[m]) for m in METRICS}})
+            rows.append(
+                {
+                    "output": chain_name(k + 1),
+                    **{m: summary(vals[m]) for m in METRICS},
+                    "gain": {m: paired(vals[m], before[m]) for m in METRICS},
+                }
+            )
         prefixes[label] = rows
     contrast = {}
     if "single" in raw:
-        contrast = {chain_name(k + 1): welch([s[k]["psnr"] for s in raw["phased"]], [s[k]["psnr"] for s in raw["single"]])
-                    for k in range(len(raw["phased"][0]))}
+        contrast = {
+            chain_name(k + 1): welch([s[k]["psnr"] for s in raw["phased"]], [s[k]["psnr"] for s in raw["single"]])
+            for k in range(len(raw["phased"][0]))
+        }
     _strip(runs, val, out)
     _prefix_plot(prefixes, identity, out)
-    return {"identity": identity, "prefixes": prefixes, "phased_minus_single": contrast,
-            "validation_images": val.names, "plots": ["prefixes.png", "strip.png"]}
+    return {
+        "identity": identity,
+        "prefixes": prefixes,
+        "phased_minus_single": contrast,
+        "validation_images": val.names,
+        "plots": ["prefixes.png", "strip.png"],
+    }
 
 
 def _prefix_plot(prefixes: dict[str, list[dict[str, Any]]], identity: dict[str, float], out: Path) -> None:
@@ -256,13 +331,24 @@ def _prefix_plot(prefixes: dict[str, list[dict[str, Any]]], identity: dict[str, 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for label, rows in prefixes.items():
         xs = list(range(1, len(rows) + 1))
-        ax.errorbar(xs, [r["psnr"]["mean"] for r in rows], yerr=[r["psnr"]["std"] for r in rows], marker="o",
-                    capsize=4, label=f"{label} N, its blocks in turn")
+        ax.errorbar(
+            xs,
+            [r["psnr"]["mean"] for r in rows],
+            yerr=[r["psnr"]["std"] for r in rows],
+            marker="o",
+            capsize=4,
+            label=f"{label} N, its blocks in turn",
+        )
     ax.axhline(identity["psnr"], color="gray", ls="--", label="identity (LR)")
-    ax.set_xticks(range(1, len(next(iter(prefixes.values()))) + 1),
-                  [chain_name(k, "") for k in range(1, len(next(iter(prefixes.values()))) + 1)])
-    ax.set(xlabel="blocks of the final N applied", ylabel="validation PSNR RGB (dB)",
-           title="Inverse analysis: mean +- std over seeds")
+    ax.set_xticks(
+        range(1, len(next(iter(prefixes.values()))) + 1),
+        [chain_name(k, "") for k in range(1, len(next(iter(prefixes.values()))) + 1)],
+    )
+    ax.set(
+        xlabel="blocks of the final N applied",
+        ylabel="validation PSNR RGB (dB)",
+        title="Inverse analysis: mean +- std over seeds",
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "prefixes.png", dpi=110)
@@ -284,17 +370,19 @@ def _strip(runs: dict[str, list[RunData]], val, out: Path) -> None:
     for row, label in zip(axes, rows):
         r = runs[label][0]
         draw_panels(row, strip_panels(load_model(r.path / "model.safetensors").eval(), x, y), y)
-        row[0].text(-0.08, 0.5, f"{label} N\n(seed {r.seed})", transform=row[0].transAxes, ha="right", va="center",
-                    fontsize=9)
-    fig.suptitle(f"Centre {x.shape[-1]}x{x.shape[-2]} crop of test image {val.names[0]}: each block of the final N "
-                 "in turn", fontsize=10)
+        row[0].text(
+            -0.08, 0.5, f"{label} N\n(seed {r.seed})", transform=row[0].transAxes, ha="right", va="center", fontsize=9
+        )
+    fig.suptitle(
+        f"Centre {x.shape[-1]}x{x.shape[-2]} crop of test image {val.names[0]}: each block of the final N in turn",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(out / "strip.png", dpi=90)
     plt.close(fig)
 
 
-ANALYSES = {"compare": analyse_compare, "phases": analyse_phases, "patch": analyse_patch,
-            "inverse": analyse_inverse}
+ANALYSES = {"compare": analyse_compare, "phases": analyse_phases, "patch": analyse_patch, "inverse": analyse_inverse}
 
 
 def analyse(exp: Experiment, runs: dict[str, list[RunData]], out: Path) -> dict[str, Any]:

@@ -86,8 +86,14 @@ def plan_budget(plan: Plan, train_pixels: int, val_pixels: int) -> dict[str, Any
         if phase.kind == "generate":
             gen_flops += block_forward_flops_per_pixel(plan.model) * (train_pixels + val_pixels)
         else:
-            train_flops += phase.total_iters * step_flops(plan.model, phase.kind == "train_joint", d.batch_size,
-                                                          d.patch_size)
+            train_flops += phase.total_iters * step_flops(
+                plan.model, phase.kind == "train_joint", d.batch_size, d.patch_size
+            )
     per_block = backprops_per_block(plan)
-    return {"iterations": sum(p.total_iters for p in plan.phases), "backprops_per_block": per_block,
-            "train_flops": train_flops, "generate_flops": gen_flops, "total_flops": train_flops + gen_flops}
+    return {
+        "iterations": sum(p.total_iters for p in plan.phases),
+        "backprops_per_block": per_block,
+        "train_flops": train_flops,
+        "generate_flops": gen_flops,
+        "total_flops": train_flops + gen_flops,
+    }

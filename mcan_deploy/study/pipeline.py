@@ -24,10 +24,16 @@ log = logging.getLogger(__name__)
 def _commit(repo: Path) -> str:
     """The checkout's commit (with "+changes" when the tree differs from it), or "unknown"."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return head + ("+changes" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -36,10 +42,16 @@ def _commit(repo: Path) -> str:
 def _environment() -> dict[str, Any]:
     import torch
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "mcan_deploy": __version__,
-            "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "mcan_deploy": __version__,
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def _rel(path: Path) -> str:
@@ -47,10 +59,20 @@ def _rel(path: Path) -> str:
     return os.path.relpath(Path(path).resolve(), Path.cwd().resolve())
 
 
-def run_study(exp: Experiment | str | Path, scale: str, data_root: str | Path, runs_root: str | Path,
-              out_root: str | Path, seeds: list[int] | None = None, device: str = "auto", progress: bool = True,
-              max_iters: int | None = None, train: bool = True, command: str = "",
-              should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+def run_study(
+    exp: Experiment | str | Path,
+    scale: str,
+    data_root: str | Path,
+    runs_root: str | Path,
+    out_root: str | Path,
+    seeds: list[int] | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    max_iters: int | None = None,
+    train: bool = True,
+    command: str = "",
+    should_stop: Callable[[], bool] = lambda: False,
+) -> dict[str, Any]:
     """Train what is missing (unless ``train`` is False), then write ``OUT/<name>/results.json``,
     ``table.md`` and the plots; returns the results."""
     exp = exp if isinstance(exp, Experiment) else load_experiment(exp)
@@ -62,16 +84,29 @@ def run_study(exp: Experiment | str | Path, scale: str, data_root: str | Path, r
     t0 = time.perf_counter()
     result = analyse(exp, runs, out)
     first = next(iter(runs.values()))[0]
-    result.update({
-        "experiment": {"name": exp.name, "kind": exp.kind, "title": exp.title, "report": exp.report,
-                       "claim": exp.claim, "baseline": exp.baseline, "report_values": exp.report_values,
-                       "source": _rel(exp.source)},
-        "scale": scale, "max_iters": max_iters, "seeds": seeds,
-        "plans": {label: _rel(p) for label, p in exp.plan_paths(scale).items()},
-        "data": _rel(first.data_root), "command": command or f"mcan-study {_rel(exp.source)} --scale {scale}",
-        "commit": _commit(Path(__file__).resolve().parent), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "environment": _environment(),
-    })
+    result.update(
+        {
+            "experiment": {
+                "name": exp.name,
+                "kind": exp.kind,
+                "title": exp.title,
+                "report": exp.report,
+                "claim": exp.claim,
+                "baseline": exp.baseline,
+                "report_values": exp.report_values,
+                "source": _rel(exp.source),
+            },
+            "scale": scale,
+            "max_iters": max_iters,
+            "seeds": seeds,
+            "plans": {label: _rel(p) for label, p in exp.plan_paths(scale).items()},
+            "data": _rel(first.data_root),
+            "command": command or f"mcan-study {_rel(exp.source)} --scale {scale}",
+            "commit": _commit(Path(__file__).resolve().parent),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "environment": _environment(),
+        }
+    )
     from ..io import atomic_write_bytes
 
     atomic_write_bytes(out / "results.json", json.dumps(result, indent=1).encode())

@@ -52,8 +52,7 @@ class Experiment:
     def plan_paths(self, scale: str) -> dict[str, Path]:
         """The plans of one scale, by label; an unknown scale is a ``ConfigError``."""
         if scale not in self.plans:
-            raise ConfigError(f"{self.source}: no [plans.{scale}]; this experiment has scales "
-                              f"{sorted(self.plans)}")
+            raise ConfigError(f"{self.source}: no [plans.{scale}]; this experiment has scales {sorted(self.plans)}")
         return self.plans[scale]
 
 
@@ -61,7 +60,7 @@ def _need(table: dict[str, Any], key: str, tp: type, source: Path, where: str) -
     if key not in table:
         raise ConfigError(f"{source}: [{where}] needs '{key}'")
     value = table[key]
-    if not isinstance(value, tp) or isinstance(value, bool) and tp is not bool:
+    if not isinstance(value, tp) or (isinstance(value, bool) and tp is not bool):
         raise ConfigError(f"{source}: {where}.{key} = {value!r} should be of type {tp.__name__}")
     return value
 
@@ -86,13 +85,16 @@ def load_experiment(path: str | Path) -> Experiment:
     if kind not in typing.get_args(Kind):
         raise ConfigError(f"{path}: experiment.kind = {kind!r} is not one of {list(typing.get_args(Kind))}")
     seeds = _need(exp, "seeds", list, path, "experiment")
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds) \
-            or len(set(seeds)) != len(seeds):
+    if (
+        not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
         raise ConfigError(f"{path}: experiment.seeds = {seeds!r} must be distinct integers >= 0")
     plans: dict[str, dict[str, Path]] = {}
     for scale, table in _need(data, "plans", dict, path, "").items():
         if not isinstance(table, dict) or not table:
-            raise ConfigError(f"{path}: [plans.{scale}] must be a table of label = \"plan.toml\"")
+            raise ConfigError(f'{path}: [plans.{scale}] must be a table of label = "plan.toml"')
         plans[scale] = {}
         for label, rel in table.items():
             if not isinstance(rel, str):
@@ -105,15 +107,22 @@ def load_experiment(path: str | Path) -> Experiment:
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()):
         raise ConfigError(f"{path}: [report_values] must map names to numbers (dB)")
     out = Experiment(
-        name=_need(exp, "name", str, path, "experiment"), kind=kind,
-        title=_need(exp, "title", str, path, "experiment"), report=_need(exp, "report", str, path, "experiment"),
-        claim=_need(exp, "claim", str, path, "experiment"), seeds=seeds, plans=plans,
-        report_values={k: float(v) for k, v in values.items()}, baseline=exp.get("baseline", ""), source=path,
+        name=_need(exp, "name", str, path, "experiment"),
+        kind=kind,
+        title=_need(exp, "title", str, path, "experiment"),
+        report=_need(exp, "report", str, path, "experiment"),
+        claim=_need(exp, "claim", str, path, "experiment"),
+        seeds=seeds,
+        plans=plans,
+        report_values={k: float(v) for k, v in values.items()},
+        baseline=exp.get("baseline", ""),
+        source=path,
     )
     for scale, table in plans.items():
         if out.kind == "compare" and out.baseline not in table:
-            raise ConfigError(f"{path}: experiment.baseline = {out.baseline!r} is not a label of "
-                              f"[plans.{scale}] ({sorted(table)})")
+            raise ConfigError(
+                f"{path}: experiment.baseline = {out.baseline!r} is not a label of [plans.{scale}] ({sorted(table)})"
+            )
         if out.kind in ("phases", "inverse") and "phased" not in table:
             raise ConfigError(f"{path}: a {out.kind} experiment needs a 'phased' plan in [plans.{scale}]")
     return out

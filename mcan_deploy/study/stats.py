@@ -11,14 +11,43 @@ import math
 from typing import Any
 
 # two-sided 5% critical values of Student's t, df = 1..30 (beyond: the normal 1.96)
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-         2.052, 2.048, 2.045, 2.042]
+_T975 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 
 
 def t_critical(df: float) -> float:
     """Two-sided 5% critical t for ``df`` degrees of freedom, rounded down (conservative)."""
-    d = int(math.floor(df))
+    d = math.floor(df)
     if d < 1:
         return math.inf
     return _T975[d - 1] if d <= len(_T975) else 1.96

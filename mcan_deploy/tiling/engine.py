@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
@@ -32,6 +33,8 @@ from .planner import LABELS, Choice, choose
 from .windows import map_pass, window_count
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=Runner)
 
 
 @dataclass
@@ -52,14 +55,16 @@ class TileReport:
         if self.plan == "whole-image":
             s = f"{self.ca_stats} statistics, whole-image plan (one call per block), {self.seconds:.2f} s"
         else:
-            s = (f"{self.ca_stats} statistics, {self.plan} plan, tile {self.tile}, margins "
-                 f"{self.margins} px, {self.windows} windows, {self.seconds:.2f} s")
+            s = (
+                f"{self.ca_stats} statistics, {self.plan} plan, tile {self.tile}, margins "
+                f"{self.margins} px, {self.windows} windows, {self.seconds:.2f} s"
+            )
         s += f", {self.oom_retries} out-of-memory retries" if self.oom_retries else ""
         s += f", {self.overflows} float16 overflows redone" if self.overflows else ""
         return s + "".join(f"; {note}" for note in self.notes)
 
 
-def _guarded(runner: Runner, step: Callable[[Runner], torch.Tensor], report: TileReport, what: str) -> torch.Tensor:
+def _guarded(runner: R, step: Callable[[R], torch.Tensor], report: TileReport, what: str) -> torch.Tensor:
     """``step(runner)``, redone on the runner's safe-dtype twin when a float16 layer overflowed."""
     if getattr(runner, "dtype", None) != torch.float16:
         return step(runner)
@@ -71,8 +76,11 @@ def _guarded(runner: Runner, step: Callable[[Runner], torch.Tensor], report: Til
     safe = runner.safe_twin()  # type: ignore[attr-defined]
     report.overflows += 1
     if report.overflows == 1:
-        log.warning("float16 overflowed in %s; redoing it in %s (later ones in this image are counted)",
-                    what, str(safe.dtype).replace("torch.", ""))
+        log.warning(
+            "float16 overflowed in %s; redoing it in %s (later ones in this image are counted)",
+            what,
+            str(safe.dtype).replace("torch.", ""),
+        )
     return step(safe)
 
 
@@ -80,8 +88,9 @@ def _map_device(runner: Runner, plan: str) -> torch.device:
     return torch.device("cpu") if plan == "layers-host" else runner.device
 
 
-def _global_block(runner: LayerRunner, i: int, x: torch.Tensor, cfg: TileConfig, plan: str,
-                  tick: Callable[[int], None] | None) -> torch.Tensor:
+def _global_block(
+    runner: LayerRunner, i: int, x: torch.Tensor, cfg: TileConfig, plan: str, tick: Callable[[int], None] | None
+) -> torch.Tensor:
     """One MCAN block with exact whole-image channel statistics, layer by layer. The maps are in
     the runner's map dtype, on its device or (``layers-host``) in page-locked host memory."""
     c, h, w = x.shape
@@ -92,13 +101,19 @@ def _global_block(runner: LayerRunner, i: int, x: torch.Tensor, cfg: TileConfig,
     layout = bool(getattr(runner, "channels_last", False))  # maps in the layout the runner computes in
     xs = x.to(dev)
 
-    def run(sources: list[torch.Tensor], fn: Callable[..., torch.Tensor], margin: int, channels: int,
-            reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, out_dtype: torch.dtype = dtype):
+    def run(
+        sources: list[torch.Tensor],
+        fn: Callable[..., torch.Tensor],
+        margin: int,
+        channels: int,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        out_dtype: torch.dtype = dtype,
+    ):
         return map_pass(sources, fn, margin, cfg, channels, dev, reduce, tick, out_dtype, pin, layout)
 
     hmap, _ = run([xs], lambda t: runner.head(i, t), 1, feats)
     for k in range(runner.n_rcabs(i)):
-        r, total = run([hmap], lambda t: runner.rcab_residual(i, k, t), 2, feats, runner.channel_sums)
+        r, total = run([hmap], lambda t, k=k: runner.rcab_residual(i, k, t), 2, feats, runner.channel_sums)
         gate = runner.ca_scale(i, k, (total / (h * w)).float())
         runner.gate_add(hmap, r, gate.to(dev))
         del r
@@ -113,8 +128,9 @@ def _release_memory(runner: Runner) -> None:
         torch.cuda.empty_cache()
 
 
-def upscale_tensor(runner: Runner, image: torch.Tensor, cfg: TileConfig = TileConfig(),
-                   progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, TileReport]:
+def upscale_tensor(
+    runner: Runner, image: torch.Tensor, cfg: TileConfig = TileConfig(), progress: Callable[[int], None] | None = None
+) -> tuple[torch.Tensor, TileReport]:
     """Run the whole network on ``image`` (3, H, W) float32 in [0, 1]; returns the output
     (3, H, W) float32 on the image's device and a report of what ran and why.
 
@@ -123,11 +139,13 @@ def upscale_tensor(runner: Runner, image: torch.Tensor, cfg: TileConfig = TileCo
     the device, maps in host memory), and the tiled plans halve the tile."""
     if image.dim() != 3 or image.shape[0] != 3:
         raise MCANError(f"expected an image tensor (3, H, W), got shape {tuple(image.shape)}")
-    tile, retries, exclude = cfg.tile, 0, ()
+    tile, retries = cfg.tile, 0
+    exclude: tuple[str, ...] = ()
     while True:
         failed: Choice | None = None
-        choice = choose(runner, image.shape[1], image.shape[2], dataclasses.replace(cfg, tile=tile),
-                        exclude=exclude, image=image)
+        choice = choose(
+            runner, image.shape[1], image.shape[2], dataclasses.replace(cfg, tile=tile), exclude=exclude, image=image
+        )
         try:
             t0 = time.perf_counter()
             out, report = _run_plan(runner, image, dataclasses.replace(cfg, tile=tile), choice, progress)
@@ -139,8 +157,10 @@ def upscale_tensor(runner: Runner, image: torch.Tensor, cfg: TileConfig = TileCo
         except RuntimeError as exc:
             if not isinstance(exc, torch.OutOfMemoryError):
                 if "can't allocate memory" in str(exc) or "DefaultCPUAllocator" in str(exc):
-                    raise MCANError(f"out of host memory for a {image.shape[-1]}x{image.shape[-2]} image "
-                                    f"({choice.label} plan); lower --max-memory or use --ca-stats tile") from None
+                    raise MCANError(
+                        f"out of host memory for a {image.shape[-1]}x{image.shape[-2]} image "
+                        f"({choice.label} plan); lower --max-memory or use --ca-stats tile"
+                    ) from None
                 raise
             failed = choice
         # out of the except block: the exception's frames, which hold the failed attempt's
@@ -152,14 +172,17 @@ def upscale_tensor(runner: Runner, image: torch.Tensor, cfg: TileConfig = TileCo
             log.warning("out of memory in the %s plan; trying the next exact plan", failed.label)
             continue
         if failed.plan == "whole" or tile <= 16:
-            raise MCANError(f"out of memory even with {tile}x{tile} tiles ({failed.label} plan); use --device cpu, "
-                            "a smaller --batch or --max-memory") from None
+            raise MCANError(
+                f"out of memory even with {tile}x{tile} tiles ({failed.label} plan); use --device cpu, "
+                "a smaller --batch or --max-memory"
+            ) from None
         log.warning("out of memory with %dx%d tiles; retrying with %dx%d", tile, tile, tile // 2, tile // 2)
         tile //= 2
 
 
-def _run_plan(runner: Runner, image: torch.Tensor, cfg: TileConfig, choice: Choice,
-              progress: Callable[[int], None] | None) -> tuple[torch.Tensor, TileReport]:
+def _run_plan(
+    runner: Runner, image: torch.Tensor, cfg: TileConfig, choice: Choice, progress: Callable[[int], None] | None
+) -> tuple[torch.Tensor, TileReport]:
     _, h, w = image.shape
     n = runner.n_blocks
     exact_local = not runner.has_channel_attention
@@ -171,7 +194,11 @@ def _run_plan(runner: Runner, image: torch.Tensor, cfg: TileConfig, choice: Choi
         x = image[None]
         if getattr(runner, "dtype", None) == torch.float16:  # block by block, each one guarded
             for i in range(n):
-                x = _guarded(runner, lambda r, x=x, i=i: r.run_blocks(x, i, i + 1), report, f"block {i + 1}")
+
+                def whole_block(r: Runner, x: torch.Tensor = x, i: int = i) -> torch.Tensor:
+                    return r.run_blocks(x, i, i + 1)
+
+                x = _guarded(runner, whole_block, report, f"block {i + 1}")
         else:
             x = runner.run_blocks(x, 0, n)
         if progress:
@@ -182,31 +209,48 @@ def _run_plan(runner: Runner, image: torch.Tensor, cfg: TileConfig, choice: Choi
         report = TileReport("global", LABELS[choice.plan], cfg.tile, [1, 2], notes=notes)
         x = image
         for i in range(n):
-            report.windows += window_count(h, w, cfg.tile, 1) + window_count(h, w, cfg.tile, 2) * (runner.n_rcabs(i) + 1)
-            x = _guarded(runner, lambda r, x=x, i=i: _global_block(r, i, x, cfg, choice.plan, progress),
-                         report, f"block {i + 1}")
+            report.windows += window_count(h, w, cfg.tile, 1) + window_count(h, w, cfg.tile, 2) * (
+                runner.n_rcabs(i) + 1
+            )
+
+            def layers_block(r: LayerRunner, x: torch.Tensor = x, i: int = i) -> torch.Tensor:
+                return _global_block(r, i, x, cfg, choice.plan, progress)
+
+            x = _guarded(runner, layers_block, report, f"block {i + 1}")
         return x, report
     if choice.plan == "all":
         margin = sum(runner.block_radii)
         report = TileReport(mode, "all-blocks", cfg.tile, [margin], notes=notes)
         report.windows = window_count(h, w, cfg.tile, margin)
-        out = _guarded(runner, lambda r: map_pass([image], lambda t: r.run_blocks(t, 0, n), margin, cfg, 3,
-                                                  image.device, progress=progress)[0], report, "the image")
+        out = _guarded(
+            runner,
+            lambda r: map_pass(
+                [image], lambda t: r.run_blocks(t, 0, n), margin, cfg, 3, image.device, progress=progress
+            )[0],
+            report,
+            "the image",
+        )
         return out, report
     report = TileReport(mode, "block-by-block", cfg.tile, list(runner.block_radii), notes=notes)
     x = image
     for i, margin in enumerate(runner.block_radii):
         report.windows += window_count(h, w, cfg.tile, margin)
-        x = _guarded(runner, lambda r, x=x, i=i, m=margin: map_pass([x], lambda t: r.run_blocks(t, i, i + 1), m,
-                                                                    cfg, 3, image.device, progress=progress)[0],
-                     report, f"block {i + 1}")
+
+        def tiled_block(r: Runner, x: torch.Tensor = x, i: int = i, m: int = margin) -> torch.Tensor:
+            return map_pass([x], lambda t: r.run_blocks(t, i, i + 1), m, cfg, 3, image.device, progress=progress)[0]
+
+        x = _guarded(runner, tiled_block, report, f"block {i + 1}")
     return x, report
 
 
 def planned_windows(runner: Runner, h: int, w: int, cfg: TileConfig) -> int:
     """An upper bound on the windows ``upscale_tensor`` runs, for progress bars."""
     if cfg.ca_stats == "global" and runner.has_channel_attention and isinstance(runner, LayerRunner):
-        return sum(window_count(h, w, cfg.tile, 1) + window_count(h, w, cfg.tile, 2) * (runner.n_rcabs(i) + 1)
-                   for i in range(runner.n_blocks))
-    return max(sum(window_count(h, w, cfg.tile, m) for m in runner.block_radii),
-               window_count(h, w, cfg.tile, sum(runner.block_radii)))
+        return sum(
+            window_count(h, w, cfg.tile, 1) + window_count(h, w, cfg.tile, 2) * (runner.n_rcabs(i) + 1)
+            for i in range(runner.n_blocks)
+        )
+    return max(
+        sum(window_count(h, w, cfg.tile, m) for m in runner.block_radii),
+        window_count(h, w, cfg.tile, sum(runner.block_radii)),
+    )

@@ -58,8 +58,10 @@ class Budget:
     def describe(self, need: Footprint) -> str:
         if self.shared:
             return f"about {need.total() / 1e9:.2f} GB of a {self.device / 1e9:.1f} GB budget"
-        return (f"about {need.device / 1e9:.2f} GB of a {self.device / 1e9:.1f} GB device budget and "
-                f"{need.host / 1e9:.2f} GB of {self.host / 1e9:.1f} GB host memory")
+        return (
+            f"about {need.device / 1e9:.2f} GB of a {self.device / 1e9:.1f} GB device budget and "
+            f"{need.host / 1e9:.2f} GB of {self.host / 1e9:.1f} GB host memory"
+        )
 
 
 def available_memory() -> int:

@@ -24,8 +24,13 @@ from .windows import spans, window_count, window_pixels
 
 log = logging.getLogger(__name__)
 
-LABELS = {"whole": "whole-image", "layers": "layer-by-layer", "layers-host": "layer-by-layer, maps in host memory",
-          "block": "block-by-block", "all": "all-blocks"}
+LABELS = {
+    "whole": "whole-image",
+    "layers": "layer-by-layer",
+    "layers-host": "layer-by-layer, maps in host memory",
+    "block": "block-by-block",
+    "all": "all-blocks",
+}
 
 
 @dataclass(frozen=True)
@@ -51,21 +56,30 @@ def exact_candidates(runner: Runner) -> list[str]:
     return plans
 
 
-def choose(runner: Runner, h: int, w: int, cfg: TileConfig, budget: Budget | None = None,
-           exclude: tuple[str, ...] = (), image: torch.Tensor | None = None) -> Choice:
+def choose(
+    runner: Runner,
+    h: int,
+    w: int,
+    cfg: TileConfig,
+    budget: Budget | None = None,
+    exclude: tuple[str, ...] = (),
+    image: torch.Tensor | None = None,
+) -> Choice:
     """The plan for an (h, w) image; ``exclude`` drops plans that ran out of memory already;
     ``image`` is what the tile-statistics chooser times when its estimate is close."""
     if cfg.ca_stats == "tile" and runner.has_channel_attention and cfg.plan in ("layers", "layers-host"):
-        raise MCANError(f"--plan {cfg.plan} runs global statistics; with --ca-stats tile use auto, block, all "
-                        "or whole")
+        raise MCANError(f"--plan {cfg.plan} runs global statistics; with --ca-stats tile use auto, block, all or whole")
     if cfg.ca_stats == "global" and runner.has_channel_attention and cfg.plan in ("block", "all"):
-        raise MCANError(f"--plan {cfg.plan} is a tile-statistics plan; with global statistics use auto, "
-                        "whole, layers or layers-host (or --ca-stats tile)")
+        raise MCANError(
+            f"--plan {cfg.plan} is a tile-statistics plan; with global statistics use auto, "
+            "whole, layers or layers-host (or --ca-stats tile)"
+        )
     if cfg.plan in EXACT_PLANS:
         if cfg.plan != "whole" and not isinstance(runner, LayerRunner):
-            raise MCANError(f"--plan {cfg.plan}: {type(runner).__name__} cannot run layer by layer; "
-                            "use --plan whole or auto")
-        plan = "layers" if cfg.plan == "layers-host" and runner.device.type == "cpu" else cfg.plan
+            raise MCANError(
+                f"--plan {cfg.plan}: {type(runner).__name__} cannot run layer by layer; use --plan whole or auto"
+            )
+        plan: str = "layers" if cfg.plan == "layers-host" and runner.device.type == "cpu" else cfg.plan
         return Choice(plan, "chosen by the caller", footprint(runner, plan, h, w, cfg))
     if not runner.has_channel_attention:
         return _tile_plan(runner, h, w, cfg, "exact: the model has no channel attention", image)
@@ -75,7 +89,7 @@ def choose(runner: Runner, h: int, w: int, cfg: TileConfig, budget: Budget | Non
     if not candidates:
         raise MCANError(f"{type(runner).__name__} cannot run global statistics; use --ca-stats tile")
     budget = budget or budget_for(runner.device, cfg.max_memory)
-    skipped = []
+    skipped: list[str] = []
     for plan in candidates:
         need = footprint(runner, plan, h, w, cfg)
         if budget.fits(need):
@@ -83,8 +97,10 @@ def choose(runner: Runner, h: int, w: int, cfg: TileConfig, budget: Budget | Non
             return Choice(plan, why, need)
         skipped.append(f"{LABELS[plan]} would need {budget.describe(need)}")
     need = footprint(runner, candidates[-1], h, w, cfg)
-    raise MCANError(f"{w}x{h}: exact global statistics need {budget.describe(need)} at the least; raise "
-                    "--max-memory (GB) or use --ca-stats tile, whose memory stays flat (approximate)")
+    raise MCANError(
+        f"{w}x{h}: exact global statistics need {budget.describe(need)} at the least; raise "
+        "--max-memory (GB) or use --ca-stats tile, whose memory stays flat (approximate)"
+    )
 
 
 def _measure(runner: Runner, x: torch.Tensor, cfg: TileConfig, margin: int, start: int, stop: int) -> float:
@@ -130,7 +146,9 @@ def choose_tile_plan(runner: Runner, x: torch.Tensor, cfg: TileConfig) -> tuple[
     if px_block * 1.25 < px_all:
         return "block", f"estimated cost: block-by-block {px_block / 1e6:.1f} Mpx, all-blocks {px_all / 1e6:.1f} Mpx"
     t_all = window_count(h, w, cfg.tile, total_margin) * _measure(runner, x, cfg, total_margin, 0, n)
-    t_block = sum(window_count(h, w, cfg.tile, m) * _measure(runner, x, cfg, m, i, i + 1)
-                  for i, m in enumerate(runner.block_radii))
+    t_block = sum(
+        window_count(h, w, cfg.tile, m) * _measure(runner, x, cfg, m, i, i + 1)
+        for i, m in enumerate(runner.block_radii)
+    )
     plan = "block" if t_block <= t_all else "all"
     return plan, f"measured cost: block-by-block {t_block:.2f} s, all-blocks {t_all:.2f} s"

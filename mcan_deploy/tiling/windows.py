@@ -59,8 +59,9 @@ def _gather(source: torch.Tensor, group: list[tuple[Span, Span]], channels_last:
     views = [source[:, sy.start : sy.start + sy.size, sx.start : sx.start + sx.size] for sy, sx in group]
     if not channels_last:
         return torch.stack(views)
-    batch = torch.empty(len(views), *views[0].shape, dtype=source.dtype, device=source.device,
-                        memory_format=torch.channels_last)
+    batch = torch.empty(
+        len(views), *views[0].shape, dtype=source.dtype, device=source.device, memory_format=torch.channels_last
+    )
     for b, v in enumerate(views):
         batch[b].copy_(v)
     return batch
@@ -91,8 +92,9 @@ def map_pass(
     """
     _, h, w = sources[0].shape
     if channels_last:
-        out = torch.empty(1, out_channels, h, w, device=out_device, dtype=out_dtype, pin_memory=pin,
-                          memory_format=torch.channels_last)[0]
+        out = torch.empty(
+            1, out_channels, h, w, device=out_device, dtype=out_dtype, pin_memory=pin, memory_format=torch.channels_last
+        )[0]
     else:
         out = torch.empty(out_channels, h, w, device=out_device, dtype=out_dtype, pin_memory=pin)
     total = torch.zeros(out_channels, dtype=torch.float64, device=out_device) if reduce else None
@@ -104,7 +106,7 @@ def map_pass(
         for b, (sy, sx) in enumerate(group):
             core = res[b, :, sy.lo - sy.start : sy.hi - sy.start, sx.lo - sx.start : sx.hi - sx.start]
             out[:, sy.lo : sy.hi, sx.lo : sx.hi].copy_(core)  # one copy: dtype, layout and device
-            if reduce is not None:  # on the runner's device, before the copy
+            if reduce is not None and total is not None:  # on the runner's device, before the copy
                 total += reduce(core[None])[0].to(out_device, torch.float64)
         if progress:
             progress(len(group))

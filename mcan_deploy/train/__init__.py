@@ -2,4 +2,4 @@
 
 from .phases import RunResult, TrainingInterrupted, train
 
-__all__ = ["train", "RunResult", "TrainingInterrupted"]
+__all__ = ["RunResult", "TrainingInterrupted", "train"]

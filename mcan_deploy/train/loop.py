@@ -27,10 +27,12 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], stage: StageConfig) -> 
     """The stage's optimiser at its first learning rate (report sec. 4.3 settings by default)."""
     params = list(params)
     if stage.optimizer == "adadelta":
-        return torch.optim.Adadelta(params, lr=stage.lr[0], rho=stage.rho, eps=stage.eps,
-                                    weight_decay=stage.weight_decay)
-    return torch.optim.Adam(params, lr=stage.lr[0], betas=tuple(stage.betas), eps=stage.eps,
-                            weight_decay=stage.weight_decay)
+        return torch.optim.Adadelta(
+            params, lr=stage.lr[0], rho=stage.rho, eps=stage.eps, weight_decay=stage.weight_decay
+        )
+    return torch.optim.Adam(
+        params, lr=stage.lr[0], betas=(stage.betas[0], stage.betas[1]), eps=stage.eps, weight_decay=stage.weight_decay
+    )
 
 
 def gradient_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -41,7 +43,12 @@ def gradient_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def loss_function(name: LossName) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    return {"l1": F.l1_loss, "l2": F.mse_loss, "gradient": gradient_loss}[name]
+    losses: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+        "l1": F.l1_loss,
+        "l2": F.mse_loss,
+        "gradient": gradient_loss,
+    }
+    return losses[name]
 
 
 @dataclass
@@ -81,9 +88,16 @@ def run_stage(
 
     criterion = loss_function(stage.loss)
     total = stage.total_iters
-    bar = tqdm(total=total, initial=start_iter, desc=progress, unit="it", disable=progress is None,
-               dynamic_ncols=True, leave=False,
-               mininterval=0.1 if sys.stderr.isatty() else 30.0)  # logs stay short off a terminal
+    bar = tqdm(
+        total=total,
+        initial=start_iter,
+        desc=progress,
+        unit="it",
+        disable=progress is None,
+        dynamic_ncols=True,
+        leave=False,
+        mininterval=0.1 if sys.stderr.isatty() else 30.0,
+    )  # logs stay short off a terminal
     loss_sum, n, data_time, t_start = 0.0, 0, 0.0, time.perf_counter()
     it = start_iter
     try:

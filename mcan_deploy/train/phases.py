@@ -25,9 +25,17 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..checkpoint import (check_finite, config_to_dict, load_tensors, optimizer_from_flat, optimizer_to_flat, save_block,
-                          save_model, save_tensors)
-from ..config import Plan, PhaseConfig, dump_plan, load_plan, plan_to_dict
+from ..checkpoint import (
+    check_finite,
+    config_to_dict,
+    load_tensors,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    save_block,
+    save_model,
+    save_tensors,
+)
+from ..config import PhaseConfig, Plan, StageConfig, dump_plan, load_plan, plan_to_dict
 from ..data import PairedImages, PatchSampler, load_images, split_dirs
 from ..distributed import Dist
 from ..errors import CheckpointError, DataError, MCANError, NonFiniteError, TrainingDiverged
@@ -50,23 +58,40 @@ class RunPaths:
     root: Path
 
     @property
-    def plan(self) -> Path: return self.root / "plan.toml"
+    def plan(self) -> Path:
+        return self.root / "plan.toml"
+
     @property
-    def run_info(self) -> Path: return self.root / "run.json"
+    def run_info(self) -> Path:
+        return self.root / "run.json"
+
     @property
-    def metrics(self) -> Path: return self.root / "metrics.jsonl"
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
     @property
-    def events(self) -> Path: return self.root / "events.jsonl"  # append-only: never cut on resume
+    def events(self) -> Path:
+        return self.root / "events.jsonl"  # append-only: never cut on resume
+
     @property
-    def checkpoint(self) -> Path: return self.root / "checkpoints" / "last.safetensors"
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoints" / "last.safetensors"
+
     @property
-    def model(self) -> Path: return self.root / "model.safetensors"
+    def model(self) -> Path:
+        return self.root / "model.safetensors"
+
     @property
-    def report(self) -> Path: return self.root / "report.md"
+    def report(self) -> Path:
+        return self.root / "report.md"
+
     @property
-    def curves(self) -> Path: return self.root / "curves.png"
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
     @property
-    def strip(self) -> Path: return self.root / "strip.png"
+    def strip(self) -> Path:
+        return self.root / "strip.png"
 
     def block(self, i: int) -> Path:
         return self.root / "blocks" / f"N{i}.safetensors"
@@ -171,9 +196,16 @@ def _what_trains(plan: Plan) -> dict[str, Any]:
 class PhaseRunner:
     """Runs one plan into one run directory. Holds no state beyond that run."""
 
-    def __init__(self, plan: Plan, data_root: str | Path, out_dir: str | Path, device: str = "auto",
-                 progress: bool = True, should_stop: Callable[[], bool] = lambda: False,
-                 dist: Dist | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        data_root: str | Path,
+        out_dir: str | Path,
+        device: str = "auto",
+        progress: bool = True,
+        should_stop: Callable[[], bool] = lambda: False,
+        dist: Dist | None = None,
+    ) -> None:
         self.plan = plan
         self.data_root = Path(data_root).resolve()
         self.paths = RunPaths(Path(out_dir))
@@ -186,9 +218,11 @@ class PhaseRunner:
         self.should_stop = (lambda: self.dist.any(should_stop())) if self.dist.enabled else should_stop
         self.stage_offsets = self._stage_offsets()
         if plan.data.batch_size % (self.dist.world * plan.data.micro_batches):
-            raise MCANError(f"data.batch_size = {plan.data.batch_size} does not split over {self.dist.world} "
-                            f"processes x data.micro_batches = {plan.data.micro_batches}; use a batch size "
-                            "divisible by --nproc_per_node x nodes x micro_batches")
+            raise MCANError(
+                f"data.batch_size = {plan.data.batch_size} does not split over {self.dist.world} "
+                f"processes x data.micro_batches = {plan.data.micro_batches}; use a batch size "
+                "divisible by --nproc_per_node x nodes x micro_batches"
+            )
 
     # ----- set-up and resume ---------------------------------------------------------------
     def _stage_offsets(self) -> dict[tuple[int, int], int]:
@@ -239,8 +273,7 @@ class PhaseRunner:
             return _first_difference(plan_to_dict(old), plan_to_dict(self.plan))
         if p.root.exists() and any(p.root.iterdir()):
             raise CheckpointError(
-                f"{p.root}: folder exists and is not a run directory (no plan.toml); "
-                "pass an empty or new --out"
+                f"{p.root}: folder exists and is not a run directory (no plan.toml); pass an empty or new --out"
             )
         return None
 
@@ -250,14 +283,24 @@ class PhaseRunner:
         from ..io import atomic_write_bytes
 
         seed = self.plan.train.seed
-        atomic_write_bytes(p.run_info, json.dumps({
-            "data": str(self.data_root), "device": str(self.device), "torch": torch.__version__,
-            "mcan_deploy": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            # every rank draws the same global batch from the shared sampler seed and trains on
-            # its own slice of it; the per-rank seeds serve any other randomness of a process
-            "world_size": self.dist.world, "sampler_seed": seed,
-            "rank_seeds": [rank_seed(seed, r) for r in range(self.dist.world)],
-        }, indent=2).encode())
+        atomic_write_bytes(
+            p.run_info,
+            json.dumps(
+                {
+                    "data": str(self.data_root),
+                    "device": str(self.device),
+                    "torch": torch.__version__,
+                    "mcan_deploy": __version__,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    # every rank draws the same global batch from the shared sampler seed and trains on
+                    # its own slice of it; the per-rank seeds serve any other randomness of a process
+                    "world_size": self.dist.world,
+                    "sampler_seed": seed,
+                    "rank_seeds": [rank_seed(seed, r) for r in range(self.dist.world)],
+                },
+                indent=2,
+            ).encode(),
+        )
         atomic_write_bytes(p.plan, dump_plan(self.plan).encode())
 
     def _load_position(self, model: MCAN) -> tuple[Position, dict[str, Any] | None, int]:
@@ -269,25 +312,43 @@ class PhaseRunner:
         want = config_to_dict(self.plan.model)
         if meta.get("model", want) != want:
             diff = _first_difference(meta["model"], want)
-            raise CheckpointError(f"{self.paths.checkpoint}: written for another model, differing at "
-                                  f"model.{diff}; pass a new --out for this plan")
+            raise CheckpointError(
+                f"{self.paths.checkpoint}: written for another model, differing at "
+                f"model.{diff}; pass a new --out for this plan"
+            )
         try:
             model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         except RuntimeError as exc:  # shapes or names do not fit this plan's model
-            raise CheckpointError(f"{self.paths.checkpoint}: does not fit this plan's model "
-                                  f"({str(exc).splitlines()[0][:200]}); pass a new --out") from None
+            raise CheckpointError(
+                f"{self.paths.checkpoint}: does not fit this plan's model "
+                f"({str(exc).splitlines()[0][:200]}); pass a new --out"
+            ) from None
         pos = Position(**meta["position"])
-        log.info("resuming %s at phase %s, stage %d, iteration %d", self.paths.root,
-                 self.plan.phases[pos.phase].name if pos.phase < len(self.plan.phases) else "end",
-                 pos.stage, pos.iter)
+        log.info(
+            "resuming %s at phase %s, stage %d, iteration %d",
+            self.paths.root,
+            self.plan.phases[pos.phase].name if pos.phase < len(self.plan.phases) else "end",
+            pos.stage,
+            pos.iter,
+        )
         return pos, {"tensors": tensors, "meta": meta}, meta["metrics_lines"]
 
-    def _save_checkpoint(self, model: MCAN, pos: Position, metrics: MetricsLog,
-                         optimizer: torch.optim.Optimizer | None = None,
-                         sampler: PatchSampler | None = None, lr_scale: float = 1.0) -> None:
+    def _save_checkpoint(
+        self,
+        model: MCAN,
+        pos: Position,
+        metrics: MetricsLog,
+        optimizer: torch.optim.Optimizer | None = None,
+        sampler: PatchSampler | None = None,
+        lr_scale: float = 1.0,
+    ) -> None:
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        meta: dict[str, Any] = {"position": dataclasses.asdict(pos), "metrics_lines": metrics.count,
-                                "model": config_to_dict(self.plan.model), "lr_scale": lr_scale}
+        meta: dict[str, Any] = {
+            "position": dataclasses.asdict(pos),
+            "metrics_lines": metrics.count,
+            "model": config_to_dict(self.plan.model),
+            "lr_scale": lr_scale,
+        }
         if optimizer is not None:
             opt_tensors, meta["optim"] = optimizer_to_flat(optimizer)
             tensors.update(opt_tensors)
@@ -320,7 +381,8 @@ class PhaseRunner:
             phase = self.plan.phases[prev]
             if phase.kind == "generate":
                 tensors, _ = load_tensors(self.paths.generated(phase.name))
-                pick = lambda split, n: [tensors[f"{split}.{i}"].to(self.device) for i in range(n)]  # noqa: E731
+                # B023 (loop variable in a closure) is fine: pick runs on the next line, and the loop returns
+                pick = lambda split, n: [tensors[f"{split}.{i}"].to(self.device) for i in range(n)]  # noqa: E731, B023
                 return train.with_inputs(pick("train", len(train))), val.with_inputs(pick("val", len(val)))
         return train, val
 
@@ -354,34 +416,87 @@ class PhaseRunner:
                 init_block(model.blocks[phase.block - 1], phase.init, gen)
         log.info("phase %s: %s initialisation", phase.name, phase.init)
 
-    def _train_phase(self, model: MCAN, pi: int, pos: Position, resume: dict[str, Any] | None,
-                     train: PairedImages, val: PairedImages, metrics: MetricsLog,
-                     lr_scale: float = 1.0) -> None:
+    def _train_phase(
+        self,
+        model: MCAN,
+        pi: int,
+        pos: Position,
+        resume: dict[str, Any] | None,
+        train: PairedImages,
+        val: PairedImages,
+        metrics: MetricsLog,
+        lr_scale: float = 1.0,
+    ) -> None:
         phase = self.plan.phases[pi]
         cfg = self.plan
         t_phase = time.perf_counter()
         if phase.kind == "train_block":
             module = model.blocks[phase.block - 1]
-            forward_for = lambda clamp: (lambda x: module(x, clamp=clamp))  # noqa: E731
+            forward_for = lambda clamp: lambda x: module(x, clamp=clamp)  # noqa: E731
             what = f"N{phase.block}"
         else:
             module = model
-            forward_for = lambda clamp: (lambda x: model(x, clamp=clamp))  # noqa: E731
+            forward_for = lambda clamp: lambda x: model(x, clamp=clamp)  # noqa: E731
             what = "N"
         if pos.stage == 0 and pos.iter == 0:
             self._init_phase(model, pi, phase)
-        sampler = PatchSampler(train, cfg.data.patch_size, cfg.data.batch_size, cfg.data.augment,
-                               seed=cfg.train.seed * 1000 + pi)
+        sampler = PatchSampler(
+            train, cfg.data.patch_size, cfg.data.batch_size, cfg.data.augment, seed=cfg.train.seed * 1000 + pi
+        )
         sample = sampler.sample
         train_forward_for = forward_for
         no_sync = None
         if self.dist.enabled:  # DDP: each rank trains on its slice of the same global batch
             from torch.nn.parallel import DistributedDataParallel
 
-            ddp = DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            train_forward_for = lambda clamp: (lambda x: ddp(x, clamp=clamp))  # noqa: E731
+            ddp = DistributedDataParallel(
+                module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+            train_forward_for = lambda clamp: lambda x: ddp(x, clamp=clamp)  # noqa: E731
             no_sync = ddp.no_sync
-            sample = lambda: tuple(t.tensor_split(self.dist.world)[self.dist.rank] for t in sampler.sample())  # noqa: E731
+
+            def ddp_sample() -> tuple[torch.Tensor, torch.Tensor]:
+                x, y = sampler.sample()
+                return x.tensor_split(self.dist.world)[self.dist.rank], y.tensor_split(self.dist.world)[self.dist.rank]
+
+            sample = ddp_sample
+
+        def stage_callbacks(si: int, stage: StageConfig, optimizer: torch.optim.Optimizer) -> LoopCallbacks:
+            """What run_stage reports to for stage ``si``: bound to that stage's values here, not to the
+            variables of the loop below."""
+            forward = forward_for(stage.clamp)  # validation: the module itself, on rank 0
+            offset = self.stage_offsets[(pi, si)]
+            base = dict(phase=phase.name, stage=stage.name, block=what)
+
+            def on_log(it: int, loss: float, lr: float, sec: float, data_share: float) -> None:
+                metrics.write(
+                    kind="train",
+                    **base,
+                    iter=it,
+                    step=offset + it,
+                    loss=loss,
+                    lr=lr,
+                    sec_per_iter=sec,
+                    data_share=data_share,
+                )
+
+            def on_iter_end(it: int) -> None:
+                if cfg.train.val_every and it % cfg.train.val_every == 0 and it < stage.total_iters:
+                    module.eval()
+                    metrics.write(
+                        kind="val",
+                        **base,
+                        iter=it,
+                        step=offset + it,
+                        lr=stage.lr_at(it - 1) * lr_scale,
+                        **self._validate(forward, val),
+                    )
+                    module.train()
+                if cfg.train.checkpoint_every and it % cfg.train.checkpoint_every == 0 and it < stage.total_iters:
+                    self._save_checkpoint(model, Position(pi, si, it), metrics, optimizer, sampler, lr_scale)
+
+            return LoopCallbacks(on_log, on_iter_end, self.should_stop, self.dist.mean)
+
         for si in range(pos.stage, len(phase.stages)):
             stage = phase.stages[si]
             start = pos.iter if si == pos.stage else 0
@@ -392,31 +507,21 @@ class PhaseRunner:
                 if start > 0:
                     optimizer_from_flat(optimizer, resume["tensors"], resume["meta"]["optim"])
             resume = None
-            forward = forward_for(stage.clamp)  # validation: the module itself, on rank 0
-            offset = self.stage_offsets[(pi, si)]
-            base = dict(phase=phase.name, stage=stage.name, block=what)
-
-            def on_log(it: int, loss: float, lr: float, sec: float, data_share: float) -> None:
-                metrics.write(kind="train", **base, iter=it, step=offset + it, loss=loss, lr=lr,
-                              sec_per_iter=sec, data_share=data_share)
-
-            def on_iter_end(it: int) -> None:
-                if cfg.train.val_every and it % cfg.train.val_every == 0 and it < stage.total_iters:
-                    module.eval()
-                    metrics.write(kind="val", **base, iter=it, step=offset + it,
-                                  lr=stage.lr_at(it - 1) * lr_scale, **self._validate(forward, val))
-                    module.train()
-                if cfg.train.checkpoint_every and it % cfg.train.checkpoint_every == 0 \
-                        and it < stage.total_iters:
-                    self._save_checkpoint(model, Position(pi, si, it), metrics, optimizer, sampler, lr_scale)
-
+            callbacks = stage_callbacks(si, stage, optimizer)
             module.train()
             t0 = time.perf_counter()
             reached = run_stage(
-                train_forward_for(stage.clamp), optimizer, sample, stage, start, cfg.train.log_every,
-                LoopCallbacks(on_log, on_iter_end, self.should_stop, self.dist.mean),
-                progress=f"{phase.name} {stage.name}" if self.progress else None, lr_scale=lr_scale,
-                micro_batches=cfg.data.micro_batches, no_sync=no_sync,
+                train_forward_for(stage.clamp),
+                optimizer,
+                sample,
+                stage,
+                start,
+                cfg.train.log_every,
+                callbacks,
+                progress=f"{phase.name} {stage.name}" if self.progress else None,
+                lr_scale=lr_scale,
+                micro_batches=cfg.data.micro_batches,
+                no_sync=no_sync,
             )
             if reached < stage.total_iters:
                 self._save_checkpoint(model, Position(pi, si, reached), metrics, optimizer, sampler, lr_scale)
@@ -424,23 +529,38 @@ class PhaseRunner:
                     f"stopped at phase {phase.name}, stage {stage.name}, iteration {reached}; "
                     f"checkpoint written to {self.paths.checkpoint}; run the same command to resume"
                 )
-            log.info("phase %s stage %s: %d iterations in %.1f s", phase.name, stage.name,
-                     stage.total_iters - start, time.perf_counter() - t0)
+            log.info(
+                "phase %s stage %s: %d iterations in %.1f s",
+                phase.name,
+                stage.name,
+                stage.total_iters - start,
+                time.perf_counter() - t0,
+            )
             self._save_checkpoint(model, Position(pi, si + 1, 0), metrics, sampler=sampler, lr_scale=lr_scale)
         module.eval()
         final_clamp = phase.stages[-1].clamp
         scores = self._validate(forward_for(final_clamp), val)
         if phase.kind == "train_block" and self.main:
             save_block(self.paths.block(phase.block), module, cfg.model, phase.block)
-        metrics.write(kind="phase", phase=phase.name, stage=phase.stages[-1].name, block=what,
-                      iter=phase.stages[-1].total_iters, step=self.stage_offsets[(pi, len(phase.stages))],
-                      lr=phase.stages[-1].lr[-1], seconds=time.perf_counter() - t_phase, **scores)
-        log.info("phase %s (%s): validation PSNR %.3f dB (Y %.3f dB)", phase.name, what,
-                 scores["psnr"], scores["psnr_y"])
+        metrics.write(
+            kind="phase",
+            phase=phase.name,
+            stage=phase.stages[-1].name,
+            block=what,
+            iter=phase.stages[-1].total_iters,
+            step=self.stage_offsets[(pi, len(phase.stages))],
+            lr=phase.stages[-1].lr[-1],
+            seconds=time.perf_counter() - t_phase,
+            **scores,
+        )
+        log.info(
+            "phase %s (%s): validation PSNR %.3f dB (Y %.3f dB)", phase.name, what, scores["psnr"], scores["psnr_y"]
+        )
 
     @torch.no_grad()
-    def _generate(self, model: MCAN, pi: int, train: PairedImages, val: PairedImages,
-                  metrics: MetricsLog) -> tuple[PairedImages, PairedImages]:
+    def _generate(
+        self, model: MCAN, pi: int, train: PairedImages, val: PairedImages, metrics: MetricsLog
+    ) -> tuple[PairedImages, PairedImages]:
         """Phase i-2: replace the input sets by N_i+(input), and cache them for resuming."""
         from tqdm.auto import tqdm
 
@@ -451,9 +571,12 @@ class PhaseRunner:
 
         def run(xs: list[torch.Tensor], split: str) -> list[torch.Tensor]:
             # image i is made by rank i % world, then broadcast from it to every rank
-            out = [block(x[None], clamp=True)[0] if i % d.world == d.rank else torch.empty_like(x)
-                   for i, x in enumerate(tqdm(xs, desc=f"{phase.name} {split}", unit="img", leave=False,
-                                              disable=not self.progress))]
+            out = [
+                block(x[None], clamp=True)[0] if i % d.world == d.rank else torch.empty_like(x)
+                for i, x in enumerate(
+                    tqdm(xs, desc=f"{phase.name} {split}", unit="img", leave=False, disable=not self.progress)
+                )
+            ]
             return [d.broadcast_(t, i % d.world) for i, t in enumerate(out)]
 
         new_train, new_val = train.with_inputs(run(train.inputs, "train")), val.with_inputs(run(val.inputs, "val"))
@@ -464,10 +587,24 @@ class PhaseRunner:
             save_tensors(self.paths.generated(phase.name), tensors, {"phase": phase.name})
         seconds = time.perf_counter() - t_phase  # the generation itself, without its validation
         scores = self._validate(lambda x: x, new_val)
-        metrics.write(kind="phase", phase=phase.name, stage="generate", block=f"N{phase.block}",
-                      iter=0, step=self.stage_offsets[(pi, 0)], lr=0.0, seconds=seconds, **scores)
-        log.info("phase %s: generated LR_%d from N%d+ (validation PSNR %.3f dB)", phase.name,
-                 phase.block, phase.block, scores["psnr"])
+        metrics.write(
+            kind="phase",
+            phase=phase.name,
+            stage="generate",
+            block=f"N{phase.block}",
+            iter=0,
+            step=self.stage_offsets[(pi, 0)],
+            lr=0.0,
+            seconds=seconds,
+            **scores,
+        )
+        log.info(
+            "phase %s: generated LR_%d from N%d+ (validation PSNR %.3f dB)",
+            phase.name,
+            phase.block,
+            phase.block,
+            scores["psnr"],
+        )
         return new_train, new_val
 
     # ----- the run --------------------------------------------------------------------------
@@ -478,8 +615,10 @@ class PhaseRunner:
         try:
             self._prepare_dir()
         except OSError as exc:
-            raise CheckpointError(f"{self.paths.root}: cannot use as the run directory "
-                                  f"({exc.strerror or exc}); pass a writable folder to --out") from None
+            raise CheckpointError(
+                f"{self.paths.root}: cannot use as the run directory "
+                f"({exc.strerror or exc}); pass a writable folder to --out"
+            ) from None
         with seeded(self.plan.train.seed):
             model = build_model(self.plan.model)
         torch.manual_seed(rank_seed(self.plan.train.seed, self.dist.rank))
@@ -495,19 +634,22 @@ class PhaseRunner:
         train_raw, val_raw = self._load_data()
         # ranks that read different checkpoints or data would call collectives out of step
         self.dist.check_same("the checkpoint position", (pos, keep_lines))
-        self.dist.check_same("the training data", [(n, tuple(t.shape)) for d in (train_raw, val_raw)
-                                                   for n, t in zip(d.names, d.targets)])
+        self.dist.check_same(
+            "the training data", [(n, tuple(t.shape)) for d in (train_raw, val_raw) for n, t in zip(d.names, d.targets)]
+        )
         if not metrics.count:
-            metrics.write(kind="identity", phase="LR", stage="", iter=0, step=0, lr=0.0,
-                          **self._validate(lambda x: x, val_raw))
+            metrics.write(
+                kind="identity", phase="LR", stage="", iter=0, step=0, lr=0.0, **self._validate(lambda x: x, val_raw)
+            )
         if resume is None and pos == Position():  # a first checkpoint: what a NaN in phase 1 restores
             self._save_checkpoint(model, pos, metrics)
         train, val = self._inputs_before(pos.phase, train_raw, val_raw)
         t_run = time.perf_counter()
         for pi in range(pos.phase, n_phases):
             phase = self.plan.phases[pi]
-            log.info("phase %s: %s%s", phase.name, phase.kind,
-                     f" N{phase.block}" if phase.kind != "train_joint" else " N")
+            log.info(
+                "phase %s: %s%s", phase.name, phase.kind, f" N{phase.block}" if phase.kind != "train_joint" else " N"
+            )
             if phase.kind == "generate":
                 train, val = self._generate(model, pi, train, val, metrics)
             else:
@@ -529,14 +671,18 @@ class PhaseRunner:
         log.info("run finished in %.1f s: %s", time.perf_counter() - t_run, self.paths.root)
         return self._result(metrics, already_finished=False)
 
-    def _recover(self, model: MCAN, pi: int, exc: NonFiniteError, attempt: int,
-                 lr_scale: float) -> tuple[Position, dict[str, Any] | None, MetricsLog, float]:
+    def _recover(
+        self, model: MCAN, pi: int, exc: NonFiniteError, attempt: int, lr_scale: float
+    ) -> tuple[Position, dict[str, Any] | None, MetricsLog, float]:
         """After a NaN/inf: stop with the reason, or restore the last good checkpoint and go on
         with lower learning rates (train.on_nonfinite)."""
         tc, phase = self.plan.train, self.plan.phases[pi]
         if tc.on_nonfinite == "stop" or attempt >= tc.nonfinite_retries:
-            why = ("train.on_nonfinite = 'stop'" if tc.on_nonfinite == "stop"
-                   else f"{tc.nonfinite_retries} retries with lower learning rates did not help")
+            why = (
+                "train.on_nonfinite = 'stop'"
+                if tc.on_nonfinite == "stop"
+                else f"{tc.nonfinite_retries} retries with lower learning rates did not help"
+            )
             raise TrainingDiverged(
                 f"phase {phase.name}: {exc}; stopped ({why}). The last good checkpoint "
                 f"{self.paths.checkpoint} is kept: lower this phase's learning rates in the plan"
@@ -554,24 +700,47 @@ class PhaseRunner:
         metrics = MetricsLog(self.paths.metrics, keep, enabled=self.main)
         lr_scale *= tc.nonfinite_lr_factor
         with self.paths.events.open("a") if self.main else contextlib.nullcontext(_Discard()) as f:
-            f.write(json.dumps({"event": "nonfinite", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                "phase": phase.name, "detail": str(exc), "restart": dataclasses.asdict(pos),
-                                "lr_scale": lr_scale}) + "\n")
-        log.warning("phase %s: %s; restarting from the last good checkpoint (stage %d, iteration %d) "
-                    "with learning rates x%g (retry %d of %d)", phase.name, exc, pos.stage, pos.iter,
-                    lr_scale, attempt + 1, tc.nonfinite_retries)
+            f.write(
+                json.dumps(
+                    {
+                        "event": "nonfinite",
+                        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "phase": phase.name,
+                        "detail": str(exc),
+                        "restart": dataclasses.asdict(pos),
+                        "lr_scale": lr_scale,
+                    }
+                )
+                + "\n"
+            )
+        log.warning(
+            "phase %s: %s; restarting from the last good checkpoint (stage %d, iteration %d) "
+            "with learning rates x%g (retry %d of %d)",
+            phase.name,
+            exc,
+            pos.stage,
+            pos.iter,
+            lr_scale,
+            attempt + 1,
+            tc.nonfinite_retries,
+        )
         return pos, resume, metrics, lr_scale
 
     def _result(self, metrics: MetricsLog, already_finished: bool) -> RunResult:
         records = metrics.records()
         identity = next((r for r in records if r["kind"] == "identity"), {})
-        return RunResult(self.paths, already_finished,
-                         [r for r in records if r["kind"] == "phase"], identity)
+        return RunResult(self.paths, already_finished, [r for r in records if r["kind"] == "phase"], identity)
 
 
-def train(plan: Plan, data_root: str | Path, out_dir: str | Path, device: str = "auto",
-          progress: bool = True, should_stop: Callable[[], bool] = lambda: False,
-          dist: Dist | None = None) -> RunResult:
+def train(
+    plan: Plan,
+    data_root: str | Path,
+    out_dir: str | Path,
+    device: str = "auto",
+    progress: bool = True,
+    should_stop: Callable[[], bool] = lambda: False,
+    dist: Dist | None = None,
+) -> RunResult:
     """Run ``plan`` on the pairs under ``data_root`` (``train/`` and ``test/``) into ``out_dir``,
     resuming from its checkpoint if the folder holds an unfinished run of the same plan."""
     return PhaseRunner(plan, data_root, out_dir, device, progress, should_stop, dist).run()

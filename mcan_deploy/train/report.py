@@ -70,8 +70,10 @@ def write_report(paths: RunPaths, plan: Plan, model: MCAN, val: PairedImages | N
         "|---|---|---|---|---|---|---|---|---|",
     ]
     if identity:
-        lines.append(f"| identity | LR | {_fmt(identity['psnr'])} | {_fmt(identity['psnr_y'])} | "
-                     f"{identity['ssim']:.4f} | {identity['ssim_y']:.4f} | 0.000 | - | - |")
+        lines.append(
+            f"| identity | LR | {_fmt(identity['psnr'])} | {_fmt(identity['psnr_y'])} | "
+            f"{identity['ssim']:.4f} | {identity['ssim_y']:.4f} | 0.000 | - | - |"
+        )
     base = identity["psnr"] if identity else float("nan")
     for r in phases:
         st = [v for (p, _), v in times.items() if p == r["phase"]]
@@ -83,19 +85,35 @@ def write_report(paths: RunPaths, plan: Plan, model: MCAN, val: PairedImages | N
         )
     total_s = sum(v["seconds"] for v in times.values())
     data_s = sum(v["data"] for v in times.values())
-    lines += ["", f"Training time {total_s:.1f} s over {sum(v['iters'] for v in times.values())} "
-              f"iterations; {100 * data_s / total_s if total_s else 0:.1f}% of it waiting for data.", ""]
+    lines += [
+        "",
+        f"Training time {total_s:.1f} s over {sum(v['iters'] for v in times.values())} "
+        f"iterations; {100 * data_s / total_s if total_s else 0:.1f}% of it waiting for data.",
+        "",
+    ]
     if paths.events.exists():  # NaN/inf restarts (train.on_nonfinite): say so beside the numbers
         events = read_metrics(paths.events)
-        lines += ["## Events", ""] + [f"- phase {e['phase']}: {e['detail']}; restarted at stage {e['restart']['stage']}, "
-                                      f"iteration {e['restart']['iter']} with learning rates x{e['lr_scale']:g}"
-                                      for e in events] + [""]
+        lines += (
+            ["## Events", ""]
+            + [
+                f"- phase {e['phase']}: {e['detail']}; restarted at stage {e['restart']['stage']}, "
+                f"iteration {e['restart']['iter']} with learning rates x{e['lr_scale']:g}"
+                for e in events
+            ]
+            + [""]
+        )
     _plot_curves(paths, records)
     lines += ["## Curves", "", "![validation and training curves](curves.png)", ""]
     if val is not None and len(val):
         strip_lines = _write_strip(paths, plan, model, val)
-        lines += ["## Every block's output (inverse analysis, report sec. 5.3)", "", *strip_lines,
-                  "", "![image strip](strip.png)", ""]
+        lines += [
+            "## Every block's output (inverse analysis, report sec. 5.3)",
+            "",
+            *strip_lines,
+            "",
+            "![image strip](strip.png)",
+            "",
+        ]
     from ..io import atomic_write_bytes
 
     atomic_write_bytes(paths.report, "\n".join(lines).encode())
@@ -114,7 +132,7 @@ def _output_name(plan: Plan, r: dict[str, Any]) -> str:
     phase = next(p for p in plan.phases if p.name == r["phase"])
     if phase.kind == "train_joint":
         return "N(LR)"
-    return chain_name(phase.block) + (" = LR_%d" % phase.block if phase.kind == "generate" else "")
+    return chain_name(phase.block) + (f" = LR_{phase.block}" if phase.kind == "generate" else "")
 
 
 def _plot_curves(paths: RunPaths, records: list[dict[str, Any]]) -> None:
@@ -182,6 +200,11 @@ def _write_strip(paths: RunPaths, plan: Plan, model: MCAN, val: PairedImages) ->
     fig.tight_layout(pad=0.4)
     fig.savefig(paths.strip, dpi=90)
     plt.close(fig)
-    return [f"Centre crop {x.shape[-1]}x{x.shape[-2]} of test image '{val.names[0]}', every block "
-            "of the final N applied in turn (computed on the crop).", "",
-            "| output | PSNR RGB on the crop (dB) |", "|---|---|", *rows]
+    return [
+        f"Centre crop {x.shape[-1]}x{x.shape[-2]} of test image '{val.names[0]}', every block "
+        "of the final N applied in turn (computed on the crop).",
+        "",
+        "| output | PSNR RGB on the crop (dB) |",
+        "|---|---|",
+        *rows,
+    ]

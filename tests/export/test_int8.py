@@ -9,15 +9,15 @@ import torch
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from mcan_deploy.checkpoint import save_model  # noqa: E402
-from mcan_deploy.cli.export import main as export_main  # noqa: E402
-from mcan_deploy.data import PatchSampler, load_images  # noqa: E402
-from mcan_deploy.export import openvino as ovx  # noqa: E402
-from mcan_deploy.export.quantize import int8_convolutions  # noqa: E402
-from mcan_deploy.metrics import psnr  # noqa: E402
-from mcan_deploy.model import ModelConfig, build_model, init_block  # noqa: E402
-from mcan_deploy.runners import OpenVINORunner  # noqa: E402
-from mcan_deploy.tiling import TileConfig, upscale_tensor  # noqa: E402
+from mcan_deploy.checkpoint import save_model
+from mcan_deploy.cli.export import main as export_main
+from mcan_deploy.data import PatchSampler, load_images
+from mcan_deploy.export import openvino as ovx
+from mcan_deploy.export.quantize import int8_convolutions
+from mcan_deploy.metrics import psnr
+from mcan_deploy.model import ModelConfig, build_model, init_block
+from mcan_deploy.runners import OpenVINORunner
+from mcan_deploy.tiling import TileConfig, upscale_tensor
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,9 @@ def trained(sample_dir, tmp_path_factory):
 def test_an_int8_export_below_the_bar_writes_nothing(trained, sample_dir, tmp_path, capsys):
     path, _ = trained
     out = tmp_path / "m.xml"
-    rc = export_main([str(path), "-o", str(out), "--precision", "int8", "--calibration", str(sample_dir),
-                      "--min-retention", "10"])
+    rc = export_main(
+        [str(path), "-o", str(out), "--precision", "int8", "--calibration", str(sample_dir), "--min-retention", "10"]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "int8 keeps at most" in err and "below --min-retention 10; nothing was written" in err
     assert not list(tmp_path.iterdir())
@@ -56,8 +57,23 @@ def test_an_int8_export_below_the_bar_writes_nothing(trained, sample_dir, tmp_pa
 def test_a_forced_int8_export_is_written_with_its_measured_retention(trained, sample_dir, tmp_path, capsys):
     path, model = trained
     out = tmp_path / "m.xml"
-    assert export_main([str(path), "-o", str(out), "--precision", "int8", "--calibration", str(sample_dir),
-                        "--min-retention", "10", "--force"]) == 0
+    assert (
+        export_main(
+            [
+                str(path),
+                "-o",
+                str(out),
+                "--precision",
+                "int8",
+                "--calibration",
+                str(sample_dir),
+                "--min-retention",
+                "10",
+                "--force",
+            ]
+        )
+        == 0
+    )
     assert "forced" in capsys.readouterr().out
     ov_model, meta = ovx.read_ir(out)
     q = meta["int8"]
@@ -71,8 +87,13 @@ def test_a_forced_int8_export_is_written_with_its_measured_retention(trained, sa
     ident = sum(psnr(x, y) for x, y in zip(test.inputs, test.targets)) / 3
     with torch.no_grad():
         fp32 = sum(psnr(model(x[None])[0], y) for x, y in zip(test.inputs, test.targets)) / 3
-    int8 = sum(psnr(upscale_tensor(runner, x, TileConfig(ca_stats="global"))[0], y)
-               for x, y in zip(test.inputs, test.targets)) / 3
+    int8 = (
+        sum(
+            psnr(upscale_tensor(runner, x, TileConfig(ca_stats="global"))[0], y)
+            for x, y in zip(test.inputs, test.targets)
+        )
+        / 3
+    )
     assert fp32 - ident > 0.1, "the fixture model must gain over the identity"
     assert q["psnr_identity"] == pytest.approx(ident, abs=1e-6)
     assert q["psnr_fp32"] == pytest.approx(fp32, abs=1e-3)

@@ -60,7 +60,7 @@ def test_parity_at_many_sizes(small_export, shape):
 
 
 def test_metadata_round_trip(small_export):
-    model, d = small_export
+    _model, d = small_export
     meta = read_metadata(d / "m.onnx")
     assert "rcab_impl" not in meta["model"], "how a model runs is not part of the file"
     assert ModelConfig(**meta["model"]) == SMALL
@@ -89,7 +89,7 @@ def test_tiling_onnx_equals_tiling_pytorch(small_export, plan):
     torch.manual_seed(2)
     x = torch.rand(3, 45, 61)
     cfg = TileConfig(tile=16, ca_stats="tile", plan=plan)
-    got, rep = upscale_tensor(ort_runner, x, cfg)
+    got, _rep = upscale_tensor(ort_runner, x, cfg)
     want, _ = upscale_tensor(torch_runner, x, cfg)
     assert (got - want).abs().max() <= 1e-4
     with pytest.raises(Exception, match="cannot run global statistics"):
@@ -105,7 +105,9 @@ def test_per_block_files_alone_serve_the_block_plan(small_export, tmp_path):
     x = torch.rand(3, 30, 30)
     out, rep = upscale_tensor(runner, x, TileConfig(tile=12, ca_stats="tile"))
     assert rep.plan == "block-by-block"
-    want, _ = upscale_tensor(TorchRunner(model, torch.device("cpu")), x, TileConfig(tile=12, ca_stats="tile", plan="block"))
+    want, _ = upscale_tensor(
+        TorchRunner(model, torch.device("cpu")), x, TileConfig(tile=12, ca_stats="tile", plan="block")
+    )
     assert (out - want).abs().max() <= 1e-4
 
 
@@ -116,7 +118,10 @@ def test_failed_check_writes_nothing_and_keeps_the_old_file(monkeypatch, tmp_pat
     with pytest.raises(ExportError, match="old.N1.onnx"):
         export_onnx(small_model(seed=3), tmp_path / "old.onnx", blocks="1,2")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, "old files intact, no temp files"
-    with pytest.raises(ExportError, match=r"x.onnx: ONNX Runtime output .* differs from PyTorch at 53x37: max abs error .* nothing was written"):
+    with pytest.raises(
+        ExportError,
+        match=r"x.onnx: ONNX Runtime output .* differs from PyTorch at 53x37: max abs error .* nothing was written",
+    ):
         export_onnx(small_model(), tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
 
@@ -155,8 +160,24 @@ def test_upscale_through_onnx_matches_pytorch(small_export, tmp_path, capsys):
     rng = np.random.default_rng(0)
     cv2.imwrite(str(tmp_path / "in.png"), rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
     for model, out in ((d / "m.onnx", "o1"), (d / "m.safetensors", "o2")):
-        assert upscale_main([str(model), str(tmp_path / "in.png"), "-o", str(tmp_path / out), "--no-progress",
-                             "--tile", "16", "--ca-stats", "tile", "--plan", "all"]) == 0
+        assert (
+            upscale_main(
+                [
+                    str(model),
+                    str(tmp_path / "in.png"),
+                    "-o",
+                    str(tmp_path / out),
+                    "--no-progress",
+                    "--tile",
+                    "16",
+                    "--ca-stats",
+                    "tile",
+                    "--plan",
+                    "all",
+                ]
+            )
+            == 0
+        )
     a = cv2.imread(str(tmp_path / "o1" / "in.png")).astype(int)
     b = cv2.imread(str(tmp_path / "o2" / "in.png")).astype(int)
     assert np.abs(a - b).max() <= 1

@@ -10,16 +10,15 @@ import torch
 
 pytest.importorskip("openvino")
 
-from mcan_deploy.checkpoint import save_model  # noqa: E402
-from mcan_deploy.cli.export import main as export_main  # noqa: E402
-from mcan_deploy.cli.upscale import main as upscale_main  # noqa: E402
-from mcan_deploy.errors import MCANError  # noqa: E402
-from mcan_deploy.export import openvino as ovx  # noqa: E402
-from mcan_deploy.export.openvino_export import export_openvino  # noqa: E402
-from mcan_deploy.model import ModelConfig, build_model, init_block  # noqa: E402
-from mcan_deploy.runners import LayerRunner, OpenVINORunner, choose_backend, load_runner  # noqa: E402
-from mcan_deploy.runners import openvino_runner, select  # noqa: E402
-from mcan_deploy.tiling import TileConfig, footprint, upscale_tensor  # noqa: E402
+from mcan_deploy.checkpoint import save_model
+from mcan_deploy.cli.export import main as export_main
+from mcan_deploy.cli.upscale import main as upscale_main
+from mcan_deploy.errors import MCANError
+from mcan_deploy.export import openvino as ovx
+from mcan_deploy.export.openvino_export import export_openvino
+from mcan_deploy.model import ModelConfig, build_model, init_block
+from mcan_deploy.runners import LayerRunner, OpenVINORunner, choose_backend, load_runner, openvino_runner, select
+from mcan_deploy.tiling import TileConfig, footprint, upscale_tensor
 
 SMALL = ModelConfig(n_blocks=2, n_resblocks=2, n_feats=8)
 
@@ -91,7 +90,7 @@ def test_global_statistics_are_exact_where_tile_statistics_are_not(ir, runner, s
 
 
 def test_ir_metadata_round_trip(ir):
-    model, d, f = ir
+    _model, d, f = ir
     assert f.precision == "fp32" and f.max_abs_error <= 1e-4 and f.quality is None
     assert (d / "m.bin").is_file()
     _, meta = ovx.read_ir(d / "m.xml")
@@ -99,14 +98,29 @@ def test_ir_metadata_round_trip(ir):
     assert meta["format"] == ovx.FORMAT and meta["precision"] == "fp32" and meta["source_sha256"] == "abc"
     assert meta["n_blocks"] == 2 and meta["block_radii"] == [7, 7] and meta["receptive_field"] == 29
     names = [p[0] for p in meta["pieces"]]
-    assert names == ["N1", "N1.head", "N1.r0", "N1.g0", "N1.r1", "N1.g1", "N1.finish",
-                     "N2", "N2.head", "N2.r0", "N2.g0", "N2.r1", "N2.g1", "N2.finish", "N"]
+    assert names == [
+        "N1",
+        "N1.head",
+        "N1.r0",
+        "N1.g0",
+        "N1.r1",
+        "N1.g1",
+        "N1.finish",
+        "N2",
+        "N2.head",
+        "N2.r0",
+        "N2.g0",
+        "N2.r1",
+        "N2.g1",
+        "N2.finish",
+        "N",
+    ]
 
 
 def test_ir_without_our_metadata_or_weights_is_refused(ir, tmp_path):
     import openvino as ov
 
-    model, d, _ = ir
+    _model, d, _ = ir
     plain = ov.convert_model(torch.nn.Conv2d(3, 3, 3, padding=1), example_input=torch.rand(1, 3, 8, 8))
     ov.save_model(plain, str(tmp_path / "plain.xml"))
     with pytest.raises(MCANError, match="without mcan-deploy metadata"):
@@ -147,8 +161,14 @@ def test_whole_image_plan_follows_the_memory_budget(runner):
         upscale_tensor(runner, x, TileConfig(16, ca_stats="global", plan="block"))
 
 
-@pytest.mark.parametrize("backend_args", [["--backend", "openvino"], ["--backend", "openvino", "--plan", "layers"],
-                                          ["--backend", "openvino", "--ca-stats", "tile"]])
+@pytest.mark.parametrize(
+    "backend_args",
+    [
+        ["--backend", "openvino"],
+        ["--backend", "openvino", "--plan", "layers"],
+        ["--backend", "openvino", "--ca-stats", "tile"],
+    ],
+)
 def test_cli_matches_torch_on_odd_gray_alpha_and_one_pixel_images(ir, tmp_path, capsys, backend_args):
     _, d, _ = ir
     rng = np.random.default_rng(0)
@@ -159,10 +179,25 @@ def test_cli_matches_torch_on_odd_gray_alpha_and_one_pixel_images(ir, tmp_path, 
     ins = [tmp_path / n for n in ("odd.png", "gray.png", "alpha.png", "one.png")]
     common = ["--no-progress", "--tile", "16", "--cache-dir", str(tmp_path / "cache")]
     stats = backend_args[-2:] if "--ca-stats" in backend_args else []
-    assert upscale_main([str(d / "m.safetensors"), *map(str, ins), "-o", str(tmp_path / "torch"),
-                         "--backend", "torch", *stats, *common]) == 0
-    assert upscale_main([str(d / "m.safetensors"), *map(str, ins), "-o", str(tmp_path / "ov"),
-                         *backend_args, *common]) == 0
+    assert (
+        upscale_main(
+            [
+                str(d / "m.safetensors"),
+                *map(str, ins),
+                "-o",
+                str(tmp_path / "torch"),
+                "--backend",
+                "torch",
+                *stats,
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        upscale_main([str(d / "m.safetensors"), *map(str, ins), "-o", str(tmp_path / "ov"), *backend_args, *common])
+        == 0
+    )
     for f in ins:
         want = cv2.imread(str(tmp_path / "torch" / f.name), cv2.IMREAD_UNCHANGED)
         got = cv2.imread(str(tmp_path / "ov" / f.name), cv2.IMREAD_UNCHANGED)
@@ -177,12 +212,25 @@ def test_export_cli_writes_ir_that_upscale_runs(ir, tmp_path, capsys):
     assert export_main([str(d / "m.safetensors"), "-o", str(tmp_path / "cli.xml")]) == 0
     assert "(fp32), OpenVINO vs PyTorch max abs error" in capsys.readouterr().out
     _write(tmp_path / "in.png", np.random.default_rng(2).integers(0, 256, (30, 40, 3), dtype=np.uint8))
-    assert upscale_main([str(tmp_path / "cli.xml"), str(tmp_path / "in.png"), "-o", str(tmp_path / "out"),
-                         "--no-progress", "--tile", "16"]) == 0
+    assert (
+        upscale_main(
+            [
+                str(tmp_path / "cli.xml"),
+                str(tmp_path / "in.png"),
+                "-o",
+                str(tmp_path / "out"),
+                "--no-progress",
+                "--tile",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "out" / "in.png").is_file()
 
 
 # ---- the back-end choice and the combinations that cannot run --------------------------------
+
 
 def test_auto_takes_openvino_on_a_cpu_and_torch_without_it(monkeypatch):
     assert choose_backend("m.safetensors", device="cpu")[0] == "openvino"
@@ -198,15 +246,21 @@ def test_auto_takes_openvino_on_a_cpu_and_torch_without_it(monkeypatch):
         choose_backend("m.safetensors", backend="openvino")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"path": "m.onnx", "backend": "openvino"}, "ONNX file, which runs on onnxruntime"),
-    ({"path": "m.xml", "backend": "torch"}, "OpenVINO IR file, which runs on openvino"),
-    ({"path": "m.safetensors", "backend": "onnxruntime"}, "export it first"),
-    ({"path": "m.safetensors", "backend": "openvino", "dtype": "bfloat16"}, "--dtype bfloat16 applies to PyTorch models"),
-    ({"path": "m.safetensors", "backend": "torch", "precision": "bf16"}, "applies to the openvino back-end"),
-    ({"path": "m.onnx", "precision": "int8"}, "applies to the openvino back-end, not onnxruntime"),
-    ({"path": "m.safetensors", "backend": "openvino", "device": "cuda"}, "runs on the CPU"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"path": "m.onnx", "backend": "openvino"}, "ONNX file, which runs on onnxruntime"),
+        ({"path": "m.xml", "backend": "torch"}, "OpenVINO IR file, which runs on openvino"),
+        ({"path": "m.safetensors", "backend": "onnxruntime"}, "export it first"),
+        (
+            {"path": "m.safetensors", "backend": "openvino", "dtype": "bfloat16"},
+            "--dtype bfloat16 applies to PyTorch models",
+        ),
+        ({"path": "m.safetensors", "backend": "torch", "precision": "bf16"}, "applies to the openvino back-end"),
+        ({"path": "m.onnx", "precision": "int8"}, "applies to the openvino back-end, not onnxruntime"),
+        ({"path": "m.safetensors", "backend": "openvino", "device": "cuda"}, "runs on the CPU"),
+    ],
+)
 def test_bad_combinations_are_one_line_errors(kwargs, message):
     path = kwargs.pop("path")
     with pytest.raises(MCANError, match=message) as err:
@@ -245,10 +299,12 @@ def test_global_statistics_on_onnx_runtime_is_refused(tmp_path):
 def test_export_refuses_bad_requests(ir, tmp_path, capsys):
     _, d, _ = ir
     src = str(d / "m.safetensors")
-    cases = [([src, "-o", str(tmp_path / "m.xml"), "--precision", "int8"], "needs --calibration"),
-             ([src, "-o", str(tmp_path / "m.onnx"), "--precision", "int8"], "apply to --format openvino"),
-             ([src, "-o", str(tmp_path / "m.xml"), "--fp16"], "apply to --format onnx"),
-             ([src, "-o", str(tmp_path / "m.bin"), "--format", "openvino"], "ends in .xml")]
+    cases = [
+        ([src, "-o", str(tmp_path / "m.xml"), "--precision", "int8"], "needs --calibration"),
+        ([src, "-o", str(tmp_path / "m.onnx"), "--precision", "int8"], "apply to --format openvino"),
+        ([src, "-o", str(tmp_path / "m.xml"), "--fp16"], "apply to --format onnx"),
+        ([src, "-o", str(tmp_path / "m.bin"), "--format", "openvino"], "ends in .xml"),
+    ]
     for argv, message in cases:
         assert export_main(argv) == 1
         assert message in capsys.readouterr().err
@@ -272,7 +328,8 @@ def test_nothing_phones_home(tmp_path):
         "m = to_openvino(build_model(ModelConfig(n_blocks=1, n_resblocks=1, n_feats=4)))\n"
         "OpenVINORunner(m, get_metadata(m, 'm')).run_blocks(torch.rand(1, 3, 8, 8), 0, 1)\n"
         "import nncf\n"
-        "assert sys.modules['openvino_telemetry'] is None\n")
+        "assert sys.modules['openvino_telemetry'] is None\n"
+    )
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("CI", "NNCF_CI")}
     env["HOME"] = str(tmp_path / "home")
     (tmp_path / "home").mkdir()

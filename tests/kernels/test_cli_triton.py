@@ -20,8 +20,9 @@ from mcan_deploy.model import ModelConfig, build_model
 from ..helpers import tiny_plan_dict
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: Triton's interpreter
-pytestmark = pytest.mark.skipif(not kernels.fused_available(torch.device(DEVICE), warn=False),
-                                reason="Triton cannot run here")
+pytestmark = pytest.mark.skipif(
+    not kernels.fused_available(torch.device(DEVICE), warn=False), reason="Triton cannot run here"
+)
 
 
 def test_train_with_the_fused_tail_matches_torch_and_resumes_across_impls(sample_dir, tmp_path, capsys):
@@ -30,8 +31,24 @@ def test_train_with_the_fused_tail_matches_torch_and_resumes_across_impls(sample
     runs = {}
     for impl in ("torch", "triton"):
         out = tmp_path / impl
-        assert train_main(["--config", str(plan), "--data", str(sample_dir), "--out", str(out),
-                           "--device", DEVICE, "--no-progress", "--rcab", impl]) == 0
+        assert (
+            train_main(
+                [
+                    "--config",
+                    str(plan),
+                    "--data",
+                    str(sample_dir),
+                    "--out",
+                    str(out),
+                    "--device",
+                    DEVICE,
+                    "--no-progress",
+                    "--rcab",
+                    impl,
+                ]
+            )
+            == 0
+        )
         runs[impl] = out
     capsys.readouterr()
     w_torch, meta = load_tensors(runs["torch"] / "model.safetensors")
@@ -45,8 +62,24 @@ def test_train_with_the_fused_tail_matches_torch_and_resumes_across_impls(sample
     val = [json.loads(ln) for ln in (runs["triton"] / "metrics.jsonl").read_text().splitlines()]
     assert any("psnr" in v for v in val)
     # how the RCABs run may change on resume; the plan itself may not
-    assert train_main(["--config", str(plan), "--data", str(sample_dir), "--out", str(runs["torch"]),
-                       "--device", DEVICE, "--no-progress", "--rcab", "triton"]) == 0
+    assert (
+        train_main(
+            [
+                "--config",
+                str(plan),
+                "--data",
+                str(sample_dir),
+                "--out",
+                str(runs["torch"]),
+                "--device",
+                DEVICE,
+                "--no-progress",
+                "--rcab",
+                "triton",
+            ]
+        )
+        == 0
+    )
     assert "already finished" in capsys.readouterr().out
 
 
@@ -59,9 +92,23 @@ def test_upscale_with_the_fused_tail_matches_torch(tmp_path, capsys):
     outs = {}
     for impl in ("torch", "triton"):
         for stats in ("global", "tile"):
-            rc = upscale_main([str(path), str(tmp_path / "in.png"), "-o", str(tmp_path / f"{impl}-{stats}"),
-                               "--rcab", impl, "--ca-stats", stats, "--tile", "24", "--device", DEVICE,
-                               "--no-progress"])
+            rc = upscale_main(
+                [
+                    str(path),
+                    str(tmp_path / "in.png"),
+                    "-o",
+                    str(tmp_path / f"{impl}-{stats}"),
+                    "--rcab",
+                    impl,
+                    "--ca-stats",
+                    stats,
+                    "--tile",
+                    "24",
+                    "--device",
+                    DEVICE,
+                    "--no-progress",
+                ]
+            )
             assert rc == 0
             outs[impl, stats] = cv2.imread(str(tmp_path / f"{impl}-{stats}" / "in.png"), cv2.IMREAD_UNCHANGED)
     for stats in ("global", "tile"):
@@ -73,6 +120,7 @@ def test_upscale_with_the_fused_tail_matches_torch(tmp_path, capsys):
 
 def test_onnx_model_refuses_the_triton_option(tmp_path, capsys):
     (tmp_path / "m.onnx").write_bytes(b"")
-    rc = upscale_main([str(tmp_path / "m.onnx"), str(tmp_path / "x.png"), "-o", str(tmp_path / "o"),
-                       "--rcab", "triton"])
+    rc = upscale_main(
+        [str(tmp_path / "m.onnx"), str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--rcab", "triton"]
+    )
     assert rc != 0 and "--rcab triton applies to PyTorch models" in capsys.readouterr().err

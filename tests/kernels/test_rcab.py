@@ -17,19 +17,20 @@ from mcan_deploy import kernels
 from mcan_deploy.model import MCANBlock, ModelConfig, build_model, init_block, set_rcab_impl
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-pytestmark = pytest.mark.skipif(not kernels.fused_available(DEVICE, warn=False),
-                                reason="Triton missing, or neither CUDA nor TRITON_INTERPRET=1")
+pytestmark = pytest.mark.skipif(
+    not kernels.fused_available(DEVICE, warn=False), reason="Triton missing, or neither CUDA nor TRITON_INTERPRET=1"
+)
 
 # Relative tolerances sized to the dtype: float32 accumulates like torch does (about 1e-6 here);
 # float16/bfloat16 outputs carry one rounding of their 11/8-bit mantissa (2^-10, 2^-7) on top.
 RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [  # (B, C, H, W, reduction)
-    (2, 64, 48, 48, 4),   # the report's training patch
-    (2, 64, 33, 47, 4),   # odd: no side a multiple of a block
-    (1, 64, 1, 1, 4),     # one pixel
-    (3, 24, 5, 70, 4),    # channels not a power of two (masked lanes)
-    (1, 8, 130, 1, 2),    # one column
+    (2, 64, 48, 48, 4),  # the report's training patch
+    (2, 64, 33, 47, 4),  # odd: no side a multiple of a block
+    (1, 64, 1, 1, 4),  # one pixel
+    (3, 24, 5, 70, 4),  # channels not a power of two (masked lanes)
+    (1, 8, 130, 1, 2),  # one column
 ]
 
 
@@ -119,8 +120,13 @@ def test_reduction_and_apply_are_separately_callable_on_cropped_views(dtype):
         torch.testing.assert_close(got.double(), part.double().sum((2, 3)), rtol=1e-5, atol=1e-4)
         sums += got
     s = K.gate(sums, 40 * 30, wd, bd, wu, bu)
-    s_ref = torch.sigmoid(torch.nn.functional.conv2d(torch.relu(torch.nn.functional.conv2d(
-        r.double().mean((2, 3), keepdim=True), wd.double(), bd.double())), wu.double(), bu.double()))
+    s_ref = torch.sigmoid(
+        torch.nn.functional.conv2d(
+            torch.relu(torch.nn.functional.conv2d(r.double().mean((2, 3), keepdim=True), wd.double(), bd.double())),
+            wu.double(),
+            bu.double(),
+        )
+    )
     _close(s, s_ref.reshape(1, -1), torch.float32, "gate")
     h = x.clone()
     for rows, cols in windows:  # in place, per window
@@ -219,8 +225,9 @@ def _cuda_launch(monkeypatch, groups: int | None = None):
 
     from mcan_deploy.kernels import rcab as K
 
-    monkeypatch.setattr(K, "_blocks", lambda c, device: (triton.next_power_of_2(c),
-                                                          max(16, 4096 // triton.next_power_of_2(c)), 4))
+    monkeypatch.setattr(
+        K, "_blocks", lambda c, device: (triton.next_power_of_2(c), max(16, 4096 // triton.next_power_of_2(c)), 4)
+    )
     if groups is not None:
         monkeypatch.setattr(K, "_n_groups", lambda batch, hw, block_p, device: min(groups, triton.cdiv(hw, block_p)))
     return K

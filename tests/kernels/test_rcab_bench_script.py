@@ -15,15 +15,31 @@ from mcan_deploy import kernels
 
 from ..helpers import REPO
 
-pytestmark = pytest.mark.skipif(not kernels.fused_available(torch.device("cpu"), warn=False),
-                                reason="needs Triton's interpreter on CPU")
+pytestmark = pytest.mark.skipif(
+    not kernels.fused_available(torch.device("cpu"), warn=False), reason="needs Triton's interpreter on CPU"
+)
 
 
 def test_smoke_run_writes_every_section_with_small_differences(tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "rcab_bench.py"), "--smoke", "--reps", "1",
-                    "--no-compile", "--device", "cpu", "--out", str(tmp_path)],
-                   check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "rcab_bench.py"),
+            "--smoke",
+            "--reps",
+            "1",
+            "--no-compile",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
     (js,) = tmp_path.glob("rcab-smoke-*.json")
     res = json.loads(js.read_text())
     assert res["wrong_results"] == [] and "errors" not in res

@@ -112,7 +112,9 @@ class PhaseConfig:
     name: str
     kind: PhaseKind
     block: int = 0  # 1-based block index for train_block / generate
-    init: InitScheme = "keep"  # how the trained block(s) start
+    # how the trained block(s) start: an InitScheme, or "from:PATH" (a trained model, block or
+    # checkpoint file); "from:" alone takes the file given with mcan-train --init-from
+    init: str = "keep"
     stages: list[StageConfig] = field(default_factory=list)
 
     @property
@@ -206,6 +208,10 @@ class Plan:
                 raise ConfigError(f"{where}: a {p.kind} phase needs at least one [[phases.stages]]")
             if p.kind == "generate" and (p.stages or p.init != "keep"):
                 raise ConfigError(f"{where}: a generate phase takes no stages and no init")
+            if p.init not in typing.get_args(InitScheme) and not p.init.startswith("from:"):
+                raise ConfigError(
+                    f"{where}: init = {p.init!r} is not one of {list(typing.get_args(InitScheme))} or 'from:PATH'"
+                )
             if p.init == "inherit" and (p.kind != "train_block" or p.block < 2):
                 raise ConfigError(f"{where}: init = 'inherit' copies N_(i-1); it needs block >= 2")
             snames = [s.name for s in p.stages]
@@ -293,4 +299,17 @@ def cap_iterations(plan: Plan, max_iters: int) -> Plan:
         )
         for p in plan.phases
     ]
+    return dataclasses.replace(plan, phases=phases)
+
+
+def with_init_from(plan: Plan, path: str) -> Plan:
+    """``mcan-train --init-from PATH``: the phases that say ``init = "from:"`` start from ``path``;
+    in a plan without one, the first training phase does (the common case: fine-tune a trained
+    model)."""
+    phases = list(plan.phases)
+    slots = [i for i, p in enumerate(phases) if p.init == "from:"]
+    if not slots:
+        slots = [next(i for i, p in enumerate(phases) if p.kind != "generate")]
+    for i in slots:
+        phases[i] = dataclasses.replace(phases[i], init=f"from:{path}")
     return dataclasses.replace(plan, phases=phases)

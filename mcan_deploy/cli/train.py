@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (created, or resumed if it exists)")
     p.add_argument("--list-plans", action="store_true", help="show the shipped plans and exit")
     p.add_argument(
+        "--init-from",
+        help="start from a trained model (or block, or checkpoint) file: the phases "
+        "that say init = 'from:', else the plan's first training phase (fine-tuning)",
+    )
+    p.add_argument(
         "--max-iters", type=int, help="cut every span of iterations to this many: a smoke run (use a separate --out)"
     )
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from .. import distributed
-    from ..config import cap_iterations, load_plan
+    from ..config import cap_iterations, load_plan, with_init_from
     from ..errors import MCANError
     from ..resources import list_plans, resolve_data, resolve_plan
     from ..train import TrainingInterrupted, train
@@ -95,6 +100,8 @@ def _run(args: argparse.Namespace) -> int:
         )
     args.data = resolve_data(args.data)
     plan = load_plan(resolve_plan(args.config))
+    if args.init_from:
+        plan = with_init_from(plan, args.init_from)
     if args.max_iters is not None:
         if args.max_iters < 1:
             raise MCANError(f"--max-iters {args.max_iters}: must be >= 1")

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -35,13 +35,14 @@ from ..checkpoint import (
     save_model,
     save_tensors,
 )
-from ..config import PhaseConfig, Plan, StageConfig, dump_plan, load_plan, plan_to_dict
+from ..config import InitScheme, PhaseConfig, Plan, StageConfig, dump_plan, load_plan, plan_to_dict
 from ..data import PairedImages, PatchSampler, load_images, split_dirs
 from ..distributed import Dist
 from ..errors import CheckpointError, DataError, MCANError, NonFiniteError, TrainingDiverged
 from ..metrics import psnr, ssim
 from ..model import MCAN, build_model, inherit_block, init_block
 from ..runners import resolve_device
+from .init_from import check_sources, load_into
 from .loop import LoopCallbacks, make_optimizer, run_stage
 
 log = logging.getLogger(__name__)
@@ -217,6 +218,12 @@ class PhaseRunner:
         # stops all ranks at the same iteration
         self.should_stop = (lambda: self.dist.any(should_stop())) if self.dist.enabled else should_stop
         self.stage_offsets = self._stage_offsets()
+        unset = [p.name for p in plan.phases if p.init == "from:"]
+        if unset:
+            raise MCANError(
+                f"phase(s) {', '.join(unset)} start from a trained model file: pass mcan-train --init-from PATH"
+            )
+        self.init_sources = check_sources(plan.phases, plan.model)  # read and checked before any training
         if plan.data.batch_size % (self.dist.world * plan.data.micro_batches):
             raise MCANError(
                 f"data.batch_size = {plan.data.batch_size} does not split over {self.dist.world} "
@@ -297,6 +304,7 @@ class PhaseRunner:
                     "world_size": self.dist.world,
                     "sampler_seed": seed,
                     "rank_seeds": [rank_seed(seed, r) for r in range(self.dist.world)],
+                    "init_from": [dataclasses.asdict(src) for src in self.init_sources],
                 },
                 indent=2,
             ).encode(),
@@ -406,14 +414,18 @@ class PhaseRunner:
     def _init_phase(self, model: MCAN, pi: int, phase: PhaseConfig) -> None:
         if phase.init == "keep":
             return
+        if phase.init.startswith("from:"):
+            load_into(model, phase)
+            log.info("phase %s: starts from %s", phase.name, phase.init.removeprefix("from:"))
+            return
         with seeded(self.plan.train.seed * 1000 + pi) as gen:
             if phase.kind == "train_joint":
                 for block in model.blocks:
-                    init_block(block, phase.init, gen)
+                    init_block(block, cast(InitScheme, phase.init), gen)
             elif phase.init == "inherit":
                 inherit_block(model.blocks[phase.block - 1], model.blocks[phase.block - 2])
             else:
-                init_block(model.blocks[phase.block - 1], phase.init, gen)
+                init_block(model.blocks[phase.block - 1], cast(InitScheme, phase.init), gen)
         log.info("phase %s: %s initialisation", phase.name, phase.init)
 
     def _train_phase(

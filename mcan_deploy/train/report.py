@@ -55,6 +55,9 @@ def write_report(paths: RunPaths, plan: Plan, model: MCAN, val: PairedImages | N
     lines = [f"# MCAN training report: {paths.root.name}", ""]
     if plan.description:
         lines += [plan.description.strip(), ""]
+    info = json.loads(paths.run_info.read_text()) if paths.run_info.exists() else {}
+    for src in info.get("init_from", []):  # fine-tuning: which trained weights each phase started from
+        lines += [f"Phase {src['phase']} starts from `{src['path']}` (SHA-256 {src['sha256']}).", ""]
     m = plan.model
     lines += [
         f"Model: {m.kind}, {m.n_blocks} blocks x {m.n_resblocks} RCAB, {m.n_feats} features, "

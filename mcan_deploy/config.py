@@ -135,11 +135,17 @@ class DataConfig:
     val_max_size: int = 1500  # validation images are centre-cropped to at most this side
     shave: int = 0  # border pixels ignored by PSNR / SSIM
     max_pixels: int = 200_000_000  # image files declaring more pixels are refused before decoding
+    # several cameras in one run: dataset folders (each with train/ and test/; --data overrides),
+    # and each one's share of every batch's patches (default equal, whatever each folder's size)
+    dirs: list[str] = field(default_factory=list)
+    mix: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("patch_size", "batch_size", "val_max_size", "max_pixels", "micro_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} = {getattr(self, name)} must be >= 1")
+        if self.mix and (any(m < 0 for m in self.mix) or sum(self.mix) <= 0):
+            raise ConfigError(f"data.mix = {self.mix}: give one weight >= 0 per data folder, not all 0")
         if self.batch_size % self.micro_batches:
             raise ConfigError(
                 f"data.batch_size = {self.batch_size} does not split into data.micro_batches = "

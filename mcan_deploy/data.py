@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -169,15 +169,33 @@ class PairedImages:
     names: list[str]
     inputs: list[torch.Tensor]  # (3, H, W) float32
     targets: list[torch.Tensor]  # (3, H, W) float32
+    # which folder (camera) each pair comes from, when several are trained on together
+    groups: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.groups:
+            self.groups = [0] * len(self.names)
 
     def __len__(self) -> int:
         return len(self.names)
 
     def to(self, device: torch.device | str) -> PairedImages:
-        return PairedImages(self.names, [t.to(device) for t in self.inputs], [t.to(device) for t in self.targets])
+        return PairedImages(
+            self.names, [t.to(device) for t in self.inputs], [t.to(device) for t in self.targets], self.groups
+        )
 
     def with_inputs(self, inputs: list[torch.Tensor]) -> PairedImages:
-        return PairedImages(self.names, inputs, self.targets)
+        return PairedImages(self.names, inputs, self.targets, self.groups)
+
+    @staticmethod
+    def join(parts: list[PairedImages]) -> PairedImages:
+        """One set of several folders' pairs; ``groups`` says which folder each came from."""
+        return PairedImages(
+            [n for p in parts for n in p.names],
+            [t for p in parts for t in p.inputs],
+            [t for p in parts for t in p.targets],
+            [g for g, p in enumerate(parts) for _ in p.names],
+        )
 
 
 def load_images(
@@ -228,7 +246,13 @@ class PatchSampler:
     """
 
     def __init__(
-        self, data: PairedImages, patch_size: int, batch_size: int, augment: bool = True, seed: int = 0
+        self,
+        data: PairedImages,
+        patch_size: int,
+        batch_size: int,
+        augment: bool = True,
+        seed: int = 0,
+        mix: list[float] | None = None,
     ) -> None:
         for name, img in zip(data.names, data.targets):
             h, w = img.shape[-2:]
@@ -242,11 +266,31 @@ class PatchSampler:
         self.batch_size = batch_size
         self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
+        n_groups = max(data.groups) + 1 if data.groups else 1
+        weights = mix if mix else [1.0] * n_groups
+        if len(weights) != n_groups or min(weights) < 0 or sum(weights) <= 0:
+            raise DataError(f"data.mix = {mix}: give one weight >= 0 per data folder ({n_groups}), not all 0")
+        self.members = [[i for i, g in enumerate(data.groups) if g == k] for k in range(n_groups)]
+        empty = [k for k, m in enumerate(self.members) if not m and weights[k] > 0]
+        if empty:
+            raise DataError(f"data folder {empty[0] + 1} has no training pairs but a share of the batches")
+        self.weights = torch.tensor(weights, dtype=torch.float64)
+
+    def _indices(self) -> list[int]:
+        """The pairs of one batch: uniform over all pairs from one folder (the draws of earlier
+        versions, so single-folder runs are unchanged); from several, first the folder by the
+        mix weights (equal by default, whatever each folder's size), then a pair within it."""
+        g = self.generator
+        if len(self.members) == 1:
+            return torch.randint(len(self.data), (self.batch_size,), generator=g).tolist()
+        folders = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=g).tolist()
+        picks = torch.rand(self.batch_size, generator=g, dtype=torch.float64).tolist()
+        return [self.members[f][int(u * len(self.members[f]))] for f, u in zip(folders, picks)]
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch: (inputs, targets), each (batch, 3, patch, patch)."""
         g, p = self.generator, self.patch_size
-        idx = torch.randint(len(self.data), (self.batch_size,), generator=g).tolist()
+        idx = self._indices()
         u = torch.rand(self.batch_size, 2, generator=g).tolist()
         tf = torch.randint(8, (self.batch_size,), generator=g).tolist()
         xs, ys = [], []

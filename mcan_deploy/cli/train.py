@@ -50,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="phase plan: a shipped name (demo, paper, ...; see --list-plans) or a TOML file")
     p.add_argument(
         "--data",
-        help="dataset folder with train/ and test/ (each HR/+LR/ or RealSR v3 files), or 'sample' "
-        "for the bundled City100 crops",
+        nargs="+",
+        help="dataset folder(s) with train/ and test/ (each HR/+LR/ or RealSR v3 files), or 'sample' "
+        "for the bundled City100 crops; several folders (cameras) train together, mixed by the "
+        "plan's data.mix (equal shares by default), each validated on its own (default: data.dirs)",
     )
     p.add_argument("--out", help="run directory (created, or resumed if it exists)")
     p.add_argument("--list-plans", action="store_true", help="show the shipped plans and exit")
@@ -92,14 +94,19 @@ def _run(args: argparse.Namespace) -> int:
         for e in entries:
             print(f"{e.name:<{width}}  {e.summary}")
         return 0
-    missing = [f"--{k}" for k in ("config", "data", "out") if not getattr(args, k)]
+    missing = [f"--{k}" for k in ("config", "out") if not getattr(args, k)]
     if missing:
         raise MCANError(
             f"mcan-train needs {', '.join(missing)} (e.g. mcan-train --config demo --data sample "
             "--out runs/demo; --list-plans shows the shipped plans)"
         )
-    args.data = resolve_data(args.data)
     plan = load_plan(resolve_plan(args.config))
+    folders = args.data or plan.data.dirs
+    if not folders:
+        raise MCANError("mcan-train needs --data (one or more dataset folders, or 'sample'), or data.dirs in the plan")
+    args.data = [resolve_data(d) for d in folders]
+    if len(args.data) == 1:
+        args.data = args.data[0]  # one folder: recorded as before
     if args.init_from:
         plan = with_init_from(plan, args.init_from)
     if args.max_iters is not None:

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -200,7 +200,7 @@ class PhaseRunner:
     def __init__(
         self,
         plan: Plan,
-        data_root: str | Path,
+        data_root: str | Path | Sequence[str | Path],
         out_dir: str | Path,
         device: str = "auto",
         progress: bool = True,
@@ -208,7 +208,15 @@ class PhaseRunner:
         dist: Dist | None = None,
     ) -> None:
         self.plan = plan
-        self.data_root = Path(data_root).resolve()
+        roots = [data_root] if isinstance(data_root, (str, Path)) else list(data_root)
+        if not roots:
+            raise MCANError("no data folder given: pass --data (one or more) or set data.dirs in the plan")
+        self.data_roots = [Path(r).resolve() for r in roots]
+        self.data_root = self.data_roots[0]
+        # run.json's "data": one folder as before, several as a list
+        self.data_record: str | list[str] = (
+            str(self.data_root) if len(roots) == 1 else [str(r) for r in self.data_roots]
+        )
         self.paths = RunPaths(Path(out_dir))
         self.device = resolve_device(device)
         self.dist = dist or Dist()
@@ -272,9 +280,9 @@ class PhaseRunner:
                     "rerun with the same plan to resume, or pass a new --out"
                 )
             info = json.loads(p.run_info.read_text()) if p.run_info.exists() else {}
-            if info.get("data") not in (None, str(self.data_root)):
+            if info.get("data") not in (None, self.data_record):
                 raise CheckpointError(
-                    f"{p.run_info}: this run trains on {info['data']}, not {self.data_root}; "
+                    f"{p.run_info}: this run trains on {info['data']}, not {self.data_record}; "
                     "pass the same --data to resume, or a new --out"
                 )
             return _first_difference(plan_to_dict(old), plan_to_dict(self.plan))
@@ -294,7 +302,7 @@ class PhaseRunner:
             p.run_info,
             json.dumps(
                 {
-                    "data": str(self.data_root),
+                    "data": self.data_record,
                     "device": str(self.device),
                     "torch": torch.__version__,
                     "mcan_deploy": __version__,
@@ -369,18 +377,21 @@ class PhaseRunner:
 
     # ----- data -----------------------------------------------------------------------------
     def _load_data(self) -> tuple[PairedImages, PairedImages]:
-        train_dir, test_dir = split_dirs(self.data_root)
+        """Every folder's train and test pairs, joined; ``groups`` says which folder each came from."""
         limit = self.plan.data.max_pixels
-        loaded, problems = [], []
-        for folder, max_size in ((train_dir, None), (test_dir, self.plan.data.val_max_size)):
-            try:  # both splits are checked before either error is raised: one report for all
-                loaded.append(load_images(folder, max_size=max_size, progress=self.progress, max_pixels=limit))
-            except DataError as exc:
-                problems.append(str(exc))
+        trains: list[PairedImages] = []
+        vals: list[PairedImages] = []
+        problems: list[str] = []
+        for root in self.data_roots:
+            train_dir, test_dir = split_dirs(root)
+            for folder, max_size, into in ((train_dir, None, trains), (test_dir, self.plan.data.val_max_size, vals)):
+                try:  # every split is checked before any error is raised: one report for all
+                    into.append(load_images(folder, max_size=max_size, progress=self.progress, max_pixels=limit))
+                except DataError as exc:
+                    problems.append(str(exc))
         if problems:
             raise DataError("\n".join(problems))
-        train, val = (d.to(self.device) for d in loaded)
-        return train, val
+        return PairedImages.join(trains).to(self.device), PairedImages.join(vals).to(self.device)
 
     def _inputs_before(self, pi: int, train: PairedImages, val: PairedImages) -> tuple[PairedImages, PairedImages]:
         """The input sets that phase ``pi`` starts from: the output of the last generate phase
@@ -401,14 +412,23 @@ class PhaseRunner:
         if not self.main:  # only rank 0 reports validation
             return {k: float("nan") for k in sums}
         shave = self.plan.data.shave
-        for x, y in zip(val.inputs, val.targets):
+        per_folder = [0.0] * len(self.data_roots)
+        for x, y, g in zip(val.inputs, val.targets, val.groups):
             out = forward(x[None]).clamp(0, 1)
             sums["loss"] += float((out - y[None]).abs().mean())
-            sums["psnr"] += psnr(out, y[None], shave)
+            score = psnr(out, y[None], shave)
+            sums["psnr"] += score
+            per_folder[g] += score
             sums["psnr_y"] += psnr(out, y[None], shave, y=True)
             sums["ssim"] += ssim(out, y[None], shave)
             sums["ssim_y"] += ssim(out, y[None], shave, y=True)
-        return {k: v / len(val) for k, v in sums.items()}
+        scores = {k: v / len(val) for k, v in sums.items()}
+        if len(self.data_roots) > 1:  # each camera's test pairs on their own: psnr_data1, psnr_data2, ...
+            counts = [val.groups.count(k) for k in range(len(self.data_roots))]
+            for k, (total, n) in enumerate(zip(per_folder, counts)):
+                scores[f"psnr_data{k + 1}"] = total / n if n else float("nan")
+                log.info("  %s: %.3f dB on %d test pairs", self.data_roots[k], scores[f"psnr_data{k + 1}"], n)
+        return scores
 
     # ----- phases ---------------------------------------------------------------------------
     def _init_phase(self, model: MCAN, pi: int, phase: PhaseConfig) -> None:
@@ -453,7 +473,12 @@ class PhaseRunner:
         if pos.stage == 0 and pos.iter == 0:
             self._init_phase(model, pi, phase)
         sampler = PatchSampler(
-            train, cfg.data.patch_size, cfg.data.batch_size, cfg.data.augment, seed=cfg.train.seed * 1000 + pi
+            train,
+            cfg.data.patch_size,
+            cfg.data.batch_size,
+            cfg.data.augment,
+            seed=cfg.train.seed * 1000 + pi,
+            mix=cfg.data.mix or None,
         )
         sample = sampler.sample
         train_forward_for = forward_for
@@ -623,7 +648,8 @@ class PhaseRunner:
     def run(self) -> RunResult:
         from .report import write_report
 
-        split_dirs(self.data_root)  # a wrong --data fails before the run directory is made
+        for root in self.data_roots:
+            split_dirs(root)  # a wrong --data fails before the run directory is made
         try:
             self._prepare_dir()
         except OSError as exc:
@@ -746,13 +772,14 @@ class PhaseRunner:
 
 def train(
     plan: Plan,
-    data_root: str | Path,
+    data_root: str | Path | Sequence[str | Path],
     out_dir: str | Path,
     device: str = "auto",
     progress: bool = True,
     should_stop: Callable[[], bool] = lambda: False,
     dist: Dist | None = None,
 ) -> RunResult:
-    """Run ``plan`` on the pairs under ``data_root`` (``train/`` and ``test/``) into ``out_dir``,
+    """Run ``plan`` on the pairs under ``data_root`` (``train/`` and ``test/``; several folders are
+    trained on together, mixed by ``data.mix``) into ``out_dir``,
     resuming from its checkpoint if the folder holds an unfinished run of the same plan."""
     return PhaseRunner(plan, data_root, out_dir, device, progress, should_stop, dist).run()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,6 +45,31 @@ def stage_times(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str
 
 def _fmt(v: float) -> str:
     return f"{v:.3f}" if v != float("inf") else "inf"
+
+
+def _per_folder(info: dict[str, Any], identity: dict[str, Any] | None, phases: list[dict[str, Any]]) -> list[str]:
+    """With several data folders (cameras): each one's test PSNR after every phase, against its
+    own identity baseline."""
+    folders = info.get("data")
+    if not isinstance(folders, list) or identity is None or "psnr_data1" not in identity:
+        return []
+    names = [Path(f).name for f in folders]
+    base = [identity.get(f"psnr_data{k + 1}", float("nan")) for k in range(len(folders))]
+    out = [
+        "",
+        "Test PSNR of each data folder (dB; in brackets, the gain over that folder's identity):",
+        "",
+        "| phase | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+        "| identity (LR) | " + " | ".join(f"{b:.3f}" for b in base) + " |",
+    ]
+    for r in phases:
+        cells = [
+            f"{r.get(f'psnr_data{k + 1}', float('nan')):.3f} ({r.get(f'psnr_data{k + 1}', float('nan')) - b:+.3f})"
+            for k, b in enumerate(base)
+        ]
+        out.append(f"| {r['phase']} | " + " | ".join(cells) + " |")
+    return out
 
 
 def write_report(paths: RunPaths, plan: Plan, model: MCAN, val: PairedImages | None) -> None:
@@ -86,6 +112,7 @@ def write_report(paths: RunPaths, plan: Plan, model: MCAN, val: PairedImages | N
             f"| {r['phase']} | {_output_name(plan, r)} | {_fmt(r['psnr'])} | {_fmt(r['psnr_y'])} | "
             f"{r['ssim']:.4f} | {r['ssim_y']:.4f} | {r['psnr'] - base:+.3f} | {timing} |"
         )
+    lines += _per_folder(info, identity, phases)
     total_s = sum(v["seconds"] for v in times.values())
     data_s = sum(v["data"] for v in times.values())
     lines += [

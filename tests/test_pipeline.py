@@ -56,11 +56,13 @@ def worker_threads() -> list[str]:
 
 
 def messages(caplog, out) -> list[tuple[str, str]]:
-    """The per-image log lines in order, with the output folder and timings made comparable."""
+    """The per-image log lines in order, with the output folder, timings and the memory budget
+    (a share of the RAM available at that moment) made comparable."""
     got = []
     for r in caplog.records:
         if r.name == "mcan_deploy.upscale":
             msg = re.sub(r"\d+\.\d+ s\b", "T s", r.getMessage().replace(str(out), "OUT"))
+            msg = re.sub(r"of a \d+\.\d+ GB budget", "of a B GB budget", msg)
             got.append((r.levelname, msg))
     caplog.clear()
     return got

@@ -139,6 +139,8 @@ class DataConfig:
     # and each one's share of every batch's patches (default equal, whatever each folder's size)
     dirs: list[str] = field(default_factory=list)
     mix: list[float] = field(default_factory=list)
+    # folders validated on but not trained on (their test/ pairs): how a model does on another camera
+    val_dirs: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("patch_size", "batch_size", "val_max_size", "max_pixels", "micro_batches"):

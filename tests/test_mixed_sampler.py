@@ -111,3 +111,44 @@ def test_two_folders_train_together_and_validate_apart(sample_dir, tmp_path, cap
     assert {"psnr_data1", "psnr_data2"} <= set(phase)
     assert abs(phase["psnr"] - (3 * phase["psnr_data1"] + 2 * phase["psnr_data2"]) / 5) < 1e-9
     assert "| identity (LR) |" in (run / "report.md").read_text()
+
+
+def test_validation_only_folders_get_their_own_line_and_stay_out_of_the_scores(sample_dir, tmp_path):
+    """How a model does on another camera it never trains on: data.val_dirs / --val-data."""
+    import json
+
+    import tomli_w
+
+    from mcan_deploy.cli.train import main as train_main
+    from mcan_deploy.data import load_images
+    from mcan_deploy.metrics import psnr
+
+    from .helpers import tiny_plan_dict
+
+    other = tmp_path / "camera2"
+    for split in ("train", "test"):
+        for side in ("HR", "LR"):
+            (other / split / side).mkdir(parents=True)
+    import shutil
+
+    for f in sorted((sample_dir / "test" / "HR").iterdir())[:2]:  # two of the sample's test pairs
+        shutil.copy(f, other / "test" / "HR" / f.name)
+        shutil.copy(sample_dir / "test" / "LR" / f.name, other / "test" / "LR" / f.name)
+    data = tiny_plan_dict()
+    data["phases"] = data["phases"][:1]
+    plan = tmp_path / "plan.toml"
+    plan.write_text(tomli_w.dumps(data))
+    run = tmp_path / "run"
+    args = ["--config", str(plan), "--data", str(sample_dir), "--val-data", str(other), "--out", str(run)]
+    assert train_main([*args, "--device", "cpu", "--no-progress"]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["data"] == str(sample_dir.resolve()) and info["val_data"] == [str(other.resolve())]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    identity = next(r for r in records if r["kind"] == "identity")
+    own = load_images(sample_dir / "test", progress=False)
+    want = sum(psnr(x[None], y[None]) for x, y in zip(own.inputs, own.targets)) / len(own)
+    assert abs(identity["psnr"] - want) < 1e-9, "the overall score is the training folder's alone"
+    assert abs(identity["psnr_data1"] - want) < 1e-9
+    two = load_images(other / "test", progress=False)
+    assert abs(identity["psnr_data2"] - sum(psnr(x[None], y[None]) for x, y in zip(two.inputs, two.targets)) / 2) < 1e-9
+    assert "camera2" in (run / "report.md").read_text()

@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         "for the bundled City100 crops; several folders (cameras) train together, mixed by the "
         "plan's data.mix (equal shares by default), each validated on its own (default: data.dirs)",
     )
+    p.add_argument(
+        "--val-data",
+        nargs="+",
+        help="dataset folders validated on but not trained on (their test/ pairs, each on its own "
+        "line): how the model does on another camera (default: data.val_dirs)",
+    )
     p.add_argument("--out", help="run directory (created, or resumed if it exists)")
     p.add_argument("--list-plans", action="store_true", help="show the shipped plans and exit")
     p.add_argument(
@@ -107,6 +113,11 @@ def _run(args: argparse.Namespace) -> int:
     args.data = [resolve_data(d) for d in folders]
     if len(args.data) == 1:
         args.data = args.data[0]  # one folder: recorded as before
+    if args.val_data:
+        import dataclasses
+
+        vals = [str(resolve_data(d)) for d in args.val_data]
+        plan = dataclasses.replace(plan, data=dataclasses.replace(plan.data, val_dirs=vals))
     if args.init_from:
         plan = with_init_from(plan, args.init_from)
     if args.max_iters is not None:

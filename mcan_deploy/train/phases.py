@@ -213,6 +213,8 @@ class PhaseRunner:
             raise MCANError("no data folder given: pass --data (one or more) or set data.dirs in the plan")
         self.data_roots = [Path(r).resolve() for r in roots]
         self.data_root = self.data_roots[0]
+        self.val_roots = [Path(d).resolve() for d in plan.data.val_dirs]  # validated on, not trained on
+        self.folders = self.data_roots + self.val_roots
         # run.json's "data": one folder as before, several as a list
         self.data_record: str | list[str] = (
             str(self.data_root) if len(roots) == 1 else [str(r) for r in self.data_roots]
@@ -303,6 +305,7 @@ class PhaseRunner:
             json.dumps(
                 {
                     "data": self.data_record,
+                    "val_data": [str(r) for r in self.val_roots],
                     "device": str(self.device),
                     "torch": torch.__version__,
                     "mcan_deploy": __version__,
@@ -389,6 +392,11 @@ class PhaseRunner:
                     into.append(load_images(folder, max_size=max_size, progress=self.progress, max_pixels=limit))
                 except DataError as exc:
                     problems.append(str(exc))
+        for root in self.val_roots:
+            try:
+                vals.append(load_images(split_dirs(root)[1], self.plan.data.val_max_size, self.progress, limit))
+            except DataError as exc:
+                problems.append(str(exc))
         if problems:
             raise DataError("\n".join(problems))
         return PairedImages.join(trains).to(self.device), PairedImages.join(vals).to(self.device)
@@ -412,22 +420,27 @@ class PhaseRunner:
         if not self.main:  # only rank 0 reports validation
             return {k: float("nan") for k in sums}
         shave = self.plan.data.shave
-        per_folder = [0.0] * len(self.data_roots)
+        per_folder = [0.0] * len(self.folders)
+        trained_on = len(self.data_roots)  # the overall scores are those of the training folders' pairs
+        n = 0
         for x, y, g in zip(val.inputs, val.targets, val.groups):
             out = forward(x[None]).clamp(0, 1)
-            sums["loss"] += float((out - y[None]).abs().mean())
             score = psnr(out, y[None], shave)
-            sums["psnr"] += score
             per_folder[g] += score
+            if g >= trained_on:  # a validation-only folder (data.val_dirs): its own line only
+                continue
+            n += 1
+            sums["loss"] += float((out - y[None]).abs().mean())
+            sums["psnr"] += score
             sums["psnr_y"] += psnr(out, y[None], shave, y=True)
             sums["ssim"] += ssim(out, y[None], shave)
             sums["ssim_y"] += ssim(out, y[None], shave, y=True)
-        scores = {k: v / len(val) for k, v in sums.items()}
-        if len(self.data_roots) > 1:  # each camera's test pairs on their own: psnr_data1, psnr_data2, ...
-            counts = [val.groups.count(k) for k in range(len(self.data_roots))]
+        scores = {k: v / n for k, v in sums.items()}
+        if len(self.folders) > 1:  # each camera's test pairs on their own: psnr_data1, psnr_data2, ...
+            counts = [val.groups.count(k) for k in range(len(self.folders))]
             for k, (total, n) in enumerate(zip(per_folder, counts)):
                 scores[f"psnr_data{k + 1}"] = total / n if n else float("nan")
-                log.info("  %s: %.3f dB on %d test pairs", self.data_roots[k], scores[f"psnr_data{k + 1}"], n)
+                log.info("  %s: %.3f dB on %d test pairs", self.folders[k], scores[f"psnr_data{k + 1}"], n)
         return scores
 
     # ----- phases ---------------------------------------------------------------------------
@@ -648,8 +661,8 @@ class PhaseRunner:
     def run(self) -> RunResult:
         from .report import write_report
 
-        for root in self.data_roots:
-            split_dirs(root)  # a wrong --data fails before the run directory is made
+        for root in self.folders:
+            split_dirs(root)  # a wrong --data or val_dirs fails before the run directory is made
         try:
             self._prepare_dir()
         except OSError as exc:

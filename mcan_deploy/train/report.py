@@ -50,8 +50,9 @@ def _fmt(v: float) -> str:
 def _per_folder(info: dict[str, Any], identity: dict[str, Any] | None, phases: list[dict[str, Any]]) -> list[str]:
     """With several data folders (cameras): each one's test PSNR after every phase, against its
     own identity baseline."""
-    folders = info.get("data")
-    if not isinstance(folders, list) or identity is None or "psnr_data1" not in identity:
+    data = info.get("data")
+    folders = ([data] if isinstance(data, str) else list(data or [])) + list(info.get("val_data", []))
+    if len(folders) < 2 or identity is None or "psnr_data1" not in identity:
         return []
     names = [Path(f).name for f in folders]
     base = [identity.get(f"psnr_data{k + 1}", float("nan")) for k in range(len(folders))]

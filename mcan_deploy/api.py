@@ -28,7 +28,7 @@ from .errors import MCANError
 from .io import DEFAULT_MAX_PIXELS
 from .runners import LayerRunner, Runner, load_runner
 from .tiling import CAStats, PlanName, TileConfig, TileReport, default_tile, upscale_tensor
-from .upscale import BatchStats, Job, default_prefetch, plan_jobs, prepare, upscale_jobs, write_result
+from .upscale import BatchStats, Job, default_prefetch, plan_jobs, upscale_file, upscale_jobs
 
 Image = TypeVar("Image")
 
@@ -42,7 +42,6 @@ class Upscaler:
         self.runner = runner
         self.info = info
         self.config = config
-        self.last_report: TileReport | None = None
 
     def __repr__(self) -> str:
         dtype = str(getattr(self.runner, "dtype", "")).replace("torch.", "")
@@ -55,11 +54,7 @@ class Upscaler:
         """Restore ``image`` (same size in, same size out); returns the same kind, shape, dtype and
         channel order. numpy arrays are RGB(A) unless ``channel_order="bgr"`` (OpenCV's order)."""
         inputs, back = to_engine(image, channel_order)
-        outs = []
-        for x in inputs:
-            out, self.last_report = upscale_tensor(self.runner, x, self.config)
-            outs.append(out)
-        return back(outs)
+        return back([upscale_tensor(self.runner, x, self.config)[0] for x in inputs])
 
     def upscale_file(
         self,
@@ -76,10 +71,7 @@ class Upscaler:
         job = Job(Path(src), Path(dst))
         if job.dst.exists() and not overwrite:
             return None
-        prepared = prepare(job, scale, max_pixels)
-        out, report = upscale_tensor(self.runner, prepared.x, self.config)
-        write_result(job, prepared, out)
-        return report
+        return upscale_file(self.runner, job, self.config, scale, max_pixels=max_pixels)
 
     def upscale_folder(
         self,

@@ -7,12 +7,12 @@ run it here, whether tiling is exact, and the file's SHA-256. ``mcan-info`` prin
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
+from .runners.select import installed
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,6 @@ class ModelInfo:
         return "\n".join(lines)
 
 
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
 def _radii(config: dict[str, Any], source: str, start: int, stop: int) -> list[int]:
     from .checkpoint import config_from_dict
     from .model import build_model, receptive_field
@@ -80,7 +76,7 @@ def describe(path: str | Path, trust_pickle: bool = False) -> ModelInfo:
         meta = read_metadata(path)
         start, stop = meta["blocks"]
         radii = [int(r) for r in meta["block_radii"]]
-        backends = ["onnxruntime"] if _has("onnxruntime") else []
+        backends = ["onnxruntime"] if installed("onnxruntime") else []
         return ModelInfo(
             str(path),
             "onnx",
@@ -140,8 +136,8 @@ def describe(path: str | Path, trust_pickle: bool = False) -> ModelInfo:
         notes["phases"] = meta["plan"]
     backends = (
         ["torch"]
-        + (["openvino"] if _has("openvino") else [])
-        + (["triton (fused RCAB tail)"] if _has("triton") else [])
+        + (["openvino"] if installed("openvino") else [])
+        + (["triton (fused RCAB tail)"] if installed("triton") else [])
     )
     local = config.get("kind") == "toy"
     return ModelInfo(

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
 
 
-def _has(*modules: str) -> bool:
+def installed(*modules: str) -> bool:
+    """Whether every one of ``modules`` can be imported here (found, not imported)."""
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
@@ -62,7 +63,7 @@ def choose_backend(
         name, why = "openvino", f"--precision {precision} runs on OpenVINO"
     elif resolve_device(device).type != "cpu":
         name, why = "torch", f"device {resolve_device(device)}"
-    elif not _has("openvino"):
+    elif not installed("openvino"):
         name, why = "torch", "OpenVINO is not installed (pip install 'mcan-deploy[openvino]' runs about 2x faster)"
     else:
         name, why = "openvino", "a CPU with OpenVINO installed"
@@ -82,7 +83,7 @@ def choose_backend(
             "onnxruntime-gpu sees a GPU); leave --device at auto"
         )
     needs = {"openvino": ("openvino",), "onnxruntime": ("onnx", "onnxruntime")}.get(name, ())
-    if not _has(*needs):
+    if not installed(*needs):
         extra = "openvino" if name == "openvino" else "onnx"
         raise MCANError(
             f"{model_path}: the {name} back-end needs the {extra} extra: pip install 'mcan-deploy[{extra}]'"

@@ -56,13 +56,6 @@ class TorchRunner:
         dev = resolve_device(device)
         return cls(model, dev, resolve_dtype(dtype, dev))
 
-    def whole_image_bytes(self, h: int, w: int) -> int:
-        """Peak bytes of one block on the whole (h, w) image (``tiling.memory``'s model)."""
-        from ..tiling.memory import WHOLE_MAPS
-
-        b = self.dtype.itemsize
-        return int(WHOLE_MAPS * self.n_feats * b * h * w + 2 * 3 * b * h * w)
-
     def overflow_guard(self) -> OverflowGuard:
         """A context that notes any non-finite layer output of this thread's calls."""
         return OverflowGuard(self.model)

@@ -142,7 +142,6 @@ def upscale_tensor(
     tile, retries = cfg.tile, 0
     exclude: tuple[str, ...] = ()
     while True:
-        failed: Choice | None = None
         choice = choose(
             runner, image.shape[1], image.shape[2], dataclasses.replace(cfg, tile=tile), exclude=exclude, image=image
         )
@@ -151,8 +150,6 @@ def upscale_tensor(
             out, report = _run_plan(runner, image, dataclasses.replace(cfg, tile=tile), choice, progress)
             report.seconds = time.perf_counter() - t0
             report.oom_retries = retries
-            if report.overflows:
-                report.notes.append(f"{report.overflows} float16 overflow(s) redone in the safe dtype")
             return out, report
         except RuntimeError as exc:
             if not isinstance(exc, torch.OutOfMemoryError):
@@ -162,18 +159,17 @@ def upscale_tensor(
                         f"({choice.label} plan); lower --max-memory or use --ca-stats tile"
                     ) from None
                 raise
-            failed = choice
         # out of the except block: the exception's frames, which hold the failed attempt's
         # full-size maps, are gone, so the memory can be given back before the retry
         _release_memory(runner)
         retries += 1
-        if cfg.plan == "auto" and failed.plan in ("whole", "layers") and runner.device.type != "cpu":
-            exclude = (*exclude, failed.plan)
-            log.warning("out of memory in the %s plan; trying the next exact plan", failed.label)
+        if cfg.plan == "auto" and choice.plan in ("whole", "layers") and runner.device.type != "cpu":
+            exclude = (*exclude, choice.plan)
+            log.warning("out of memory in the %s plan; trying the next exact plan", choice.label)
             continue
-        if failed.plan == "whole" or tile <= 16:
+        if choice.plan == "whole" or tile <= 16:
             raise MCANError(
-                f"out of memory even with {tile}x{tile} tiles ({failed.label} plan); use --device cpu, "
+                f"out of memory even with {tile}x{tile} tiles ({choice.label} plan); use --device cpu, "
                 "a smaller --batch or --max-memory"
             ) from None
         log.warning("out of memory with %dx%d tiles; retrying with %dx%d", tile, tile, tile // 2, tile // 2)

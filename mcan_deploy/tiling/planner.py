@@ -119,7 +119,8 @@ def _measure(runner: Runner, x: torch.Tensor, cfg: TileConfig, margin: int, star
 
 
 def _tile_plan(runner: Runner, h: int, w: int, cfg: TileConfig, mode: str, x: torch.Tensor | None = None) -> Choice:
-    plan, why = choose_tile_plan(runner, x if x is not None else torch.empty(3, h, w).uniform_(), cfg)
+    # without the image, zeros (pages the OS maps only when touched) for the timing that may follow
+    plan, why = choose_tile_plan(runner, x if x is not None else torch.zeros(3, h, w), cfg)
     margin = sum(runner.block_radii) if plan == "all" else max(runner.block_radii)
     return Choice(plan, f"{mode}; {why}", footprint(runner, plan, h, w, cfg, margin))
 

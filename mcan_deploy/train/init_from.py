@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -54,8 +53,8 @@ def check_sources(phases: list[PhaseConfig], model: ModelConfig) -> list[InitSou
     return out
 
 
-def _weights_for(phase: PhaseConfig, model: ModelConfig, path: Path) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict, prefix) to load: all of N ("") or one block ("blocks.{i}.")."""
+def _weights_for(phase: PhaseConfig, model: ModelConfig, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict the phase starts from: all of N, or one block's."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file (phase '{phase.name}', init = 'from:{path}')")
     tensors, meta = load_tensors(path)  # safetensors only: corrupt or pickled files are one-line errors
@@ -78,26 +77,25 @@ def _weights_for(phase: PhaseConfig, model: ModelConfig, path: Path) -> tuple[di
                 f"{path}: one block (N_{meta['block']}); phase '{phase.name}' trains all of N "
                 "and needs a whole model file"
             )
-        return tensors, ""
+        return tensors
     if phase.kind == "train_block":
         if phase.block > int(have.get("n_blocks", 0)):
             raise CheckpointError(
                 f"{path}: holds {have.get('n_blocks')} blocks; phase '{phase.name}' trains block {phase.block}"
             )
         prefix = f"blocks.{phase.block - 1}."
-        return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}, prefix
-    return tensors, ""
+        return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+    return tensors
 
 
-def load_into(model: MCAN, phase: PhaseConfig) -> dict[str, Any]:
+def load_into(model: MCAN, phase: PhaseConfig) -> None:
     """Load the phase's ``from:`` weights into ``model`` (the trained block, or all of N)."""
     path = source_of(phase)
     assert path is not None
-    state, _ = _weights_for(phase, model.config, path)
+    state = _weights_for(phase, model.config, path)
     target = model.blocks[phase.block - 1] if phase.kind == "train_block" else model
     missing, unexpected = target.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not fit phase '{phase.name}' (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    return {"path": str(path)}

@@ -238,8 +238,8 @@ def test_auto_takes_openvino_on_a_cpu_and_torch_without_it(monkeypatch):
     assert choose_backend("m.onnx")[0] == "onnxruntime"
     assert choose_backend("m.safetensors", dtype="bfloat16", device="cpu")[0] == "torch"
     assert choose_backend("m.safetensors", rcab_impl="triton", device="cpu")[0] == "torch"
-    real = select._has
-    monkeypatch.setattr(select, "_has", lambda *m: "openvino" not in m and real(*m))
+    real = select.installed
+    monkeypatch.setattr(select, "installed", lambda *m: "openvino" not in m and real(*m))
     name, why = choose_backend("m.safetensors", device="cpu")
     assert name == "torch" and "not installed" in why
     with pytest.raises(MCANError, match=r"needs the openvino extra: pip install 'mcan-deploy\[openvino\]'"):

@@ -45,12 +45,16 @@ bench: install
 
 # The report's experiments with error bars (docs/experiments.md): every experiment of configs/study/
 # at the CPU scale, 3 seeds each, on the City100 Nikon pairs, one thread (timings are compared at
-# equal threads). Resumable; finished runs are found, not retrained. STUDY_SCALE=full runs the
-# report's own configuration (a GPU job: --device auto picks CUDA).
+# equal threads); the camera experiment (camera.toml) also trains on the City100 iPhone pairs.
+# Resumable; finished runs are found, not retrained. STUDY_SCALE=full runs the report's own
+# configuration (a GPU job: --device auto picks CUDA; the camera experiment has only a CPU scale).
 STUDY_DATA ?= ../shared/data/city100_nikon
+STUDY_IPHONE ?= ../shared/data/city100_iphone
 STUDY_SCALE ?= cpu
+STUDY_EXPERIMENTS ?= $(if $(filter full,$(STUDY_SCALE)),$(filter-out configs/study/camera.toml,$(wildcard configs/study/*.toml)),configs/study/*.toml)
 study: install
-	OMP_NUM_THREADS=1 $(BIN)/mcan-study configs/study/*.toml --data $(STUDY_DATA) --scale $(STUDY_SCALE) --threads 1
+	OMP_NUM_THREADS=1 $(BIN)/mcan-study $(STUDY_EXPERIMENTS) --data $(STUDY_DATA) \
+		--data nikon=$(STUDY_DATA) --data iphone=$(STUDY_IPHONE) --scale $(STUDY_SCALE) --threads 1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -2,8 +2,9 @@
 
 Each experiment file (``configs/study/``) names a claim of the report, the plans that test it and
 the seeds. Every (plan, seed) trains into ``RUNS/<scale>/<plan>/seed<k>`` (resumable; experiments
-that share a plan share its runs), then ``OUT/<experiment>/results.json``, ``table.md`` and the
-plots are written. ``--aggregate-only`` remakes them from finished runs without training;
+that share a plan share its runs; a transfer experiment's runs go to ``RUNS/<scale>/<name>/<label>/seed<k>``
+and train on the folders it names: ``--data nikon=DIR --data iphone=DIR``), then
+``OUT/<experiment>/results.json``, ``table.md`` and the plots are written. ``--aggregate-only`` remakes them from finished runs without training;
 ``--max-iters 2`` is a smoke run of every plan (kept apart from real runs).
 """
 
@@ -26,6 +27,24 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def _data(text: str) -> tuple[str, str]:
+    """``DIR`` or ``NAME=DIR`` (a name is a word: letters, digits, _ and -)."""
+    name, sep, folder = text.partition("=")
+    if sep and name.replace("_", "").replace("-", "").isalnum() and folder:
+        return name, folder
+    return "", text
+
+
+def _folders(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    folders: dict[str, str] = {}
+    for name, folder in pairs:
+        if name in folders:
+            what = f"--data {name}=DIR" if name else "an unnamed --data DIR"
+            raise argparse.ArgumentTypeError(f"{what} given twice ({folders[name]} and {folder}); give each once")
+        folders[name] = folder
+    return folders
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -42,7 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("experiments", nargs="+", help="experiment files, e.g. configs/study/*.toml")
     p.add_argument(
-        "--data", required=True, help="dataset folder with train/ and test/ (City100: ../shared/data/city100_nikon)"
+        "--data",
+        required=True,
+        action="append",
+        type=_data,
+        metavar="[NAME=]DIR",
+        help="dataset folder with train/ and test/ (City100: ../shared/data/city100_nikon); repeat as NAME=DIR "
+        "for the folders a transfer experiment names (configs/study/camera.toml: nikon=..., iphone=...)",
     )
     p.add_argument(
         "--scale",
@@ -78,14 +103,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..errors import MCANError
     from ..study import load_experiment, run_study
-    from ..study.runs import scale_dir
+    from ..study.runs import scale_dir, training_folders
     from ..train import TrainingInterrupted
     from .train import StopFlag
 
     experiments = [load_experiment(p) for p in args.experiments]  # every file checked before any training
+    try:
+        data = _folders(args.data)
+    except argparse.ArgumentTypeError as exc:
+        raise MCANError(str(exc)) from None
     for exp in experiments:
-        exp.plan_paths(args.scale)
+        for label in exp.plan_paths(args.scale):
+            training_folders(exp, label, data)  # a missing --data fails before any training
     out = args.out or f"docs/experiments/{scale_dir(args.scale, args.max_iters)}"
     if args.threads:
         import torch
@@ -101,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
                 r = run_study(
                     exp,
                     args.scale,
-                    args.data,
+                    data if exp.kind == "transfer" else data[""],
                     args.runs,
                     out,
                     args.seeds,

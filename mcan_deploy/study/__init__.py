@@ -4,7 +4,9 @@ An experiment (``configs/study/*.toml``, ``spec.py``) names the report's claim, 
 test it at each scale (``cpu``: scaled down for a CPU; ``full``: the report's configuration) and
 the seeds. Every (plan, seed) trains into its own run directory (``runs.py``), shared by the
 experiments that use the plan. ``analyses.py`` turns the run directories into ``results.json``,
-``table.md`` and plots, without training, so they can be remade at any time.
+``table.md`` and plots, without training, so they can be remade at any time. A ``transfer``
+experiment (``transfer.py``) trains its labels on named folders (cameras), may fine-tune one
+label from another's model, and scores every final model on every camera's test pairs.
 """
 
 from .pipeline import run_study

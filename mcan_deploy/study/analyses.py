@@ -7,6 +7,7 @@ traced to ``results.json`` and from there to the run directories and the command
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,11 @@ def _run_record(r: RunData) -> dict[str, Any]:
     }
 
 
-def _budget(plan: Plan, data_root: Path) -> dict[str, Any]:
-    train_px, val_px = dataset_pixels(data_root, plan.data.val_max_size)
-    b = plan_budget(plan, train_px, val_px)
+def _budget(r: RunData) -> dict[str, Any]:
+    """The budget of a run's plan on the folders it trained on."""
+    plan = r.plan
+    pixels = [dataset_pixels(root, plan.data.val_max_size) for root in r.data_roots]
+    b = plan_budget(plan, sum(p[0] for p in pixels), sum(p[1] for p in pixels))
     b["pixels_per_update"] = plan.data.batch_size * plan.data.patch_size**2
     return b
 
@@ -166,7 +169,7 @@ def analyse_compare(exp: Experiment, runs: dict[str, list[RunData]], out: Path) 
         for label in labels
         if label != exp.baseline
     }
-    budgets = {label: _budget(rs[0].plan, rs[0].data_root) for label, rs in runs.items()}
+    budgets = {label: _budget(rs[0]) for label, rs in runs.items()}
     curves = {label: _curves(rs, "flops") for label, rs in runs.items()}
     _curves_and_dots(
         out / "curves.png",
@@ -233,7 +236,7 @@ def analyse_phases(exp: Experiment, runs: dict[str, list[RunData]], out: Path) -
         "phases": per_phase,
         "curves": curves,
         "plots": ["phases.png"],
-        "budgets": {"phased": _budget(rs[0].plan, rs[0].data_root)},
+        "budgets": {"phased": _budget(rs[0])},
     }
 
 
@@ -246,7 +249,7 @@ def analyse_patch(exp: Experiment, runs: dict[str, list[RunData]], out: Path) ->
         f"{b} - {a}": {m: _compared(finals[b][m]["values"], finals[a][m]["values"]) for m in METRICS}
         for a, b in pairwise(labels)
     }
-    budgets = {label: _budget(runs[label][0].plan, runs[label][0].data_root) for label in labels}
+    budgets = {label: _budget(runs[label][0]) for label in labels}
     curves = {label: _curves(runs[label], "step") for label in labels}
     names = {label: f"{label} ({runs[label][0].plan.data.patch_size} px)" for label in labels}
     _curves_and_dots(out / "patch.png", curves, names, finals, identity["psnr"], "iteration")
@@ -261,13 +264,18 @@ def analyse_patch(exp: Experiment, runs: dict[str, list[RunData]], out: Path) ->
 
 
 # ----- inverse: every block of the final N in turn (report sec. 5.3, fig. 9) -----------------
-@torch.no_grad()
 def _prefix_scores(r: RunData, val) -> list[dict[str, float]]:
     """Metrics of N_1, N_2(N_1), ... of the run's final N on the validation images (their mean)."""
     from ..checkpoint import load_model
+
+    return chain_scores(load_model(r.path / "model.safetensors").eval(), val, r.plan.data.shave)
+
+
+@torch.no_grad()
+def chain_scores(model, val, shave: int) -> list[dict[str, float]]:
+    """Metrics of N_1, N_2(N_1), ... of ``model`` on the image pairs ``val`` (the mean over them)."""
     from ..metrics import psnr, ssim
 
-    model = load_model(r.path / "model.safetensors").eval()
     sums = [dict.fromkeys(METRICS, 0.0) for _ in model.blocks]
     for x, y in zip(val.inputs, val.targets):
         for k, o in enumerate(model.forward_all(x[None], clamp=True)):
@@ -277,7 +285,7 @@ def _prefix_scores(r: RunData, val) -> list[dict[str, float]]:
                 ("ssim", ssim, False),
                 ("ssim_y", ssim, True),
             ):
-                sums[k][m] += fn(o, y[None], r.plan.data.shave, y=yy)
+                sums[k][m] += fn(o, y[None], shave, y=yy)
     return [{m: v / len(val) for m, v in s.items()} for s in sums]
 
 
@@ -385,10 +393,16 @@ def _strip(runs: dict[str, list[RunData]], val, out: Path) -> None:
 ANALYSES = {"compare": analyse_compare, "phases": analyse_phases, "patch": analyse_patch, "inverse": analyse_inverse}
 
 
-def analyse(exp: Experiment, runs: dict[str, list[RunData]], out: Path) -> dict[str, Any]:
-    """The experiment's results (plots written into ``out``), with every run's raw numbers."""
+Analysis = Callable[[Experiment, dict[str, list[RunData]], Path], dict[str, Any]]
+
+
+def analyse(
+    exp: Experiment, runs: dict[str, list[RunData]], out: Path, analyses: Mapping[str, Analysis] = ANALYSES
+) -> dict[str, Any]:
+    """The experiment's results (plots written into ``out``), with every run's raw numbers;
+    ``analyses`` maps each kind to its analysis (kinds defined in other modules add theirs)."""
     out.mkdir(parents=True, exist_ok=True)
-    result = ANALYSES[exp.kind](exp, runs, out)
+    result = analyses[exp.kind](exp, runs, out)
     result["runs"] = {label: [_run_record(r) for r in rs] for label, rs in runs.items()}
     result["flops_per_pixel_block_forward"] = block_forward_flops_per_pixel(next(iter(runs.values()))[0].plan.model)
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -13,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .analyses import analyse
+from .analyses import ANALYSES, analyse
 from .render import render
-from .runs import collect_experiment, run_experiment
+from .runs import Data, collect_experiment, data_folders, run_experiment
 from .spec import Experiment, load_experiment
+from .transfer import analyse_transfer
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def _rel(path: Path) -> str:
 def run_study(
     exp: Experiment | str | Path,
     scale: str,
-    data_root: str | Path,
+    data: Data,
     runs_root: str | Path,
     out_root: str | Path,
     seeds: list[int] | None = None,
@@ -78,12 +80,13 @@ def run_study(
     exp = exp if isinstance(exp, Experiment) else load_experiment(exp)
     seeds = seeds if seeds is not None else exp.seeds
     if train:
-        run_experiment(exp, scale, data_root, runs_root, seeds, device, progress, max_iters, should_stop)
+        run_experiment(exp, scale, data, runs_root, seeds, device, progress, max_iters, should_stop)
     runs = collect_experiment(exp, scale, runs_root, seeds, max_iters)
     out = Path(out_root) / exp.name
     t0 = time.perf_counter()
-    result = analyse(exp, runs, out)
+    result = analyse(exp, runs, out, {**ANALYSES, "transfer": functools.partial(analyse_transfer, data=data)})
     first = next(iter(runs.values()))[0]
+    folders = data_folders(data)
     result.update(
         {
             "experiment": {
@@ -100,7 +103,9 @@ def run_study(
             "max_iters": max_iters,
             "seeds": seeds,
             "plans": {label: _rel(p) for label, p in exp.plan_paths(scale).items()},
-            "data": _rel(first.data_root),
+            "data": _rel(first.data_root)
+            if exp.kind != "transfer"
+            else {n: _rel(folders[n]) for n in exp.folder_names()},
             "command": command or f"mcan-study {_rel(exp.source)} --scale {scale}",
             "commit": _commit(Path(__file__).resolve().parent),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -76,13 +76,14 @@ def _budget_table(budgets: dict[str, dict[str, Any]], finals: dict[str, dict[str
 def _header(r: dict[str, Any]) -> list[str]:
     e = r["experiment"]
     plans = ", ".join(f"{k} = `{v}`" for k, v in r["plans"].items())
+    data = ", ".join(f"{k} = `{v}`" for k, v in r["data"].items()) if isinstance(r["data"], dict) else f"`{r['data']}`"
     return [
         f"### {e['title']} (report {e['report']})",
         "",
         f"Claim: {e['claim']}",
         "",
         f"Scale: **{r['scale']}**{' (smoke run: every span cut to ' + str(r['max_iters']) + ' iterations)' if r.get('max_iters') else ''}; "
-        f"plans: {plans}; seeds {', '.join(map(str, r['seeds']))}; data `{r['data']}`. "
+        f"plans: {plans}; seeds {', '.join(map(str, r['seeds']))}; data {data}. "
         f"Made by `{r['command']}` at commit {r['commit']}.",
         "",
     ]
@@ -183,8 +184,38 @@ def _inverse(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _transfer(r: dict[str, Any]) -> list[str]:
+    lines = ["| label | trains on | starts from |", "|---|---|---|"]
+    for label, c in r["conditions"].items():
+        lines.append(
+            f"| {label} | {' + '.join(c['train_on'])} | "
+            + (f"{c['start_from']}'s model of the same seed" if c["start_from"] else "scratch")
+            + " |"
+        )
+    for name, finals in r["finals"].items():
+        lines += [
+            "",
+            f"On the **{name}** test pairs (`{r['folders'][name]}`, centre crops of at most {r['eval_max_size']} px):",
+            "",
+            "| model | " + " | ".join(_METRIC_NAMES[m] for m in METRICS) + " | gain over the identity, PSNR RGB (dB) |",
+            "|---|---|---|---|---|---|",
+            "| identity (LR vs HR) | "
+            + " | ".join(f"{r['identity'][name][m]:.{_digits(m)}f}" for m in METRICS)
+            + " | - |",
+        ]
+        for label, f in finals.items():
+            g = r["gains"][name][label]
+            lines.append(
+                f"| {label} | " + " | ".join(pm(f[m], m) for m in METRICS) + f" | {g['mean']:+.3f} ± {g['std']:.3f} |"
+            )
+        if r["diffs"][name]:  # results.json has SSIM too
+            lines += ["", *_diff_table(f"difference on {name}", r["diffs"][name], ("psnr", "psnr_y"))]
+    return [*lines, "", "Budget (on the folders each label trains on):", "", *_budget_table(r["budgets"], r["times"])]
+
+
 def render(r: dict[str, Any]) -> str:
     """The experiment's section: header, tables and plot links."""
-    body = {"compare": _compare, "phases": _phases, "patch": _patch, "inverse": _inverse}[r["experiment"]["kind"]](r)
+    kinds = {"compare": _compare, "phases": _phases, "patch": _patch, "inverse": _inverse, "transfer": _transfer}
+    body = kinds[r["experiment"]["kind"]](r)
     plots = [f"![{p}]({p})" for p in r["plots"]]
     return "\n".join([*_header(r), *body, "", *plots, ""])

@@ -5,16 +5,38 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Plan, cap_iterations, load_plan
+from ..config import Plan, cap_iterations, load_plan, with_init_from
 from ..errors import StudyError
 from .spec import Experiment
 
 log = logging.getLogger(__name__)
+
+# mcan-study --data: one folder (the one-dataset experiments), or NAME=DIR folders by name (transfer
+# experiments); the unnamed folder is the key ""
+Data = str | Path | Mapping[str, str | Path]
+
+
+def data_folders(data: Data) -> dict[str, Path]:
+    """``--data`` as folders by name ("" for the unnamed one)."""
+    if isinstance(data, (str, Path)):
+        return {"": Path(data)}
+    return {name: Path(d) for name, d in data.items()}
+
+
+def training_folders(exp: Experiment, label: str, data: Data) -> list[Path]:
+    """The folders one label of the experiment trains on; a missing one is a ``StudyError`` naming the fix."""
+    folders = data_folders(data)
+    names = exp.conditions[label].train_on if exp.kind == "transfer" else [""]
+    missing = [n for n in (exp.folder_names() if exp.kind == "transfer" else names) if n not in folders]
+    if missing:
+        want = " ".join(f"--data {n}=DIR" for n in missing) if exp.kind == "transfer" else "--data DIR"
+        raise StudyError(f"{exp.source}: experiment '{exp.name}' needs {want} (given: {sorted(folders)})")
+    return [folders[n] for n in names]
 
 
 def plan_for_seed(plan: Plan, seed: int, max_iters: int | None = None) -> Plan:
@@ -34,10 +56,20 @@ def run_dir(runs_root: str | Path, scale: str, plan_path: str | Path, seed: int,
     return Path(runs_root) / scale_dir(scale, max_iters) / Path(plan_path).stem / f"seed{seed}"
 
 
+def label_dir(
+    exp: Experiment, runs_root: str | Path, scale: str, label: str, seed: int, max_iters: int | None = None
+) -> Path:
+    """A run of the experiment: shared by plan for one-dataset experiments; for a transfer
+    experiment, whose labels train one plan on different folders, ``RUNS/<scale>/<name>/<label>/seed<k>``."""
+    if exp.kind == "transfer":
+        return Path(runs_root) / scale_dir(scale, max_iters) / exp.name / label / f"seed{seed}"
+    return run_dir(runs_root, scale, exp.plan_paths(scale)[label], seed, max_iters)
+
+
 def run_experiment(
     exp: Experiment,
     scale: str,
-    data_root: str | Path,
+    data: Data,
     runs_root: str | Path,
     seeds: list[int] | None = None,
     device: str = "auto",
@@ -50,12 +82,25 @@ def run_experiment(
     from ..train import train
 
     paths = exp.plan_paths(scale)
+    folders = {label: training_folders(exp, label, data) for label in paths}  # all checked before training
     for seed in seeds if seeds is not None else exp.seeds:
         for label, plan_path in paths.items():
-            out = run_dir(runs_root, scale, plan_path, seed, max_iters)
+            out = label_dir(exp, runs_root, scale, label, seed, max_iters)
             plan = plan_for_seed(load_plan(plan_path), seed, max_iters)
+            start = exp.conditions[label].start_from if label in exp.conditions else ""
+            if start:  # fine-tuning: the same seed's model of another label
+                source = label_dir(exp, runs_root, scale, start, seed, max_iters) / "model.safetensors"
+                plan = with_init_from(plan, str(source))
             log.info("%s: %s, seed %d -> %s", exp.name, label, seed, out)
-            train(plan, data_root, out, device=device, progress=progress, should_stop=should_stop)
+            roots = folders[label]
+            train(
+                plan,
+                roots[0] if len(roots) == 1 else roots,
+                out,
+                device=device,
+                progress=progress,
+                should_stop=should_stop,
+            )
 
 
 @dataclass
@@ -71,7 +116,11 @@ class RunData:
     curve: list[dict[str, Any]]  # every validation of a trained network, in order
     train_seconds: float  # training iterations only (from the train lines)
     generate_seconds: float  # generate phases (LR_i = N_i+(LR_{i-1}) over train and test)
-    data_root: Path
+    data_roots: list[Path]  # the folders it trained on
+
+    @property
+    def data_root(self) -> Path:
+        return self.data_roots[0]
 
     @property
     def final(self) -> dict[str, Any]:
@@ -101,6 +150,7 @@ def collect(path: Path, label: str, seed: int) -> RunData:
     phase_ends = [r for r in records if r["kind"] == "phase"]
     curve = [r for r in records if r["kind"] in ("val", "phase") and r["stage"] != "generate"]
     info = json.loads((path / "run.json").read_text())
+    data = info["data"] if isinstance(info["data"], list) else [info["data"]]
     return RunData(
         label=label,
         seed=seed,
@@ -111,7 +161,7 @@ def collect(path: Path, label: str, seed: int) -> RunData:
         curve=curve,
         train_seconds=sum(v["seconds"] for v in stage_times(records).values()),
         generate_seconds=sum(r.get("seconds", 0.0) for r in phase_ends if r["stage"] == "generate"),
-        data_root=Path(info["data"]),
+        data_roots=[Path(d) for d in data],
     )
 
 
@@ -121,6 +171,6 @@ def collect_experiment(
     """Every run of the experiment, by label, in seed order."""
     seeds = seeds if seeds is not None else exp.seeds
     return {
-        label: [collect(run_dir(runs_root, scale, p, s, max_iters), label, s) for s in seeds]
-        for label, p in exp.plan_paths(scale).items()
+        label: [collect(label_dir(exp, runs_root, scale, label, s, max_iters), label, s) for s in seeds]
+        for label in exp.plan_paths(scale)
     }

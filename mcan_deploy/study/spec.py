@@ -18,10 +18,29 @@ phased = "cpu/mcan_phased.toml"
 [plans.full]
 phased = "../paper.toml"
 ```
+
+A ``transfer`` experiment trains each label on named dataset folders (``mcan-study --data
+NAME=DIR``), may start a label from another label's model of the same seed, and scores every
+final model on each named folder's test pairs:
+
+```toml
+[experiment]
+kind = "transfer"
+evaluate = ["iphone", "nikon"]        # the folders whose test pairs every model is scored on
+contrasts = ["finetune - scratch"]    # differences worth a Welch test, in every folder
+eval_max_size = 1500                  # test images centre-cropped to at most this side
+
+[conditions.nikon]
+train_on = ["nikon"]
+[conditions.finetune]
+train_on = ["iphone"]
+start_from = "nikon"                  # that label's model of the same seed (--init-from)
+```
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -30,8 +49,17 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 
-Kind = Literal["compare", "phases", "patch", "inverse"]
-_KEYS = {"name", "kind", "title", "report", "claim", "seeds", "baseline"}
+Kind = Literal["compare", "phases", "patch", "inverse", "transfer"]
+_KEYS = {"name", "kind", "title", "report", "claim", "seeds", "baseline", "evaluate", "contrasts", "eval_max_size"}
+_CONDITION_KEYS = {"train_on", "start_from"}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What one label of a transfer experiment trains on, and whose model it starts from."""
+
+    train_on: list[str]  # names of --data folders, trained on together (mixed by the plan's data.mix)
+    start_from: str = ""  # another label: its model of the same seed is this run's --init-from
 
 
 @dataclass(frozen=True)
@@ -48,6 +76,16 @@ class Experiment:
     report_values: dict[str, float] = field(default_factory=dict)
     baseline: str = ""
     source: Path = Path("<experiment>")
+    # transfer experiments only
+    conditions: dict[str, Condition] = field(default_factory=dict)
+    evaluate: list[str] = field(default_factory=list)
+    contrasts: list[tuple[str, str]] = field(default_factory=list)
+    eval_max_size: int = 1500
+
+    def folder_names(self) -> list[str]:
+        """The named --data folders a transfer experiment needs, in first-use order."""
+        names = [n for c in self.conditions.values() for n in c.train_on] + self.evaluate
+        return list(dict.fromkeys(names))
 
     def plan_paths(self, scale: str) -> dict[str, Path]:
         """The plans of one scale, by label; an unknown scale is a ``ConfigError``."""
@@ -74,9 +112,11 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ConfigError(f"{path}: cannot read the experiment ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    unknown = set(data) - {"experiment", "plans", "report_values"}
+    unknown = set(data) - {"experiment", "plans", "report_values", "conditions"}
     if unknown:
-        raise ConfigError(f"{path}: unknown tables {sorted(unknown)}; known: experiment, plans, report_values")
+        raise ConfigError(
+            f"{path}: unknown tables {sorted(unknown)}; known: experiment, plans, report_values, conditions"
+        )
     exp = _need(data, "experiment", dict, path, "")
     bad = set(exp) - _KEYS
     if bad:
@@ -118,6 +158,10 @@ def load_experiment(path: str | Path) -> Experiment:
         baseline=exp.get("baseline", ""),
         source=path,
     )
+    if out.kind == "transfer":
+        out = _with_transfer(out, exp, data.get("conditions", {}), path)
+    elif "conditions" in data or set(exp) & {"evaluate", "contrasts", "eval_max_size"}:
+        raise ConfigError(f"{path}: [conditions], evaluate, contrasts and eval_max_size are for kind = 'transfer'")
     for scale, table in plans.items():
         if out.kind == "compare" and out.baseline not in table:
             raise ConfigError(
@@ -126,3 +170,50 @@ def load_experiment(path: str | Path) -> Experiment:
         if out.kind in ("phases", "inverse") and "phased" not in table:
             raise ConfigError(f"{path}: a {out.kind} experiment needs a 'phased' plan in [plans.{scale}]")
     return out
+
+
+def _names(value: Any, source: Path, where: str) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f'{source}: {where} = {value!r} should be a list of folder names, e.g. ["nikon"]')
+    return value
+
+
+def _with_transfer(out: Experiment, exp: dict[str, Any], table: Any, path: Path) -> Experiment:
+    """A transfer experiment's conditions, evaluation folders and contrasts, checked against its labels."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [conditions] must hold one [conditions.LABEL] table per plan label")
+    conditions: dict[str, Condition] = {}
+    for label, cond in table.items():
+        if not isinstance(cond, dict) or set(cond) - _CONDITION_KEYS:
+            raise ConfigError(f"{path}: [conditions.{label}] takes only {sorted(_CONDITION_KEYS)}")
+        start = cond.get("start_from", "")
+        if start and start not in conditions:
+            raise ConfigError(
+                f"{path}: conditions.{label}.start_from = {start!r} must name a label listed before it "
+                f"({sorted(conditions)})"
+            )
+        conditions[label] = Condition(_names(cond.get("train_on"), path, f"conditions.{label}.train_on"), start)
+    for scale, plans in out.plans.items():
+        if set(plans) != set(conditions):
+            raise ConfigError(
+                f"{path}: [plans.{scale}] labels {sorted(plans)} and [conditions] labels {sorted(conditions)} "
+                "must be the same"
+            )
+    contrasts = []
+    for text in exp.get("contrasts", []):
+        a, sep, b = str(text).partition(" - ")
+        if not sep or a not in conditions or b not in conditions:
+            raise ConfigError(
+                f'{path}: experiment.contrasts entry {text!r} should be "LABEL - LABEL" with labels of {sorted(conditions)}'
+            )
+        contrasts.append((a, b))
+    size = exp.get("eval_max_size", 1500)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ConfigError(f"{path}: experiment.eval_max_size = {size!r} must be an integer >= 1")
+    return dataclasses.replace(
+        out,
+        conditions=conditions,
+        evaluate=_names(exp.get("evaluate"), path, "experiment.evaluate"),
+        contrasts=contrasts,
+        eval_max_size=size,
+    )

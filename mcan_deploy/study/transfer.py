@@ -114,6 +114,7 @@ def _plot(path: Path, exp: Experiment, finals: dict[str, Any], identity: dict[st
         labels = list(finals[name])
         _dots(ax, labels, finals[name], identity[name]["psnr"])
         ax.set_title(f"{name} test pairs: per seed (dots), mean +- std", fontsize=10)
+        ax.set_ylabel(f"PSNR RGB on the {name} test crops (dB)")
         ax.tick_params(axis="x", labelrotation=20)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

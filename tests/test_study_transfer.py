@@ -170,5 +170,10 @@ def test_transfer_errors_are_one_line(tmp_path, two_cameras):
     assert proc.returncode == 1 and "needs --data iphone=DIR" in proc.stderr and "Traceback" not in proc.stderr
     proc = _study(str(STUDY / "budget.toml"), f"--data=nikon={two_cameras['nikon']}", "--runs", str(tmp_path / "r"))
     assert proc.returncode == 1 and "needs --data DIR" in proc.stderr
+    runs = tmp_path / "r2"  # a wrong folder fails before anything trains
+    proc = _study(
+        str(CAMERA), f"--data=nikon={two_cameras['nikon']}", f"--data=iphone={tmp_path / 'no'}", "--runs", str(runs)
+    )
+    assert proc.returncode == 1 and "expected a train/ and a test/ folder" in proc.stderr and not runs.exists()
     proc = _study(str(CAMERA), "--data=nikon=a", "--data=nikon=b")
     assert proc.returncode == 1 and "--data nikon=DIR given twice" in proc.stderr

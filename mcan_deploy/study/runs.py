@@ -35,7 +35,8 @@ def training_folders(exp: Experiment, label: str, data: Data) -> list[Path]:
     missing = [n for n in (exp.folder_names() if exp.kind == "transfer" else names) if n not in folders]
     if missing:
         want = " ".join(f"--data {n}=DIR" for n in missing) if exp.kind == "transfer" else "--data DIR"
-        raise StudyError(f"{exp.source}: experiment '{exp.name}' needs {want} (given: {sorted(folders)})")
+        given = ", ".join(f"{n}=" if n else "an unnamed DIR" for n in folders) or "none"
+        raise StudyError(f"{exp.source}: experiment '{exp.name}' needs {want} (given: {given})")
     return [folders[n] for n in names]
 
 
@@ -82,7 +83,11 @@ def run_experiment(
     from ..train import train
 
     paths = exp.plan_paths(scale)
-    folders = {label: training_folders(exp, label, data) for label in paths}  # all checked before training
+    from ..data import split_dirs
+
+    folders = {label: training_folders(exp, label, data) for label in paths}
+    for root in {r for roots in folders.values() for r in roots} | set(data_folders(data).values()):
+        split_dirs(root)  # a wrong folder fails before any training, not after hours of it
     for seed in seeds if seeds is not None else exp.seeds:
         for label, plan_path in paths.items():
             out = label_dir(exp, runs_root, scale, label, seed, max_iters)

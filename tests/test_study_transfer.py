@@ -135,6 +135,14 @@ def test_camera_experiment_end_to_end(two_cameras, tmp_path):
     assert "scoring" not in again.stderr
     assert json.loads((out / "camera" / "results.json").read_text())["finals"] == r["finals"]
 
+    # a fine-tune whose source has changed since (retrained) is not reused
+    info_path = run("finetune", 0) / "run.json"
+    info = json.loads(info_path.read_text())
+    info["init_from"][0]["sha256"] = "0" * 64
+    info_path.write_text(json.dumps(info))
+    stale = _study(str(CAMERA), *common, "--threads", "1", timeout=300)
+    assert stale.returncode == 1 and "started from an earlier" in stale.stderr and "Traceback" not in stale.stderr
+
 
 def test_transfer_errors_are_one_line(tmp_path, two_cameras):
     text = CAMERA.read_text().replace('"cpu/', f'"{STUDY}/cpu/').replace('"../', f'"{STUDY}/../')
@@ -147,11 +155,15 @@ def test_transfer_errors_are_one_line(tmp_path, two_cameras):
         '"finetune - scratch",': ('"finetune - nope",', r"contrasts entry 'finetune - nope' should be"),
         '[conditions.both]\ntrain_on = ["nikon", "iphone"]': (
             "",
-            r"labels .* and \[conditions\] labels .* must be the same",
+            r"labels .* and \[conditions\] labels .* must be the same, in the same order",
+        ),
+        'train_on = ["nikon", "iphone"]\n\n#': (
+            'train_on = ["nikon", "nikon"]\n\n#',
+            r"should be a list of distinct folder names",
         ),
         'evaluate = ["iphone", "nikon"]': (
             "evaluate = []",
-            r"experiment\.evaluate = \[\] should be a list of folder names",
+            r"experiment\.evaluate = \[\] should be a list of distinct folder names",
         ),
         "eval_max_size = 512": ("eval_max_size = 0", r"eval_max_size = 0 must be an integer >= 1"),
     }
@@ -170,6 +182,11 @@ def test_transfer_errors_are_one_line(tmp_path, two_cameras):
     assert proc.returncode == 1 and "needs --data iphone=DIR" in proc.stderr and "Traceback" not in proc.stderr
     proc = _study(str(STUDY / "budget.toml"), f"--data=nikon={two_cameras['nikon']}", "--runs", str(tmp_path / "r"))
     assert proc.returncode == 1 and "needs --data DIR" in proc.stderr
+    # a fine-tuning plan for a label that names no start_from, before anything trains
+    bad.write_text(text.replace('start_from = "nikon"', ""))
+    proc = _study(str(bad), *(f"--data={n}={p}" for n, p in two_cameras.items()), "--runs", str(tmp_path / "r1"))
+    assert proc.returncode == 1 and "give label 'finetune' a start_from" in proc.stderr
+    assert not (tmp_path / "r1").exists()
     runs = tmp_path / "r2"  # a wrong folder fails before anything trains
     proc = _study(
         str(CAMERA), f"--data=nikon={two_cameras['nikon']}", f"--data=iphone={tmp_path / 'no'}", "--runs", str(runs)

@@ -80,21 +80,28 @@ def run_experiment(
 ) -> None:
     """Train every (plan, seed) of the experiment that is not finished yet, seed by seed, so that an
     interrupted study has whole seeds. A finished run is found and skipped by the trainer."""
+    from ..data import split_dirs
     from ..train import train
 
     paths = exp.plan_paths(scale)
-    from ..data import split_dirs
-
     folders = {label: training_folders(exp, label, data) for label in paths}
     for root in {r for roots in folders.values() for r in roots} | set(data_folders(data).values()):
         split_dirs(root)  # a wrong folder fails before any training, not after hours of it
+    plans = {label: load_plan(p) for label, p in paths.items()}
+    for label, plan in plans.items():
+        if any(p.init == "from:" for p in plan.phases) and not _start_from(exp, label):
+            raise StudyError(
+                f"{paths[label]}: a fine-tuning plan (init = 'from:'); give label '{label}' a start_from in "
+                f"[conditions.{label}] of {exp.source}"
+            )
     for seed in seeds if seeds is not None else exp.seeds:
-        for label, plan_path in paths.items():
+        for label in paths:
             out = label_dir(exp, runs_root, scale, label, seed, max_iters)
-            plan = plan_for_seed(load_plan(plan_path), seed, max_iters)
-            start = exp.conditions[label].start_from if label in exp.conditions else ""
+            plan = plan_for_seed(plans[label], seed, max_iters)
+            start = _start_from(exp, label)
             if start:  # fine-tuning: the same seed's model of another label
                 source = label_dir(exp, runs_root, scale, start, seed, max_iters) / "model.safetensors"
+                _check_source(out, source)
                 plan = with_init_from(plan, str(source))
             log.info("%s: %s, seed %d -> %s", exp.name, label, seed, out)
             roots = folders[label]
@@ -106,6 +113,25 @@ def run_experiment(
                 progress=progress,
                 should_stop=should_stop,
             )
+
+
+def _start_from(exp: Experiment, label: str) -> str:
+    return exp.conditions[label].start_from if label in exp.conditions else ""
+
+
+def _check_source(run: Path, source: Path) -> None:
+    """A fine-tuning run already started must have started from the source as it is now: a source
+    retrained since would leave a run built from a model that no longer exists."""
+    from ..export.onnx import file_sha256
+
+    info = run / "run.json"
+    if not info.exists() or not source.exists():
+        return
+    recorded = {s["sha256"] for s in json.loads(info.read_text()).get("init_from", [])}
+    if recorded and recorded != {file_sha256(source)}:
+        raise StudyError(
+            f"{run}: started from an earlier {source} (its SHA-256 differs now); delete {run} to fine-tune again"
+        )
 
 
 @dataclass

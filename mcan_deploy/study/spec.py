@@ -173,8 +173,13 @@ def load_experiment(path: str | Path) -> Experiment:
 
 
 def _names(value: Any, source: Path, where: str) -> list[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f'{source}: {where} = {value!r} should be a list of folder names, e.g. ["nikon"]')
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, str) and v for v in value)
+        or len(set(value)) != len(value)
+    ):
+        raise ConfigError(f'{source}: {where} = {value!r} should be a list of distinct folder names, e.g. ["nikon"]')
     return value
 
 
@@ -194,12 +199,14 @@ def _with_transfer(out: Experiment, exp: dict[str, Any], table: Any, path: Path)
             )
         conditions[label] = Condition(_names(cond.get("train_on"), path, f"conditions.{label}.train_on"), start)
     for scale, plans in out.plans.items():
-        if set(plans) != set(conditions):
+        if list(plans) != list(conditions):  # runs train in this order: a fine-tune after its source
             raise ConfigError(
-                f"{path}: [plans.{scale}] labels {sorted(plans)} and [conditions] labels {sorted(conditions)} "
-                "must be the same"
+                f"{path}: [plans.{scale}] labels {list(plans)} and [conditions] labels {list(conditions)} "
+                "must be the same, in the same order"
             )
     contrasts = []
+    if not isinstance(exp.get("contrasts", []), list):
+        raise ConfigError(f'{path}: experiment.contrasts should be a list of "LABEL - LABEL" strings')
     for text in exp.get("contrasts", []):
         a, sep, b = str(text).partition(" - ")
         if not sep or a not in conditions or b not in conditions:

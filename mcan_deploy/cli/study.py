@@ -36,11 +36,13 @@ def _data(text: str) -> tuple[str, str]:
 
 
 def _folders(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    from ..errors import MCANError
+
     folders: dict[str, str] = {}
     for name, folder in pairs:
         if name in folders:
             what = f"--data {name}=DIR" if name else "an unnamed --data DIR"
-            raise argparse.ArgumentTypeError(f"{what} given twice ({folders[name]} and {folder}); give each once")
+            raise MCANError(f"{what} given twice ({folders[name]} and {folder}); give each once")
         folders[name] = folder
     return folders
 
@@ -103,17 +105,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..errors import MCANError
     from ..study import load_experiment, run_study
     from ..study.runs import scale_dir, training_folders
     from ..train import TrainingInterrupted
     from .train import StopFlag
 
     experiments = [load_experiment(p) for p in args.experiments]  # every file checked before any training
-    try:
-        data = _folders(args.data)
-    except argparse.ArgumentTypeError as exc:
-        raise MCANError(str(exc)) from None
+    data = _folders(args.data)
     for exp in experiments:
         for label in exp.plan_paths(args.scale):
             training_folders(exp, label, data)  # a missing --data fails before any training

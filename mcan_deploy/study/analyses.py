@@ -271,21 +271,26 @@ def _prefix_scores(r: RunData, val) -> list[dict[str, float]]:
     return chain_scores(load_model(r.path / "model.safetensors").eval(), val, r.plan.data.shave)
 
 
+def image_scores(out: torch.Tensor, target: torch.Tensor, shave: int) -> dict[str, float]:
+    """The ``METRICS`` of one (1, C, H, W) output against its target."""
+    from ..metrics import psnr, ssim
+
+    return {
+        "psnr": psnr(out, target, shave),
+        "psnr_y": psnr(out, target, shave, y=True),
+        "ssim": ssim(out, target, shave),
+        "ssim_y": ssim(out, target, shave, y=True),
+    }
+
+
 @torch.no_grad()
 def chain_scores(model, val, shave: int) -> list[dict[str, float]]:
     """Metrics of N_1, N_2(N_1), ... of ``model`` on the image pairs ``val`` (the mean over them)."""
-    from ..metrics import psnr, ssim
-
     sums = [dict.fromkeys(METRICS, 0.0) for _ in model.blocks]
     for x, y in zip(val.inputs, val.targets):
         for k, o in enumerate(model.forward_all(x[None], clamp=True)):
-            for m, fn, yy in (
-                ("psnr", psnr, False),
-                ("psnr_y", psnr, True),
-                ("ssim", ssim, False),
-                ("ssim_y", ssim, True),
-            ):
-                sums[k][m] += fn(o, y[None], shave, y=yy)
+            for m, v in image_scores(o, y[None], shave).items():
+                sums[k][m] += v
     return [{m: v / len(val) for m, v in s.items()} for s in sums]
 
 

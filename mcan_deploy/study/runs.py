@@ -28,16 +28,22 @@ def data_folders(data: Data) -> dict[str, Path]:
     return {name: Path(d) for name, d in data.items()}
 
 
-def training_folders(exp: Experiment, label: str, data: Data) -> list[Path]:
-    """The folders one label of the experiment trains on; a missing one is a ``StudyError`` naming the fix."""
+def named_folders(exp: Experiment, data: Data) -> dict[str, Path]:
+    """``--data`` by name, checked to hold every folder the experiment trains or scores on; a
+    missing one is a ``StudyError`` naming the fix."""
     folders = data_folders(data)
-    names = exp.conditions[label].train_on if exp.kind == "transfer" else [""]
-    missing = [n for n in (exp.folder_names() if exp.kind == "transfer" else names) if n not in folders]
+    missing = [n for n in (exp.folder_names() if exp.kind == "transfer" else [""]) if n not in folders]
     if missing:
         want = " ".join(f"--data {n}=DIR" for n in missing) if exp.kind == "transfer" else "--data DIR"
         given = ", ".join(f"{n}=" if n else "an unnamed DIR" for n in folders) or "none"
         raise StudyError(f"{exp.source}: experiment '{exp.name}' needs {want} (given: {given})")
-    return [folders[n] for n in names]
+    return folders
+
+
+def training_folders(exp: Experiment, label: str, data: Data) -> list[Path]:
+    """The folders one label of the experiment trains on (see ``named_folders``)."""
+    folders = named_folders(exp, data)
+    return [folders[n] for n in (exp.conditions[label].train_on if exp.kind == "transfer" else [""])]
 
 
 def plan_for_seed(plan: Plan, seed: int, max_iters: int | None = None) -> Plan:

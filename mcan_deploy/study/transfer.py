@@ -16,8 +16,8 @@ from typing import Any
 
 from ..errors import StudyError
 from ..io import atomic_write_bytes
-from .analyses import METRICS, _budget, _compared, _dots, _plt, chain_scores
-from .runs import Data, RunData, data_folders
+from .analyses import METRICS, _budget, _compared, _dots, _plt, chain_scores, image_scores
+from .runs import Data, RunData, named_folders
 from .spec import Experiment
 from .stats import summary
 
@@ -34,52 +34,50 @@ def _test_pairs(root: Path, max_size: int, max_pixels: int):
 
 def identity_scores(pairs, shave: int) -> dict[str, float]:
     """LR against HR on the test pairs: what every model has to beat on that camera."""
-    from ..metrics import psnr, ssim
-
-    n = len(pairs)
-    fns = {"psnr": (psnr, False), "psnr_y": (psnr, True), "ssim": (ssim, False), "ssim_y": (ssim, True)}
-    return {
-        m: sum(fn(x[None], y[None], shave, y=yy) for x, y in zip(pairs.inputs, pairs.targets)) / n
-        for m, (fn, yy) in fns.items()
-    }
+    scores = [image_scores(x[None], y[None], shave) for x, y in zip(pairs.inputs, pairs.targets)]
+    return {m: sum(s[m] for s in scores) / len(scores) for m in METRICS}
 
 
-def run_scores(r: RunData, name: str, root: Path, pairs, max_size: int) -> dict[str, float]:
-    """The run's final N on one folder's test pairs (cached in the run directory)."""
+def run_scores(r: RunData, test: dict[str, tuple[Path, Any]], max_size: int) -> dict[str, dict[str, float]]:
+    """The run's final N on each folder's test pairs (``test``: name -> (folder, pairs)), cached in
+    the run directory by folder, crop and model hash; the model is read once, and only when a
+    folder is not cached yet."""
     from ..checkpoint import load_model
     from ..export.onnx import file_sha256
 
     model_path = r.path / "model.safetensors"
-    key = f"{root.resolve()}|{max_size}|{file_sha256(model_path)}"
+    sha = file_sha256(model_path)
     cache_path = r.path / CACHE
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    if key not in cache:
-        log.info("scoring %s on %s (%d test pairs)", r.path, name, len(pairs))
-        cache[key] = chain_scores(load_model(model_path).eval(), pairs, r.plan.data.shave)[-1]
+    keys = {name: f"{root.resolve()}|{max_size}|{sha}" for name, (root, _) in test.items()}
+    todo = [name for name, key in keys.items() if key not in cache]
+    if todo:
+        model = load_model(model_path).eval()
+        for name in todo:
+            log.info("scoring %s on %s (%d test pairs)", r.path, name, len(test[name][1]))
+            cache[keys[name]] = chain_scores(model, test[name][1], r.plan.data.shave)[-1]
         atomic_write_bytes(cache_path, json.dumps(cache, indent=1).encode())
-    return cache[key]
+    return {name: cache[key] for name, key in keys.items()}
 
 
 def analyse_transfer(exp: Experiment, runs: dict[str, list[RunData]], out: Path, data: Data) -> dict[str, Any]:
     """Every label's final models on every evaluation folder: mean +- std, gain over that folder's
     identity, and the named contrasts."""
-    folders = data_folders(data)
-    missing = [n for n in exp.evaluate if n not in folders]
-    if missing:
-        raise StudyError(f"{exp.source}: evaluation needs " + " ".join(f"--data {n}=DIR" for n in missing))
+    folders = named_folders(exp, data)
     first = next(iter(runs.values()))[0].plan.data
     if any(r.plan.data.shave != first.shave for rs in runs.values() for r in rs):
         raise StudyError(f"{exp.source}: the plans shave different borders (data.shave); the scores would not compare")
-    identity, finals, gains, diffs = {}, {}, {}, {}
-    for name in exp.evaluate:
-        pairs = _test_pairs(folders[name], exp.eval_max_size, first.max_pixels)
+    test = {
+        name: (folders[name], _test_pairs(folders[name], exp.eval_max_size, first.max_pixels)) for name in exp.evaluate
+    }
+    for root, pairs in test.values():
         if not len(pairs):
-            raise StudyError(f"{folders[name]}: no test pairs to score the models on")
+            raise StudyError(f"{root}: no test pairs to score the models on")
+    per_run = {label: [run_scores(r, test, exp.eval_max_size) for r in rs] for label, rs in runs.items()}
+    identity, finals, gains, diffs = {}, {}, {}, {}
+    for name, (_, pairs) in test.items():
         identity[name] = identity_scores(pairs, first.shave)
-        scores = {
-            label: [run_scores(r, name, folders[name], pairs, exp.eval_max_size) for r in rs]
-            for label, rs in runs.items()
-        }
+        scores = {label: [s[name] for s in ss] for label, ss in per_run.items()}
         finals[name] = {label: {m: summary([s[m] for s in ss]) for m in METRICS} for label, ss in scores.items()}
         gains[name] = {label: summary([s["psnr"] - identity[name]["psnr"] for s in ss]) for label, ss in scores.items()}
         diffs[name] = {

@@ -211,7 +211,14 @@ def optimizer_to_flat(
                 tensors[f"{prefix}{idx}.{key}"] = val
             else:
                 scalars.setdefault(str(idx), {})[key] = val
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    # a learning rate held as a tensor (CUDA graphs read it on the device) is stored as a number
+    groups = [{k: float(v) if torch.is_tensor(v) else v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+# how an optimiser computes, not its state: the resuming optimiser keeps its own (a run resumes
+# with another train.optimizer_impl or cuda_graphs setting)
+_IMPLEMENTATION_KEYS = ("foreach", "fused", "capturable", "differentiable")
 
 
 def optimizer_from_flat(
@@ -225,4 +232,15 @@ def optimizer_from_flat(
             state.setdefault(int(idx), {})[key] = val
     for idx, vals in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(vals)
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    groups = [
+        {**saved, **{k: now[k] for k in _IMPLEMENTATION_KEYS if k in now}}
+        for saved, now in zip(meta["param_groups"], opt.param_groups)
+    ]
+    opt.load_state_dict({"state": state, "param_groups": groups})
+    # saved contiguous; fused and foreach optimisers pair a parameter's elements with its
+    # state's by memory order, so each state tensor takes its parameter's layout (channels_last)
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for key, val in opt.state.get(p, {}).items():
+                if torch.is_tensor(val) and val.shape == p.shape and val.stride() != p.stride():
+                    opt.state[p][key] = torch.empty_like(p, dtype=val.dtype).copy_(val)

@@ -23,6 +23,8 @@ PhaseKind = Literal["train_block", "generate", "train_joint"]
 InitScheme = Literal["keep", "orthogonal", "inherit", "normal", "default"]
 OptimizerName = Literal["adam", "adadelta"]
 LossName = Literal["l1", "l2", "gradient"]
+Precision = Literal["auto", "fp32", "bf16"]
+OptimizerImpl = Literal["auto", "for_loop", "foreach", "fused"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ class DataConfig:
     micro_batches: int = 1
     augment: bool = True  # random 0/90/180/270 rotation and horizontal flip
     val_max_size: int = 1500  # validation images are centre-cropped to at most this side
+    # validation crops of one size run in batches of at most this many pixels (a larger one alone)
+    val_batch_pixels: int = 1_048_576
     shave: int = 0  # border pixels ignored by PSNR / SSIM
     max_pixels: int = 200_000_000  # image files declaring more pixels are refused before decoding
     # several cameras in one run: dataset folders (each with train/ and test/; --data overrides),
@@ -143,7 +147,7 @@ class DataConfig:
     val_dirs: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for name in ("patch_size", "batch_size", "val_max_size", "max_pixels", "micro_batches"):
+        for name in ("patch_size", "batch_size", "val_max_size", "max_pixels", "micro_batches", "val_batch_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} = {getattr(self, name)} must be >= 1")
         if self.mix and (any(m < 0 for m in self.mix) or sum(self.mix) <= 0):
@@ -172,10 +176,25 @@ class TrainConfig:
     on_nonfinite: Literal["retry", "stop"] = "retry"
     nonfinite_retries: int = 3
     nonfinite_lr_factor: float = 0.1
+    # how each step is computed, not what: a run resumes across a change of any of these.
+    # "auto": bf16 autocast where the device computes bf16 natively (AVX-512 BF16 / AMX CPUs,
+    # CUDA compute capability >= 8), float32 elsewhere; weights, optimiser state, loss, clamp
+    # and metrics stay float32 (README, "Training speed", for the measurements)
+    precision: Precision = "auto"
+    channels_last: bool = True  # NHWC activations and weights while training (faster on CPU and GPU)
+    # PyTorch's optimiser implementation: "auto" is fused Adam and foreach Adadelta
+    optimizer_impl: OptimizerImpl = "auto"
+    # CUDA only: capture each stage's whole step (forward, backward, optimiser) once and replay it
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
-        if self.on_nonfinite not in ("retry", "stop"):
-            raise ConfigError(f"train.on_nonfinite = {self.on_nonfinite!r} is not one of ['retry', 'stop']")
+        for name, tp in (
+            ("on_nonfinite", Literal["retry", "stop"]),
+            ("precision", Precision),
+            ("optimizer_impl", OptimizerImpl),
+        ):
+            if getattr(self, name) not in typing.get_args(tp):
+                raise ConfigError(f"train.{name} = {getattr(self, name)!r} is not one of {list(typing.get_args(tp))}")
         if self.nonfinite_retries < 0 or not 0 < self.nonfinite_lr_factor < 1:
             raise ConfigError(
                 f"train.nonfinite_retries = {self.nonfinite_retries} must be >= 0 and "
@@ -222,6 +241,12 @@ class Plan:
                 )
             if p.init == "inherit" and (p.kind != "train_block" or p.block < 2):
                 raise ConfigError(f"{where}: init = 'inherit' copies N_(i-1); it needs block >= 2")
+            for s in p.stages:
+                if self.train.optimizer_impl == "fused" and s.optimizer != "adam":
+                    raise ConfigError(
+                        f"{where} stage '{s.name}': train.optimizer_impl = 'fused', but PyTorch has no "
+                        f"fused {s.optimizer}; use 'auto' (fused Adam, foreach Adadelta) or 'foreach'"
+                    )
             snames = [s.name for s in p.stages]
             if len(set(snames)) != len(snames):
                 raise ConfigError(f"{where}: stage names must be unique, got {snames}")
@@ -273,8 +298,15 @@ def plan_from_dict(data: dict[str, Any], source: str = "<plan>") -> Plan:
 
 
 def load_plan(path: str | Path) -> Plan:
-    """Read a TOML phase plan; every error names ``path``."""
+    """Read a TOML phase plan; every error names ``path``. A plan may start from another:
+    ``base = "other.toml"`` (relative to the file) takes that plan, and this file's tables
+    change it key by key (``[train] precision = "bf16"`` changes one key; a list such as
+    ``[[phases]]`` replaces the base's whole list)."""
     path = Path(path)
+    return plan_from_dict(_plan_data(path, ()), str(path))
+
+
+def _plan_data(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -283,7 +315,25 @@ def load_plan(path: str | Path) -> Plan:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return plan_from_dict(data, str(path))
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base = {base!r} should be the path of another plan file")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise ConfigError(f"{path}: base = {base!r} leads back to itself; give a plan that does not extend this one")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base = {base!r}: no such file ({base_path})")
+    return _merged(_plan_data(base_path, (*seen, path.resolve())), data)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s keys: tables merged key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:

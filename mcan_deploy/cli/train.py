@@ -78,6 +78,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="RCAB channel-attention tail: eager torch or the fused Triton kernels "
         "(default: the plan's model.rcab_impl, else torch); may differ on resume",
     )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        help="training precision: bf16 autocast (float32 weights, optimiser state, loss and "
+        "metrics) or fp32; auto is bf16 where the device computes it natively (default: the "
+        "plan's train.precision, else auto); may differ on resume",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        help="NHWC activations while training (default: the plan's train.channels_last, else on)",
+    )
+    p.add_argument(
+        "--optimizer-impl",
+        choices=["auto", "for_loop", "foreach", "fused"],
+        help="PyTorch's optimiser implementation; auto is fused Adam and foreach Adadelta "
+        "(default: the plan's train.optimizer_impl, else auto)",
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        help="CUDA only: capture each stage's whole step once and replay it (default: the plan's train.cuda_graphs)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -128,6 +151,20 @@ def _run(args: argparse.Namespace) -> int:
         import dataclasses
 
         plan = dataclasses.replace(plan, model=dataclasses.replace(plan.model, rcab_impl=args.rcab))
+    speed = {
+        k: v
+        for k, v in (
+            ("precision", args.precision),
+            ("channels_last", args.channels_last),
+            ("optimizer_impl", args.optimizer_impl),
+            ("cuda_graphs", args.cuda_graphs),
+        )
+        if v is not None
+    }
+    if speed:
+        import dataclasses
+
+        plan = dataclasses.replace(plan, train=dataclasses.replace(plan.train, **speed)).validate(str(args.config))
     stop = StopFlag()
     stop.install()
     from tqdm.contrib.logging import logging_redirect_tqdm

@@ -10,7 +10,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,20 +19,9 @@ import torch.nn.functional as F
 from ..config import LossName, StageConfig
 from ..errors import NonFiniteError
 from ..metrics import rgb_to_y
+from .step import StepOptions, TrainStep, set_lr
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-def make_optimizer(params: Iterable[torch.nn.Parameter], stage: StageConfig) -> torch.optim.Optimizer:
-    """The stage's optimiser at its first learning rate (report sec. 4.3 settings by default)."""
-    params = list(params)
-    if stage.optimizer == "adadelta":
-        return torch.optim.Adadelta(
-            params, lr=stage.lr[0], rho=stage.rho, eps=stage.eps, weight_decay=stage.weight_decay
-        )
-    return torch.optim.Adam(
-        params, lr=stage.lr[0], betas=(stage.betas[0], stage.betas[1]), eps=stage.eps, weight_decay=stage.weight_decay
-    )
 
 
 def gradient_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -75,6 +64,7 @@ def run_stage(
     lr_scale: float = 1.0,
     micro_batches: int = 1,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+    options: StepOptions | None = None,
 ) -> int:
     """Train from ``start_iter`` to the end of ``stage``; returns the iteration reached (less
     than the total only when ``should_stop`` asked to stop). The stage's learning rates are
@@ -83,10 +73,15 @@ def run_stage(
     ``micro_batches`` splits each batch into that many equal chunks whose gradients add up
     (gradient accumulation; ``no_sync``: DDP's, so ranks exchange gradients once per step).
     Each chunk's loss is scaled by 1/k, a power of two for k = 2, 4, ..., so a 1-process run with
-    k chunks computes bitwise what k DDP processes compute on one chunk each."""
+    k chunks computes bitwise what k DDP processes compute on one chunk each.
+
+    ``options`` say how each step is computed (precision, memory format, optimiser form, CUDA
+    graphs); under CUDA graphs the loss is read back at each log line, not at every step, so
+    the host never waits for the device in between."""
     from tqdm.auto import tqdm
 
-    criterion = loss_function(stage.loss)
+    step = TrainStep(forward, optimizer, loss_function(stage.loss), options, micro_batches, no_sync)
+    deferred = step.options.cuda_graphs
     total = stage.total_iters
     bar = tqdm(
         total=total,
@@ -99,31 +94,25 @@ def run_stage(
         mininterval=0.1 if sys.stderr.isatty() else 30.0,
     )  # logs stay short off a terminal
     loss_sum, n, data_time, t_start = 0.0, 0, 0.0, time.perf_counter()
+    pending: torch.Tensor | None = None
     it = start_iter
     try:
         while it < total:
             lr = stage.lr_at(it) * lr_scale
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(optimizer, lr)
             t0 = time.perf_counter()
             x, y = sample()
             data_time += time.perf_counter() - t0
-            optimizer.zero_grad(set_to_none=True)
-            chunks = list(zip(x.tensor_split(micro_batches), y.tensor_split(micro_batches)))
-            loss = torch.zeros((), device=x.device)
-            for j, (xc, yc) in enumerate(chunks):
-                sync = no_sync() if no_sync is not None and j < len(chunks) - 1 else contextlib.nullcontext()
-                with sync:
-                    part = criterion(forward(xc), yc) / len(chunks)
-                    part.backward()
-                loss = loss + part.detach()
-            optimizer.step()
+            loss = step(x, y)
             it += 1
-            value = callbacks.loss_value(loss)
-            if not math.isfinite(value):  # the step above may have spoilt the weights: the caller restores
-                raise NonFiniteError(f"stage {stage.name}, iteration {it}: loss is {value} (learning rate {lr:g})")
-            loss_sum += value
             n += 1
+            pending = loss if pending is None else pending + loss
+            if not deferred or it % log_every == 0 or it == total:
+                value = callbacks.loss_value(pending)  # the sum of the steps not read yet
+                pending = None
+                if not math.isfinite(value):  # the step above may have spoilt the weights: the caller restores
+                    raise NonFiniteError(f"stage {stage.name}, iteration {it}: loss is {value} (learning rate {lr:g})")
+                loss_sum += value
             bar.update(1)
             if it % log_every == 0 or it == total:
                 elapsed = time.perf_counter() - t_start

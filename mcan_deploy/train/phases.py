@@ -43,7 +43,8 @@ from ..metrics import psnr, ssim
 from ..model import MCAN, build_model, inherit_block, init_block
 from ..runners import resolve_device
 from .init_from import check_sources, load_into
-from .loop import LoopCallbacks, make_optimizer, run_stage
+from .loop import LoopCallbacks, run_stage
+from .step import StepOptions, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +189,26 @@ def _what_trains(plan: Plan) -> dict[str, Any]:
     for key in ("on_nonfinite", "nonfinite_retries", "nonfinite_lr_factor"):
         data.get("train", {}).pop(key, None)
     data.get("data", {}).pop("micro_batches", None)  # how a batch is computed, not what it is
+    data.get("data", {}).pop("val_batch_pixels", None)
+    for key in ("precision", "channels_last", "optimizer_impl", "cuda_graphs"):  # how each step runs
+        data.get("train", {}).pop(key, None)
     for phase in data.get("phases", []):
         for stage in phase.get("stages", []):
             stage.pop("lr", None)
     return data
+
+
+def _batches(images: Sequence[torch.Tensor], max_pixels: int) -> list[list[int]]:
+    """Indices of ``images`` in runs of one shape, each run at most ``max_pixels`` pixels (a
+    larger image alone), in the original order within each shape."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, t in enumerate(images):
+        by_shape.setdefault(tuple(t.shape), []).append(i)
+    out: list[list[int]] = []
+    for shape, idx in by_shape.items():
+        per = max(1, max_pixels // (shape[-1] * shape[-2]))
+        out += [idx[k : k + per] for k in range(0, len(idx), per)]
+    return out
 
 
 class PhaseRunner:
@@ -234,6 +251,10 @@ class PhaseRunner:
                 f"phase(s) {', '.join(unset)} start from a trained model file: pass mcan-train --init-from PATH"
             )
         self.init_sources = check_sources(plan.phases, plan.model)  # read and checked before any training
+        self.step_options, why = StepOptions.for_run(
+            plan.train, self.device, plan.data.micro_batches, self.dist.enabled
+        )
+        log.info("training steps: %s (precision: %s)", self.step_options.describe(), why)
         if plan.data.batch_size % (self.dist.world * plan.data.micro_batches):
             raise MCANError(
                 f"data.batch_size = {plan.data.batch_size} does not split over {self.dist.world} "
@@ -415,32 +436,44 @@ class PhaseRunner:
 
     # ----- validation -----------------------------------------------------------------------
     @torch.no_grad()
-    def _validate(self, forward: Callable[[torch.Tensor], torch.Tensor], val: PairedImages) -> dict[str, float]:
+    def _validate(
+        self, forward: Callable[[torch.Tensor], torch.Tensor], val: PairedImages, precision: str = "fp32"
+    ) -> dict[str, float]:
+        """Scores of ``forward`` on the validation pairs, and how long it took (``val_seconds``).
+        Crops of one size run in batches of at most ``data.val_batch_pixels`` pixels; in
+        ``precision`` (the periodic validations run in the training precision, the phase-end
+        score of the saved float32 model in float32). Metrics are computed in float32."""
+        t0 = time.perf_counter()
         sums = dict(loss=0.0, psnr=0.0, psnr_y=0.0, ssim=0.0, ssim_y=0.0)
         if not self.main:  # only rank 0 reports validation
-            return {k: float("nan") for k in sums}
+            return {k: float("nan") for k in sums} | {"val_seconds": 0.0}
         shave = self.plan.data.shave
         per_folder = [0.0] * len(self.folders)
         trained_on = len(self.data_roots)  # the overall scores are those of the training folders' pairs
+        opts = dataclasses.replace(self.step_options, precision="bf16" if precision == "bf16" else "fp32")
         n = 0
-        for x, y, g in zip(val.inputs, val.targets, val.groups):
-            out = forward(x[None]).clamp(0, 1)
-            score = psnr(out, y[None], shave)
-            per_folder[g] += score
-            if g >= trained_on:  # a validation-only folder (data.val_dirs): its own line only
-                continue
-            n += 1
-            sums["loss"] += float((out - y[None]).abs().mean())
-            sums["psnr"] += score
-            sums["psnr_y"] += psnr(out, y[None], shave, y=True)
-            sums["ssim"] += ssim(out, y[None], shave)
-            sums["ssim_y"] += ssim(out, y[None], shave, y=True)
+        for idx in _batches(val.inputs, self.plan.data.val_batch_pixels):
+            with opts.autocast():
+                outs = forward(opts.layout(torch.stack([val.inputs[i] for i in idx]))).float().clamp(0, 1)
+            for out, i in zip(outs, idx):
+                out, y, g = out[None], val.targets[i][None], val.groups[i]
+                score = psnr(out, y, shave)
+                per_folder[g] += score
+                if g >= trained_on:  # a validation-only folder (data.val_dirs): its own line only
+                    continue
+                n += 1
+                sums["loss"] += float((out - y).abs().mean())
+                sums["psnr"] += score
+                sums["psnr_y"] += psnr(out, y, shave, y=True)
+                sums["ssim"] += ssim(out, y, shave)
+                sums["ssim_y"] += ssim(out, y, shave, y=True)
         scores = {k: v / n for k, v in sums.items()}
         if len(self.folders) > 1:  # each camera's test pairs on their own: psnr_data1, psnr_data2, ...
             counts = [val.groups.count(k) for k in range(len(self.folders))]
             for k, (total, n) in enumerate(zip(per_folder, counts)):
                 scores[f"psnr_data{k + 1}"] = total / n if n else float("nan")
                 log.info("  %s: %.3f dB on %d test pairs", self.folders[k], scores[f"psnr_data{k + 1}"], n)
+        scores["val_seconds"] = time.perf_counter() - t0
         return scores
 
     # ----- phases ---------------------------------------------------------------------------
@@ -528,6 +561,7 @@ class PhaseRunner:
                     lr=lr,
                     sec_per_iter=sec,
                     data_share=data_share,
+                    precision=self.step_options.precision,
                 )
 
             def on_iter_end(it: int) -> None:
@@ -539,7 +573,7 @@ class PhaseRunner:
                         iter=it,
                         step=offset + it,
                         lr=stage.lr_at(it - 1) * lr_scale,
-                        **self._validate(forward, val),
+                        **self._validate(forward, val, self.step_options.precision),
                     )
                     module.train()
                 if cfg.train.checkpoint_every and it % cfg.train.checkpoint_every == 0 and it < stage.total_iters:
@@ -550,7 +584,8 @@ class PhaseRunner:
         for si in range(pos.stage, len(phase.stages)):
             stage = phase.stages[si]
             start = pos.iter if si == pos.stage else 0
-            optimizer = make_optimizer(module.parameters(), stage)
+            opts = self.step_options
+            optimizer = make_optimizer(module.parameters(), stage, opts.optimizer_impl, capturable=opts.cuda_graphs)
             if resume is not None:  # resuming inside this phase: continue the same draws
                 if "rng.sampler" in resume["tensors"]:
                     sampler.set_state(resume["tensors"]["rng.sampler"])
@@ -572,6 +607,7 @@ class PhaseRunner:
                 lr_scale=lr_scale,
                 micro_batches=cfg.data.micro_batches,
                 no_sync=no_sync,
+                options=self.step_options,
             )
             if reached < stage.total_iters:
                 self._save_checkpoint(model, Position(pi, si, reached), metrics, optimizer, sampler, lr_scale)
@@ -589,7 +625,7 @@ class PhaseRunner:
             self._save_checkpoint(model, Position(pi, si + 1, 0), metrics, sampler=sampler, lr_scale=lr_scale)
         module.eval()
         final_clamp = phase.stages[-1].clamp
-        scores = self._validate(forward_for(final_clamp), val)
+        scores = self._validate(forward_for(final_clamp), val)  # the saved float32 model's score
         if phase.kind == "train_block" and self.main:
             save_block(self.paths.block(phase.block), module, cfg.model, phase.block)
         metrics.write(
@@ -682,6 +718,8 @@ class PhaseRunner:
             log.info("run %s already finished; nothing to do", self.paths.root)
             return self._result(metrics, already_finished=True)
         model.to(self.device)
+        if self.step_options.channels_last:  # values unchanged; files are written contiguous
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         train_raw, val_raw = self._load_data()
         # ranks that read different checkpoints or data would call collectives out of step
         self.dist.check_same("the checkpoint position", (pos, keep_lines))

@@ -122,6 +122,13 @@ def write_report(paths: RunPaths, plan: Plan, model: MCAN, val: PairedImages | N
         f"iterations; {100 * data_s / total_s if total_s else 0:.1f}% of it waiting for data.",
         "",
     ]
+    precisions = list(dict.fromkeys(r["precision"] for r in records if r["kind"] == "train" and "precision" in r))
+    if precisions:  # train.precision, resolved on the device (a resumed run may change it)
+        lines += [f"Training steps ran in {' then '.join(precisions)} (train.precision).", ""]
+    val_s = sum(r.get("val_seconds", 0.0) for r in records if r["kind"] in ("identity", "val", "phase"))
+    wall_s = sum(r.get("seconds", 0.0) for r in phases) + (identity or {}).get("val_seconds", 0.0)
+    if val_s and wall_s:
+        lines += [f"Validation took {val_s:.1f} s of the wall time {wall_s:.1f} s ({100 * val_s / wall_s:.1f}%).", ""]
     if paths.events.exists():  # NaN/inf restarts (train.on_nonfinite): say so beside the numbers
         events = read_metrics(paths.events)
         lines += (

@@ -44,7 +44,7 @@ def list_plans() -> list[PlanEntry]:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError):
             continue
-        if "phases" not in data:
+        if "phases" not in data and "base" not in data:  # an experiment file of the study
             continue
         text = " ".join(str(data.get("description", "")).split())
         first = re.split(r"(?<!fig)(?<!sec)(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z(])", text)[0].rstrip(".")
@@ -61,7 +61,7 @@ def resolve_plan(name_or_path: str | Path) -> Path:
         return path
     name = str(name_or_path).removesuffix(".toml")
     shipped = plans_dir() / f"{name}.toml"
-    if shipped.is_file() and "phases" in tomllib.loads(shipped.read_text(encoding="utf-8")):
+    if shipped.is_file() and {"phases", "base"} & set(tomllib.loads(shipped.read_text(encoding="utf-8"))):
         return shipped
     names = ", ".join(p.name for p in list_plans() if "/" not in p.name)
     raise ConfigError(

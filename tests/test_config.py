@@ -127,3 +127,40 @@ def test_rcab_impl_is_checked_outside_plans_too():
     assert ModelConfig(rcab_impl="triton").rcab_impl == "triton"
     with pytest.raises(ConfigError, match="model.rcab_impl = 'fused'"):
         ModelConfig(rcab_impl="fused")  # type: ignore[arg-type]
+
+
+def test_a_plan_with_a_base_changes_only_its_own_keys(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.toml").write_text(dump_plan(plan_from_dict(tiny_plan_dict())))
+    (tmp_path / "sub" / "bf16.toml").write_text(
+        'base = "../base.toml"\ndescription = "the tiny plan in bf16"\n[train]\nprecision = "bf16"\n'
+    )
+    base, child = load_plan(tmp_path / "base.toml"), load_plan(tmp_path / "sub" / "bf16.toml")
+    assert child.train.precision == "bf16" and child.description == "the tiny plan in bf16"
+    assert child.train.val_every == base.train.val_every == 4, "the base's other [train] keys stay"
+    assert child.phases == base.phases and child.model == base.model and child.data == base.data
+    loop = tmp_path / "loop.toml"
+    loop.write_text('base = "loop2.toml"\n')
+    (tmp_path / "loop2.toml").write_text('base = "loop.toml"\n')
+    with pytest.raises(ConfigError, match=r"loop2.toml: base = 'loop.toml' leads back to itself"):
+        load_plan(loop)
+    (tmp_path / "gone.toml").write_text('base = "missing.toml"\n[train]\nseed = 1\n')
+    with pytest.raises(ConfigError, match=r"gone.toml: base = 'missing.toml': no such file"):
+        load_plan(tmp_path / "gone.toml")
+    (tmp_path / "typo.toml").write_text('base = "base.toml"\n[train]\nprecison = "bf16"\n')
+    with pytest.raises(ConfigError, match=r"typo.toml: unknown key 'precison' in \[train\]"):
+        load_plan(tmp_path / "typo.toml")
+
+
+def test_the_precision_study_plans_differ_from_their_base_in_precision_only():
+    import dataclasses
+
+    study = REPO / "configs" / "study"
+    base = load_plan(study / "cpu" / "mcan_phased.toml")
+    for name in ("fp32", "bf16"):
+        plan = load_plan(study / "cpu" / f"mcan_phased_{name}.toml")
+        assert plan.train.precision == name
+        same = dataclasses.replace(
+            plan, description=base.description, train=dataclasses.replace(plan.train, precision="auto")
+        )
+        assert same == base

@@ -11,7 +11,9 @@ Sections (each run as its own command, each with a time limit, each writing its 
   largest difference from the float32 whole-image result, float16 overflows redone.
 - ``folder``: ``mcan-upscale`` on a folder of four 12 MP PNGs, wall time against the model time
   alone (the same images through ``upscale_tensor``, decoded beforehand).
-- ``train``: one training step (L1, Adam, batch 16 of 48x48) of one block and of N.
+- ``train``: the trainer's step (L1, Adam, batch 16 of 48x48) of one block and of N in float32,
+  bf16 (channels_last, fused Adam) and bf16 captured in a CUDA graph, and the hours the report's
+  whole plan would take at each rate.
 
 ``--smoke`` runs the same code on a CPU at tiny sizes (Triton in its interpreter), so CI keeps the
 script working between GPU sessions; its timings mean nothing. Cases that would start after the
@@ -145,8 +147,21 @@ def render(d: dict[str, Any]) -> str:
             "",
         ]
     if "train" in d:
-        lines += ["## Training step (L1, Adam, batch 16 of 48x48, float32)", "", "| what | ms/step |", "|---|---:|"]
-        lines += [f"| {r['what']} | {1000 * r['step_s']:.1f} |" for r in d["train"]]
+        lines += [
+            "## Training step (the trainer's step: L1, Adam, batch 16 of 48x48)",
+            "",
+            "The paper plan column: configs/paper.toml's iterations at these rates (block phases at the "
+            "block's step, phase 4 at N's; generation and validation not counted).",
+            "",
+            "| what | options | computed as | ms/step | paper plan (hours) |",
+            "|---|---|---|---:|---:|",
+        ]
+        for r in d["train"]:
+            if "skipped" in r:
+                lines.append(f"| - | {r['options']} | {r['skipped']} | | |")
+                continue
+            hours = f"{r['paper_plan_hours']:.1f}" if "paper_plan_hours" in r else ""
+            lines.append(f"| {r['what']} | {r['options']} | {r['describe']} | {1000 * r['step_s']:.1f} | {hours} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -294,33 +309,72 @@ def folder(args: argparse.Namespace, device: torch.device, res: Results) -> None
         raise SystemExit(f"engine_check folder: mcan-upscale exited {rc}")
 
 
+# the training options gpu_check records (issue 18): float32 as the trainer ran before, bf16
+# autocast with channels_last and fused Adam, and that step captured in a CUDA graph
+TRAIN_OPTIONS = {
+    "fp32": dict(precision="fp32", channels_last=False, optimizer_impl="for_loop"),
+    "bf16": dict(precision="bf16", channels_last=True, optimizer_impl="auto"),
+    "bf16 + CUDA graphs": dict(precision="bf16", channels_last=True, optimizer_impl="auto", cuda_graphs=True),
+}
+
+
+def paper_plan_hours(block_s: float, n_s: float) -> float:
+    """Hours the report's plan (configs/paper.toml) takes at these step times: block phases at
+    the block's rate, phase 4 at N's; generation phases and validation not counted."""
+    from mcan_deploy.config import load_plan
+
+    plan = load_plan(REPO / "configs" / "paper.toml")
+    seconds = sum(p.total_iters * (block_s if p.kind == "train_block" else n_s) for p in plan.phases)
+    return seconds / 3600
+
+
 def train(args: argparse.Namespace, device: torch.device, res: Results) -> None:
-    model = paper_model(args.smoke).to(device)
-    rows = []
+    """The trainer's own step (``TrainStep``) of one block and of N under each option."""
+    from mcan_deploy.config import StageConfig, TrainConfig
+    from mcan_deploy.train.loop import loss_function
+    from mcan_deploy.train.step import StepOptions, TrainStep, make_optimizer
+
+    rows: list[dict[str, Any]] = []
     patch, batch = (16, 2) if args.smoke else (48, 16)
     steps = 2 if args.smoke else 20
-    for what, module in (("one block N_1", model.blocks[0]), ("N (3 blocks)", model)):
-        opt = torch.optim.Adam(module.parameters(), lr=1e-4)
-        lr = torch.rand(batch, 3, patch, patch, device=device)
-        hr = torch.rand(batch, 3, patch, patch, device=device)
-
-        # B023 (loop variables in a closure) is fine: step runs only within this iteration
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)  # noqa: B023
-            loss = torch.nn.functional.l1_loss(module(lr), hr)  # noqa: B023
-            loss.backward()
-            opt.step()  # noqa: B023
-
-        for _ in range(3):
-            step()
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync(device)
-        rows.append({"what": what, "step_s": (time.perf_counter() - t0) / steps, "batch": batch, "patch": patch})
-        log.info("train %s: %.1f ms/step", what, 1000 * rows[-1]["step_s"])
-        res.put("train", rows)
+    stage = StageConfig(name="check", optimizer="adam", iters=[steps + 3], lr=[1e-4])
+    for option, kw in TRAIN_OPTIONS.items():
+        if kw.get("cuda_graphs") and device.type != "cuda":
+            rows.append({"what": "-", "options": option, "skipped": "CUDA graphs need a CUDA device"})
+            res.put("train", rows)
+            continue
+        opts, _ = StepOptions.for_run(TrainConfig(**kw), device)
+        model = paper_model(args.smoke).to(device)
+        if opts.channels_last:
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        for what, module in (("one block N_1", model.blocks[0]), ("N (3 blocks)", model)):
+            opt = make_optimizer(module.parameters(), stage, opts.optimizer_impl, capturable=opts.cuda_graphs)
+            step = TrainStep(module, opt, loss_function("l1"), opts)
+            lr = torch.rand(batch, 3, patch, patch, device=device)
+            hr = torch.rand(batch, 3, patch, patch, device=device)
+            for _ in range(3):  # warm-up (and the capture)
+                step(lr, hr)
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step(lr, hr)
+            sync(device)
+            rows.append(
+                {
+                    "what": what,
+                    "options": option,
+                    "describe": opts.describe(),
+                    "step_s": (time.perf_counter() - t0) / steps,
+                    "batch": batch,
+                    "patch": patch,
+                }
+            )
+            log.info("train %s (%s): %.1f ms/step", what, option, 1000 * rows[-1]["step_s"])
+            res.put("train", rows)
+        timed = {r["what"]: r["step_s"] for r in rows if r.get("options") == option and "step_s" in r}
+        if len(timed) == 2 and not args.smoke:
+            rows[-1]["paper_plan_hours"] = paper_plan_hours(timed["one block N_1"], timed["N (3 blocks)"])
+            res.put("train", rows)
 
 
 def main() -> None:

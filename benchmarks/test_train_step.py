@@ -2,7 +2,10 @@
 
 Run with ``make bench`` or
 ``python -m pytest benchmarks/test_train_step.py --benchmark-only --benchmark-json=benchmarks/results/NAME.json``.
-The step is what the trainer runs: sample-free forward, L1 loss, backward, Adam step.
+The float32 rows are the trainer's step before issue 18 (NCHW, for-loop Adam); the
+``default_options`` row is its step now (``TrainStep`` with ``[train]``'s defaults on this
+machine: bf16 autocast where the CPU has it, channels_last, fused Adam). ``mcan-bench`` times
+every option and its ratio in one run.
 """
 
 from __future__ import annotations
@@ -71,3 +74,22 @@ def test_demo_block_step(benchmark):
     step = _step_fn(model.blocks[0], lambda x: model.blocks[0](x, clamp=True), 16, 48)
     _info(benchmark, "N_i demo size", 16, 48)
     benchmark.pedantic(step, rounds=10, iterations=1)
+
+
+@pytest.mark.benchmark(group="train-step")
+def test_block_step_full_size_default_options(benchmark):
+    """The paper-size block's step as the trainer runs it by default."""
+    from mcan_deploy.config import StageConfig, TrainConfig
+    from mcan_deploy.train.step import StepOptions, TrainStep, make_optimizer
+
+    model = build_model(ModelConfig(n_blocks=1))
+    init_block(model.blocks[0], "orthogonal")
+    opts, why = StepOptions.for_run(TrainConfig(), torch.device("cpu"))
+    block = model.blocks[0].to(memory_format=torch.channels_last) if opts.channels_last else model.blocks[0]
+    opt = make_optimizer(block.parameters(), StageConfig(name="s"), opts.optimizer_impl)
+    step = TrainStep(lambda x: block(x, clamp=True), opt, F.l1_loss, opts)
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 3, 48, 48), torch.rand(16, 3, 48, 48)
+    step(x, y)  # warm-up
+    _info(benchmark, f"N_i paper size, {opts.describe()} ({why})", 16, 48)
+    benchmark.pedantic(lambda: step(x, y), rounds=5, iterations=1)

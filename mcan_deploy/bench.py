@@ -5,8 +5,9 @@ For each back-end (eager NCHW and channels_last, torch.compile, ONNX Runtime, an
 timed runs after a warm-up, with min and max), peak memory (RSS sampled during the run on CPU,
 the allocator's peak on CUDA), the ratio to eager float32 NCHW from the same run, and the achieved
 convolution FLOP rate as a share of this machine's matrix-multiply peak, also measured in the run.
-Training: step time of one block and of all of N, and the share of a step spent sampling data,
-with the torch RCAB tail and, where a ``triton`` back-end is asked for and can run, the fused one.
+Training: step time of one block and of all of N under each training option (precision, memory
+format, optimiser form, CUDA graphs on CUDA) against today's float32 eager step, and the share of
+a step spent sampling data; the fused Triton RCAB tail where a ``triton`` back-end is asked for.
 """
 
 from __future__ import annotations
@@ -37,6 +38,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# training step options (issue 18): today's float32 eager step first, the ratios are against it
+TRAIN_OPTIONS: dict[str, dict[str, Any]] = {
+    "fp32": dict(precision="fp32", channels_last=False, optimizer_impl="for_loop"),
+    "fp32 channels_last": dict(precision="fp32", channels_last=True, optimizer_impl="for_loop"),
+    "fp32 fused optimiser": dict(precision="fp32", channels_last=False, optimizer_impl="auto"),
+    "bf16": dict(precision="bf16", channels_last=False, optimizer_impl="for_loop"),
+    "bf16 channels_last": dict(precision="bf16", channels_last=True, optimizer_impl="for_loop"),
+    "default": {},  # TrainConfig()'s defaults, resolved on the device
+    "bf16 CUDA graphs": dict(precision="bf16", channels_last=True, optimizer_impl="auto", cuda_graphs=True),
+}
+CUDA_ONLY_OPTIONS = ("bf16 CUDA graphs",)
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """What to measure. ``quick`` is the demo-size model at two small sizes."""
@@ -48,6 +62,7 @@ class BenchConfig:
     backends: tuple[str, ...] = ("eager", "channels_last", "compile", "onnxruntime")
     compile_sizes: tuple[int, ...] = (256,)  # torch.compile compiles per shape: keep this short
     train_steps: int = 5
+    train_options: tuple[str, ...] = tuple(TRAIN_OPTIONS)  # keys of TRAIN_OPTIONS (CUDA-only ones skipped elsewhere)
     train_models: tuple[tuple[str, ModelConfig], ...] = (
         ("demo", ModelConfig(n_resblocks=4, n_feats=32)),
         ("paper", ModelConfig()),
@@ -304,8 +319,14 @@ def bench_inference(
 
 
 def bench_training(cfg: BenchConfig, device: torch.device, sample_dir: Path | None) -> list[dict[str, Any]]:
-    """Step time of one block and of N (batch 16 at 48x48, L1, Adam) and the data-wait share."""
+    """Step time of one block and of N (batch 16 at 48x48, L1, Adam) under each training option
+    (``TRAIN_OPTIONS``: precision, memory format, optimiser form, CUDA graphs), with the ratio to
+    today's float32 eager step in the same run, and the data-wait share. The step is the
+    trainer's own (``TrainStep``); the fused Triton RCAB tail is timed in float32 eager only."""
+    from .config import StageConfig, TrainConfig
     from .data import PairedImages, PatchSampler, load_images
+    from .train.loop import loss_function
+    from .train.step import StepOptions, TrainStep, make_optimizer
 
     if sample_dir is not None and (sample_dir / "train").is_dir():
         data = load_images(sample_dir / "train", progress=False).to(device)
@@ -313,47 +334,63 @@ def bench_training(cfg: BenchConfig, device: torch.device, sample_dir: Path | No
         g = torch.Generator().manual_seed(0)
         xs = [torch.rand(3, 96, 96, generator=g) for _ in range(4)]
         data = PairedImages([str(i) for i in range(4)], xs, xs).to(device)
-    impls: list[RcabImpl] = ["torch"]
+    options = [o for o in cfg.train_options if device.type == "cuda" or o not in CUDA_ONLY_OPTIONS]
+    runs: list[tuple[RcabImpl, str]] = [("torch", o) for o in options]
     if any(b in TRITON_BACKENDS for b in cfg.backends) and _triton_usable(device) is None:
-        impls.append("triton")
-    rows = []
-    for (name, base_cfg), impl in ((m, i) for m in cfg.train_models for i in impls):
-        mcfg = dataclasses.replace(base_cfg, rcab_impl=impl)
-        torch.manual_seed(0)
-        model = build_model(mcfg).to(device)
-        for what, module, fwd in (
-            ("block", model.blocks[0], lambda x, m=model: m.blocks[0](x)),
-            ("N", model, lambda x, m=model: m(x)),
-        ):
-            sampler = PatchSampler(data, 48, 16, seed=0)
-            opt = torch.optim.Adam(module.parameters(), lr=1e-4)
-            data_t, step_t = [], []
-            for i in range(cfg.train_steps + 1):
-                t0 = time.perf_counter()
-                x, y = sampler.sample()
-                _sync(device)
-                t1 = time.perf_counter()
-                loss = nn.functional.l1_loss(fwd(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                _sync(device)
-                t2 = time.perf_counter()
-                if i:  # the first step warms up
-                    data_t.append(t1 - t0)
-                    step_t.append(t2 - t0)
-            med = statistics.median(step_t)
-            rows.append(
-                {
-                    "model": name,
-                    "what": what,
-                    "rcab": impl,
-                    "step_s": med,
-                    "min_s": min(step_t),
-                    "max_s": max(step_t),
-                    "data_share": sum(data_t) / sum(step_t),
-                }
-            )
+        runs.append(("triton", "fp32"))
+    stage = StageConfig(name="bench", optimizer="adam", iters=[cfg.train_steps + 1], lr=[1e-4])
+    rows: list[dict[str, Any]] = []
+    for name, base_cfg in cfg.train_models:
+        for impl, option in runs:
+            torch.manual_seed(0)
+            model = build_model(dataclasses.replace(base_cfg, rcab_impl=impl)).to(device)
+            opts, _ = StepOptions.for_run(TrainConfig(**TRAIN_OPTIONS[option]), device)
+            if opts.channels_last:
+                model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            for what, module, fwd in (
+                ("block", model.blocks[0], lambda x, m=model: m.blocks[0](x)),
+                ("N", model, lambda x, m=model: m(x)),
+            ):
+                sampler = PatchSampler(data, 48, 16, seed=0)
+                opt = make_optimizer(module.parameters(), stage, opts.optimizer_impl, capturable=opts.cuda_graphs)
+                step = TrainStep(fwd, opt, loss_function("l1"), opts)
+                data_t, step_t = [], []
+                for i in range(cfg.train_steps + 1):
+                    t0 = time.perf_counter()
+                    x, y = sampler.sample()
+                    _sync(device)
+                    t1 = time.perf_counter()
+                    step(x, y)
+                    _sync(device)
+                    t2 = time.perf_counter()
+                    if i:  # the first step warms up (and captures the CUDA graph)
+                        data_t.append(t1 - t0)
+                        step_t.append(t2 - t0)
+                rows.append(
+                    {
+                        "model": name,
+                        "what": what,
+                        "rcab": impl,
+                        "options": option,
+                        "precision": opts.precision,
+                        "describe": opts.describe(),
+                        "step_s": statistics.median(step_t),
+                        "min_s": min(step_t),
+                        "max_s": max(step_t),
+                        "data_share": sum(data_t) / sum(step_t),
+                    }
+                )
+                log.info("train %s %s %s (%s): %.3f s/step", name, what, impl, option, rows[-1]["step_s"])
+    for r in rows:  # speed-up over today's float32 eager step of the same model, same run
+        base = next(
+            (
+                b
+                for b in rows
+                if (b["model"], b["what"], b["rcab"], b["options"]) == (r["model"], r["what"], "torch", "fp32")
+            ),
+            None,
+        )
+        r["speedup_vs_fp32"] = base["step_s"] / r["step_s"] if base else None
     return rows
 
 
@@ -449,12 +486,18 @@ def render_report(res: dict[str, Any]) -> str:
         "",
         "## Training (batch 16 at 48x48, L1, Adam)",
         "",
-        "| model | trains | RCAB tail | s/step (median) | min-max s | data wait share |",
-        "|---|---|---|---|---|---|",
+        "Each option's step is the trainer's own; the speed-up is over today's float32 eager step "
+        "(NCHW, for-loop Adam) of the same model in this run. `default` is `[train]`'s defaults "
+        "resolved on this machine.",
+        "",
+        "| model | trains | RCAB tail | options | computed as | s/step (median) | min-max s | x fp32 | data wait share |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["training"]:
+        ratio = f"{r['speedup_vs_fp32']:.2f}" if r.get("speedup_vs_fp32") else "-"
         lines.append(
-            f"| {r['model']} | {r['what']} | {r.get('rcab', 'torch')} | {r['step_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | "
+            f"| {r['model']} | {r['what']} | {r.get('rcab', 'torch')} | {r.get('options', 'fp32')} | "
+            f"{r.get('describe', '-')} | {r['step_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | {ratio} | "
             f"{100 * r['data_share']:.1f}% |"
         )
     if res.get("quality"):

@@ -70,6 +70,7 @@ def test_tiny_bench_writes_consistent_outputs(tmp_path):
         compile_sizes=(),
         train_steps=2,
         train_models=(("tiny", ModelConfig(n_blocks=2, n_resblocks=1, n_feats=8)),),
+        train_options=("fp32", "bf16 channels_last", "bf16 CUDA graphs"),
         quality_model=str(tmp_path / "m.safetensors"),
         quality_data=str(SAMPLE),
     )
@@ -93,10 +94,22 @@ def test_tiny_bench_writes_consistent_outputs(tmp_path):
         assert r["peak_share"] == pytest.approx(r["gflops"] / res["matmul_peak_gflops"])
         assert r["peak_mb"] > 0
     train_rows = res["training"]
-    assert [(r["what"], r["rcab"]) for r in train_rows] == [("block", "torch"), ("N", "torch")] + (
-        [("block", "triton"), ("N", "triton")] if triton else []
-    )
+    # CUDA graphs are CPU-skipped; the fused Triton tail is timed in float32 eager
+    assert [(r["what"], r["rcab"], r["options"]) for r in train_rows] == [
+        ("block", "torch", "fp32"),
+        ("N", "torch", "fp32"),
+        ("block", "torch", "bf16 channels_last"),
+        ("N", "torch", "bf16 channels_last"),
+    ] + ([("block", "triton", "fp32"), ("N", "triton", "fp32")] if triton else [])
     assert all(0 <= r["data_share"] < 1 and r["min_s"] <= r["step_s"] <= r["max_s"] for r in train_rows)
+    for r in train_rows:  # each against the same model's float32 eager torch step
+        base = next(b for b in train_rows if (b["what"], b["rcab"], b["options"]) == (r["what"], "torch", "fp32"))
+        assert r["speedup_vs_fp32"] == pytest.approx(base["step_s"] / r["step_s"])
+    assert [r["precision"] for r in train_rows[:4]] == ["fp32", "fp32", "bf16", "bf16"]
+    assert (
+        "| tiny | block | torch | bf16 channels_last | bf16, channels_last, for_loop optimiser |"
+        in (tmp_path / "report.md").read_text()
+    )
     assert "| eager | 32x32 | whole |" in (tmp_path / "report.md").read_text()
     q = res["quality"]
     by = {r["name"]: r for r in q["rows"]}

@@ -5,6 +5,9 @@ finished run says so and exits 0. Ctrl-C or SIGTERM writes a checkpoint first (e
 Under torchrun (``torchrun --nproc_per_node K -m mcan_deploy.cli.train ...``) every phase trains
 with DistributedDataParallel (NCCL on GPUs, gloo on CPUs), each process on its slice of the
 global batch; rank 0 writes the run directory. A run resumes with any number of processes.
+
+How each step is computed (--precision, --channels-last, --optimizer-impl, --cuda-graphs; the
+plan's [train] keys) may change between sessions of a run: checkpoints stay float32.
 """
 
 from __future__ import annotations

@@ -303,10 +303,13 @@ def load_plan(path: str | Path) -> Plan:
     change it key by key (``[train] precision = "bf16"`` changes one key; a list such as
     ``[[phases]]`` replaces the base's whole list)."""
     path = Path(path)
-    return plan_from_dict(_plan_data(path, ()), str(path))
+    chain: list[Path] = []
+    data = _plan_data(path, (), chain)
+    source = str(path) + (f" (with its base {', '.join(map(str, chain))})" if chain else "")
+    return plan_from_dict(data, source)
 
 
-def _plan_data(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+def _plan_data(path: Path, seen: tuple[Path, ...], chain: list[Path]) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -325,7 +328,8 @@ def _plan_data(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(f"{path}: base = {base!r} leads back to itself; give a plan that does not extend this one")
     if not base_path.is_file():
         raise ConfigError(f"{path}: base = {base!r}: no such file ({base_path})")
-    return _merged(_plan_data(base_path, (*seen, path.resolve())), data)
+    chain.append(base_path)
+    return _merged(_plan_data(base_path, (*seen, path.resolve()), chain), data)
 
 
 def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -148,7 +148,9 @@ def test_a_plan_with_a_base_changes_only_its_own_keys(tmp_path):
     with pytest.raises(ConfigError, match=r"gone.toml: base = 'missing.toml': no such file"):
         load_plan(tmp_path / "gone.toml")
     (tmp_path / "typo.toml").write_text('base = "base.toml"\n[train]\nprecison = "bf16"\n')
-    with pytest.raises(ConfigError, match=r"typo.toml: unknown key 'precison' in \[train\]"):
+    with pytest.raises(
+        ConfigError, match=r"typo.toml \(with its base .*base.toml\): unknown key 'precison' in \[train\]"
+    ):
         load_plan(tmp_path / "typo.toml")
 
 

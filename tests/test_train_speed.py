@@ -72,6 +72,26 @@ def _reference(block, batches, optimizer: str, lr: float):
     return ref, losses, first_grad
 
 
+def _reference_bf16(block, batches, optimizer: str, lr: float):
+    """Plain bf16 autocast training as PyTorch documents it: the forward under torch.autocast,
+    the loss on the float32 output, for-loop optimiser."""
+    ref = copy.deepcopy(block)
+    if optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(ref.parameters(), lr=lr, foreach=False)
+    else:
+        opt = torch.optim.Adadelta(ref.parameters(), lr=lr, rho=0.9, eps=1e-8, foreach=False)
+    losses = []
+    for x, y in batches:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = ref(x, clamp=True)
+        loss = F.l1_loss(out.float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return ref, losses
+
+
 @pytest.mark.parametrize("optimizer,lr", [("adam", 1e-3), ("adadelta", 1.0)])
 @pytest.mark.parametrize("name", list(OPTIONS))
 def test_each_option_step_matches_the_float32_eager_step(block_and_batches, name, optimizer, lr):
@@ -102,6 +122,17 @@ def test_each_option_step_matches_the_float32_eager_step(block_and_batches, name
         assert update_err < (0.3 if optimizer == "adam" else 0.1), f"bf16 3-step update off by {update_err:.3f}"
     if opts.channels_last:  # the optimiser state follows the parameters' layout
         assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
+        for p in model.parameters():
+            for k, v in step.optimizer.state[p].items():
+                assert v.dim() == 0 or v.stride() == p.stride(), (k, v.stride(), p.stride())
+    if opts.precision == "bf16":  # against plain bf16 autocast of the same step: only the layout may differ
+        ref16, losses16 = _reference_bf16(block, batches, optimizer, lr)
+        w16 = _flat(ref16)
+        err16 = float(((got - w0) - (w16 - w0)).norm() / (w16 - w0).norm())
+        if not opts.channels_last and opts.optimizer_impl == "for_loop":
+            assert losses == losses16 and torch.equal(got, w16), "the same ops as plain autocast: bitwise"
+        else:
+            assert max(abs(a - b) / b for a, b in zip(losses, losses16)) < 1e-3 and err16 < 0.1, err16
 
 
 def _interrupted_then_resumed(plan, sample_dir, out, stop_after: int, resume_plan=None):
@@ -156,6 +187,8 @@ def test_refused_combinations_say_so_in_one_line(sample_dir, tmp_path, capsys):
         StepOptions.for_run(TrainConfig(cuda_graphs=True), torch.device("cuda"), micro_batches=2)
     with pytest.raises(ConfigError, match="not with torchrun"):
         StepOptions.for_run(TrainConfig(cuda_graphs=True), torch.device("cuda"), distributed=True)
+    with pytest.raises(ConfigError, match="not 'for_loop'"):  # for-loop Adadelta reads its rate on the host
+        StepOptions.for_run(TrainConfig(cuda_graphs=True, optimizer_impl="for_loop"), torch.device("cuda"))
     data = tiny_plan_dict()
     data["train"]["optimizer_impl"] = "fused"
     with pytest.raises(ConfigError, match=r"phase '1-1' stage 'adadelta'.*no fused adadelta"):

@@ -111,7 +111,8 @@ def run_stage(
                 value = callbacks.loss_value(pending)  # the sum of the steps not read yet
                 pending = None
                 if not math.isfinite(value):  # the step above may have spoilt the weights: the caller restores
-                    raise NonFiniteError(f"stage {stage.name}, iteration {it}: loss is {value} (learning rate {lr:g})")
+                    where = f"by iteration {it}" if deferred else f"iteration {it}"
+                    raise NonFiniteError(f"stage {stage.name}, {where}: loss is {value} (learning rate {lr:g})")
                 loss_sum += value
             bar.update(1)
             if it % log_every == 0 or it == total:
@@ -121,6 +122,10 @@ def run_stage(
                 loss_sum, n, data_time, t_start = 0.0, 0, 0.0, time.perf_counter()
             callbacks.on_iter_end(it)
             if callbacks.should_stop():
+                if pending is not None:  # deferred reads: the steps since the last log line, checked too
+                    value = callbacks.loss_value(pending)
+                    if not math.isfinite(value):
+                        raise NonFiniteError(f"stage {stage.name}, by iteration {it}: loss is {value}")
                 break
     finally:
         bar.close()

@@ -122,7 +122,8 @@ def write_report(paths: RunPaths, plan: Plan, model: MCAN, val: PairedImages | N
         f"iterations; {100 * data_s / total_s if total_s else 0:.1f}% of it waiting for data.",
         "",
     ]
-    precisions = list(dict.fromkeys(r["precision"] for r in records if r["kind"] == "train" and "precision" in r))
+    used = [r["precision"] for r in records if r["kind"] == "train" and "precision" in r]
+    precisions = [p for i, p in enumerate(used) if i == 0 or used[i - 1] != p]  # in order, each change
     if precisions:  # train.precision, resolved on the device (a resumed run may change it)
         lines += [f"Training steps ran in {' then '.join(precisions)} (train.precision).", ""]
     val_s = sum(r.get("val_seconds", 0.0) for r in records if r["kind"] in ("identity", "val", "phase"))

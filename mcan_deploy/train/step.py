@@ -83,6 +83,11 @@ class StepOptions:
         if train.cuda_graphs and (micro_batches > 1 or distributed):
             what = "torchrun (DistributedDataParallel)" if distributed else f"data.micro_batches = {micro_batches}"
             raise ConfigError(f"train.cuda_graphs = true captures one whole step: not with {what}; set one of them off")
+        if train.cuda_graphs and train.optimizer_impl == "for_loop":  # for-loop Adadelta reads its rate with .item()
+            raise ConfigError(
+                "train.cuda_graphs = true needs an optimiser that reads its learning rate on the device: "
+                "set train.optimizer_impl to 'auto' (fused Adam, foreach Adadelta), not 'for_loop'"
+            )
         precision, why = resolve_precision(train.precision, device)
         return cls(precision, train.channels_last, train.optimizer_impl, train.cuda_graphs, device.type), why
 
@@ -127,10 +132,20 @@ def make_optimizer(
     """The stage's optimiser at its first learning rate (report sec. 4.3 settings by default)."""
     params = list(params)
     kw = optimizer_kwargs(stage.optimizer, impl, capturable)
+    if impl == "auto" and kw.get("fused"):
+        try:  # fused Adam exists on CUDA, and on CPU from torch 2.4; elsewhere foreach
+            return _adam(params, stage, kw)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            log.info("fused Adam is not available here (%s); using foreach", str(exc).splitlines()[0][:120])
+            kw = {**{k: v for k, v in kw.items() if k != "fused"}, "foreach": True}
     if stage.optimizer == "adadelta":
         return torch.optim.Adadelta(
             params, lr=stage.lr[0], rho=stage.rho, eps=stage.eps, weight_decay=stage.weight_decay, **kw
         )
+    return _adam(params, stage, kw)
+
+
+def _adam(params: list[torch.nn.Parameter], stage: StageConfig, kw: dict[str, Any]) -> torch.optim.Optimizer:
     return torch.optim.Adam(
         params,
         lr=stage.lr[0],

@@ -27,7 +27,9 @@ pytestmark = pytest.mark.skipif(
 
 def test_train_with_the_fused_tail_matches_torch_and_resumes_across_impls(sample_dir, tmp_path, capsys):
     plan = tmp_path / "plan.toml"
-    plan.write_text(tomli_w.dumps(tiny_plan_dict()))
+    data = tiny_plan_dict()
+    data["train"]["precision"] = "fp32"  # the two tails compared at float32 tolerance (bf16 is tested apart)
+    plan.write_text(tomli_w.dumps(data))
     runs = {}
     for impl in ("torch", "triton"):
         out = tmp_path / impl

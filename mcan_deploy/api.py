@@ -26,6 +26,7 @@ from .arrays import ChannelOrder, to_engine
 from .describe import ModelInfo, describe
 from .errors import MCANError
 from .io import DEFAULT_MAX_PIXELS
+from .metadata import EncodeOptions
 from .runners import LayerRunner, Runner, load_runner
 from .tiling import CAStats, PlanName, TileConfig, TileReport, default_tile, upscale_tensor
 from .upscale import BatchStats, Job, default_prefetch, plan_jobs, upscale_file, upscale_jobs
@@ -64,14 +65,17 @@ class Upscaler:
         scale: float = 1.0,
         overwrite: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        encode: EncodeOptions | None = None,
     ) -> TileReport | None:
         """Upscale one image file into ``dst`` (written atomically, alpha, bit depth and gray kept);
         ``scale`` resizes bicubically first. An existing ``dst`` is kept (returns None) unless
-        ``overwrite``. Bad files raise ``MCANError`` naming the file."""
+        ``overwrite``. Bad files raise ``MCANError`` naming the file. The output displays as the
+        input does and carries its colour profile, EXIF, text and DPI (``metadata``);
+        ``encode`` sets JPEG and WebP quality."""
         job = Job(Path(src), Path(dst))
         if job.dst.exists() and not overwrite:
             return None
-        return upscale_file(self.runner, job, self.config, scale, max_pixels=max_pixels)
+        return upscale_file(self.runner, job, self.config, scale, max_pixels=max_pixels, encode=encode)
 
     def upscale_folder(
         self,
@@ -84,6 +88,7 @@ class Upscaler:
         prefetch: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         progress: bool = False,
+        encode: EncodeOptions | None = None,
     ) -> BatchStats:
         """Upscale image files and folders into ``out`` as ``mcan-upscale`` does: existing outputs
         skipped unless ``overwrite``, a bad file logged and counted in the result's ``failed``
@@ -96,6 +101,7 @@ class Upscaler:
             prefetch=prefetch,
             max_pixels=max_pixels,
             progress=progress,
+            encode=encode,
         )
 
     def upscale_jobs(
@@ -108,6 +114,7 @@ class Upscaler:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         progress: bool = False,
         debug: bool = False,
+        encode: EncodeOptions | None = None,
     ) -> BatchStats:
         """Planned jobs (``upscale.plan_jobs``), e.g. one process's share under torchrun."""
         return upscale_jobs(
@@ -120,6 +127,7 @@ class Upscaler:
             prefetch=default_prefetch(self.runner) if prefetch is None else prefetch,
             debug=debug,
             progress=progress,
+            encode=encode,
         )
 
 

@@ -12,10 +12,14 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import ImageReadError, MCANError
+
+if TYPE_CHECKING:
+    from .metadata import EncodeOptions, PhotoMeta
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 # Files whose header declares more pixels are refused before decoding (a float32 RGB copy of a
@@ -93,14 +97,32 @@ def _check_pixels(path: Path, pixels: int, size: str, max_pixels: int, what: str
 
 
 def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
-    """Decode an image file; raises ``ImageReadError`` naming the file when it cannot.
+    """Decode an image file as stored (training pairs are registered so; EXIF orientation is
+    not applied); raises ``ImageReadError`` naming the file when it cannot.
 
     The size declared in the header is checked against ``max_pixels`` before any decoding."""
-    import cv2
+    path = Path(path)
+    return decode_array(_decode_file(path, _read_bytes(path, max_pixels), max_pixels), path)
 
-    from .imagesize import declared_size
+
+def read_photo(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[LoadedImage, PhotoMeta]:
+    """A photo to upscale: decoded, turned upright by its EXIF orientation, with the metadata
+    its output should carry (``metadata.PhotoMeta``)."""
+    from .metadata import read_meta, upright
 
     path = Path(path)
+    data = _read_bytes(path, max_pixels)
+    img = decode_array(_decode_file(path, data, max_pixels), path)  # a file that cannot be used fails first
+    meta = read_meta(data, path)
+    if meta.orientation != 1:
+        img.rgb = upright(img.rgb, meta.orientation)
+        img.alpha = None if img.alpha is None else upright(img.alpha, meta.orientation)
+    return img, meta
+
+
+def _read_bytes(path: Path, max_pixels: int) -> bytes:
+    from .imagesize import declared_size
+
     try:
         st = path.stat()
         if not stat.S_ISREG(st.st_mode):  # a folder, a FIFO (which would block), a device
@@ -121,6 +143,12 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
     if declared is None:  # never decode what the pixel limit could not be checked on
         raise ImageReadError(f"{path}: not a readable image (no PNG, JPEG, TIFF, BMP or WebP header)")
     _check_pixels(path, *declared, max_pixels, "header declares")
+    return data
+
+
+def _decode_file(path: Path, data: bytes, max_pixels: int) -> np.ndarray:
+    import cv2
+
     try:
         arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # e.g. OpenCV's own size limit, or a decoder failure
@@ -130,7 +158,7 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
             f"{path}: not a readable image (truncated, corrupt or not one of {', '.join(IMAGE_SUFFIXES)})"
         )
     _check_pixels(path, arr.shape[0] * arr.shape[1], f"{arr.shape[1]}x{arr.shape[0]}", max_pixels, "decoded size")
-    return decode_array(arr, path)
+    return arr
 
 
 def decode_array(arr: np.ndarray, where: str | Path = "image", order: str = "bgr") -> LoadedImage:
@@ -165,14 +193,29 @@ def encode_image(
     alpha: np.ndarray | None = None,
     bit_depth: int = 8,
     gray: bool = False,
+    meta: PhotoMeta | None = None,
+    options: EncodeOptions | None = None,
 ) -> bytes:
-    """Encode float RGB in [0, 1] (H, W, 3) as an image file's bytes of the given suffix."""
+    """Encode float RGB in [0, 1] (H, W, 3) as an image file's bytes of the given suffix. With
+    ``meta`` (a photo's metadata) or ``options`` (JPEG/WebP quality) Pillow writes it, or adds
+    the metadata to OpenCV's 16-bit file (``metadata.encode_with_meta``)."""
     import cv2
 
     if bit_depth not in (8, 16):
         raise MCANError(f"bit depth {bit_depth} cannot be written; use 8 or 16")
     if bit_depth == 16 and suffix.lower() in (".jpg", ".jpeg", ".bmp", ".webp"):
         bit_depth = 8  # these formats hold 8 bits only
+    if meta is not None or options is not None:
+        from .metadata import EncodeOptions, PhotoMeta, encode_with_meta
+
+        data = encode_with_meta(
+            encode_array(rgb, alpha, bit_depth, gray, order="rgb"),
+            suffix,
+            meta or PhotoMeta(),
+            options or EncodeOptions(),
+        )
+        if data is not None:
+            return data
     out = encode_array(rgb, alpha, bit_depth, gray)
     try:
         ok, buf = cv2.imencode(suffix, out)
@@ -205,10 +248,12 @@ def write_image(
     alpha: np.ndarray | None = None,
     bit_depth: int = 8,
     gray: bool = False,
+    meta: PhotoMeta | None = None,
+    options: EncodeOptions | None = None,
 ) -> None:
     """Write float RGB in [0, 1] atomically; the format follows the file's suffix."""
     path = Path(path)
-    atomic_write_bytes(path, encode_image(rgb, path.suffix or ".png", alpha, bit_depth, gray))
+    atomic_write_bytes(path, encode_image(rgb, path.suffix or ".png", alpha, bit_depth, gray, meta, options))
 
 
 def list_images(folder: str | Path) -> list[Path]:

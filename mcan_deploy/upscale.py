@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from .errors import MCANError
-from .io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images, read_image, write_image
+from .io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images, read_photo, write_image
+from .metadata import EncodeOptions, PhotoMeta
 from .runners import Runner
 from .tiling import TileConfig, TileReport, planned_windows, upscale_tensor
 
@@ -80,16 +81,17 @@ def plan_jobs(inputs: list[str | Path], out: str | Path, suffix: str | None = No
 class Prepared:
     """An input decoded and resized, ready for the engine, with what its output needs."""
 
-    x: torch.Tensor  # (3, H, W) float32 in [0, 1]
+    x: torch.Tensor  # (3, H, W) float32 in [0, 1], upright (EXIF orientation applied)
     alpha: np.ndarray | None
     bit_depth: int
     gray: bool
+    meta: PhotoMeta = dataclasses.field(default_factory=PhotoMeta)  # what the output carries
 
 
 def prepare(job: Job, scale: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS) -> Prepared:
     """Read ``job.src`` and resize it (and its alpha) by ``scale``; ``max_pixels`` bounds the
     file's declared size (before decoding) and the size after ``scale``."""
-    img = read_image(job.src, max_pixels)
+    img, meta = read_photo(job.src, max_pixels)
     h, w = img.size
     th, tw = max(1, round(h * scale)), max(1, round(w * scale))
     if th * tw > max_pixels:
@@ -100,14 +102,23 @@ def prepare(job: Job, scale: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS) 
     rgb = resize(img.rgb, scale)
     alpha = resize(img.alpha, scale) if img.alpha is not None else None
     x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-    return Prepared(x, alpha, img.bit_depth, img.gray)
+    return Prepared(x, alpha, img.bit_depth, img.gray, meta)
 
 
-def write_result(job: Job, prepared: Prepared, out: torch.Tensor) -> None:
-    """Write the model's output with the input's alpha, bit depth and colour kind, atomically."""
+def write_result(job: Job, prepared: Prepared, out: torch.Tensor, encode: EncodeOptions | None = None) -> None:
+    """Write the model's output with the input's alpha, bit depth, colour kind and metadata
+    (colour profile, EXIF, text, DPI; orientation 1, since the pixels are upright), atomically."""
     result = out.clamp(0, 1).permute(1, 2, 0).numpy()
     depth = 16 if prepared.bit_depth > 8 else 8
-    write_image(job.dst, result, alpha=prepared.alpha, bit_depth=depth, gray=prepared.gray)
+    write_image(
+        job.dst,
+        result,
+        alpha=prepared.alpha,
+        bit_depth=depth,
+        gray=prepared.gray,
+        meta=prepared.meta,
+        options=encode or EncodeOptions(),
+    )
 
 
 def upscale_file(
@@ -117,11 +128,12 @@ def upscale_file(
     scale: float = 1.0,
     progress: Callable[[int], None] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    encode: EncodeOptions | None = None,
 ) -> TileReport:
-    """Upscale one file into ``job.dst`` (written atomically)."""
+    """Upscale one file into ``job.dst`` (written atomically; ``encode``: JPEG/WebP quality)."""
     prepared = prepare(job, scale, max_pixels)
     out, report = upscale_tensor(runner, prepared.x, cfg, progress)
-    write_result(job, prepared, out)
+    write_result(job, prepared, out, encode)
     return report
 
 
@@ -191,6 +203,7 @@ def upscale_jobs(
     workers: int | None = None,
     debug: bool = False,
     progress: bool = True,
+    encode: EncodeOptions | None = None,
 ) -> BatchStats:
     """Upscale ``jobs`` in order, overlapping file reading and writing with the model.
 
@@ -244,10 +257,10 @@ def upscale_jobs(
             with lock:
                 stats.decode_s += time.perf_counter() - t0
 
-    def encode(job: Job, prepared: Prepared, out: torch.Tensor) -> None:
+    def write(job: Job, prepared: Prepared, out: torch.Tensor) -> None:
         t0 = time.perf_counter()
         try:
-            write_result(job, prepared, out)
+            write_result(job, prepared, out, encode)
         finally:
             with lock:
                 stats.encode_s += time.perf_counter() - t0
@@ -359,7 +372,7 @@ def upscale_jobs(
                 settle(images, max(prefetch, 1) - 1)  # room for one more write
                 # the write needs the output, alpha and format, not the input
                 slim = dataclasses.replace(prepared, x=prepared.x.new_empty(0))
-                outcomes.append((job, writer.submit(encode, job, slim, out), (w, h, report)))
+                outcomes.append((job, writer.submit(write, job, slim, out), (w, h, report)))
                 n_writing += 1
                 del prepared, slim, out
                 settle(images, n_writing)

@@ -112,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse images larger than this many pixels, from the file's header before "
         "decoding, and after --scale (default 200e6)",
     )
+    p.add_argument(
+        "--jpeg-quality", type=int, default=95, help="JPEG output quality 1-100 (default 95: restored detail kept)"
+    )
+    p.add_argument(
+        "--jpeg-subsampling",
+        choices=["4:4:4", "4:2:2", "4:2:0"],
+        default="4:4:4",
+        help="JPEG chroma subsampling (default 4:4:4: 4:2:0 halves the colour resolution the model restored)",
+    )
+    p.add_argument("--webp-quality", type=int, default=95, help="WebP output quality 1-100 (default 95)")
+    p.add_argument("--webp-lossless", action="store_true", help="lossless WebP output")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
@@ -179,6 +190,9 @@ def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
         cache_dir=args.cache_dir,
         trust_pickle=args.trust_pickle,
     )
+    from ..metadata import EncodeOptions
+
+    encode = EncodeOptions(args.jpeg_quality, args.jpeg_subsampling, args.webp_quality, args.webp_lossless)
     jobs = plan_jobs(args.inputs, args.out, args.suffix)
     dist.check_same("the list of input files", [(str(j.src), str(j.dst)) for j in jobs])
     jobs = dist.shard(jobs)  # every rank planned all files; each takes its share
@@ -192,6 +206,7 @@ def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
             max_pixels=int(args.max_pixels),
             progress=not args.no_progress and dist.is_main,
             debug=args.debug,
+            encode=encode,
         )
     done, skipped, failed, overflows = dist.sum_ints([stats.done, stats.skipped, stats.failed, stats.overflows])
     if dist.is_main:

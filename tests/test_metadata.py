@@ -238,3 +238,16 @@ def test_the_api_writes_what_the_cli_writes(model_file, tmp_path):
     mcan_deploy.load(path, backend="torch").upscale_file(tmp_path / "p.jpg", tmp_path / "api" / "p.jpg")
     cli, api = (tmp_path / "cli" / "p.jpg").read_bytes(), (tmp_path / "api" / "p.jpg").read_bytes()
     assert cli == api and Image.open(io.BytesIO(api)).size == (20, 30)
+
+
+def test_alpha_and_scale_follow_the_upright_image(model_file, tmp_path):
+    """Stored 20x30 with the left half opaque, orientation 6 (rotate 90 clockwise): upright it is
+    30x20 with the top half opaque; --scale 2 makes that 60x40, and alpha is resized with it."""
+    path, _ = model_file
+    rgba = np.dstack([photo(), np.zeros((20, 30), np.uint8)])
+    rgba[:, :15, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png", exif=exif_with(t0112=6))
+    upscale(path, [tmp_path / "a.png"], tmp_path / "out", "--scale", "2")
+    out = np.asarray(Image.open(tmp_path / "out" / "a.png"))
+    assert out.shape == (60, 40, 4)
+    assert (out[:26, :, 3] == 255).all() and (out[34:, :, 3] == 0).all(), "top half opaque, bottom clear"

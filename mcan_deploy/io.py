@@ -195,10 +195,11 @@ def encode_image(
     gray: bool = False,
     meta: PhotoMeta | None = None,
     options: EncodeOptions | None = None,
+    where: str | Path = "image",
 ) -> bytes:
     """Encode float RGB in [0, 1] (H, W, 3) as an image file's bytes of the given suffix. With
-    ``meta`` (a photo's metadata) or ``options`` (JPEG/WebP quality) Pillow writes it, or adds
-    the metadata to OpenCV's 16-bit file (``metadata.encode_with_meta``)."""
+    ``meta`` (a photo's metadata) or ``options`` (JPEG/WebP quality) it goes through
+    ``metadata.encode_with_meta``; ``where`` names the file in its warnings."""
     import cv2
 
     if bit_depth not in (8, 16):
@@ -213,6 +214,7 @@ def encode_image(
             suffix,
             meta or PhotoMeta(),
             options or EncodeOptions(),
+            where,
         )
         if data is not None:
             return data
@@ -253,7 +255,7 @@ def write_image(
 ) -> None:
     """Write float RGB in [0, 1] atomically; the format follows the file's suffix."""
     path = Path(path)
-    atomic_write_bytes(path, encode_image(rgb, path.suffix or ".png", alpha, bit_depth, gray, meta, options))
+    atomic_write_bytes(path, encode_image(rgb, path.suffix or ".png", alpha, bit_depth, gray, meta, options, path))
 
 
 def list_images(folder: str | Path) -> list[Path]:

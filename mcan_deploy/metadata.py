@@ -20,9 +20,12 @@ outside 1-8) is dropped with one warning line; it never fails an image.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
+import numbers
 import struct
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -38,6 +41,21 @@ ORIENTATION = 0x0112  # EXIF tags
 EXIF_IFD = 0x8769
 PIXEL_X, PIXEL_Y = 0xA002, 0xA003  # in the Exif IFD
 IMAGE_WIDTH, IMAGE_LENGTH = 0x0100, 0x0101  # in IFD0
+GPS_IFD = 0x8825
+# how a TIFF stores its own pixels (strips, tiles, samples, compression, its ICC copy...): never
+# EXIF of the output, whatever the input's IFD0 held
+_STRUCTURAL_TAGS = frozenset(
+    {258, 259, 262, 273, 277, 278, 279, 284, 317, 320, 322, 323, 324, 325, 338, 339, 530, 532, 700, 33723, 34377, 34675}
+)
+# EXIF tags that are also plain TIFF tags of IFD0: what a TIFF input's camera data is, and what a
+# TIFF output gets (description, make, model, software, date, artist, copyright)
+_TIFF_TEXT_TAGS = (270, 271, 272, 305, 306, 315, 33432)
+# PNG text keys that are other metadata blocks (stale orientation, sizes, thumbnail): not copied
+_PNG_TEXT_SKIPPED = frozenset(
+    {"XML:com.adobe.xmp", "Raw profile type exif", "Raw profile type APP1", "Raw profile type xmp"}
+)
+_MAX_DPI = 65535.0  # JFIF and TIFF hold 16-bit or rational densities; larger values wrap
+_EXIF_WARNINGS = threading.Lock()  # warnings.catch_warnings is process-wide; decode runs on threads
 
 
 @dataclass
@@ -98,13 +116,15 @@ def read_meta(data: bytes, where: str | Path = "image") -> PhotoMeta:
         if meta.icc is None:
             _warn(where, f"colour profile of {len(icc)} bytes does not parse")
     try:
-        with warnings.catch_warnings(record=True) as caught:  # Pillow warns, not raises, on truncated EXIF
+        with _EXIF_WARNINGS, warnings.catch_warnings(record=True) as caught:  # Pillow warns on truncated EXIF
             warnings.simplefilter("always")
             exif = im.getexif()
             if len(exif):
                 exif.get_ifd(EXIF_IFD)  # parse the sub-IFD now: a broken one fails here, not when written
         if caught:
             raise ValueError(str(caught[0].message).strip())
+        if im.format == "TIFF":  # a TIFF's IFD0 is its own structure: keep only its camera data
+            exif = _camera_exif(exif)
         if len(exif):
             meta.exif = exif.tobytes()
             orientation = exif.get(ORIENTATION, 1)
@@ -116,11 +136,41 @@ def read_meta(data: bytes, where: str | Path = "image") -> PhotoMeta:
         meta.exif, meta.orientation = None, 1
         _warn(where, f"EXIF does not parse ({type(exc).__name__}: {str(exc)[:80]})")
     if im.format == "PNG":
-        meta.text = {k: str(v) for k, v in im.info.items() if isinstance(k, str) and isinstance(v, str)}
+        meta.text = {
+            k: str(v)
+            for k, v in im.info.items()
+            if isinstance(k, str) and isinstance(v, str) and k not in _PNG_TEXT_SKIPPED and _png_text_ok(k, v)
+        }
     dpi = im.info.get("dpi")
-    if isinstance(dpi, tuple) and len(dpi) == 2 and all(isinstance(d, (int, float)) and d > 0 for d in dpi):
-        meta.dpi = (float(dpi[0]), float(dpi[1]))
+    if isinstance(dpi, tuple) and len(dpi) == 2 and all(isinstance(d, numbers.Real) for d in dpi):  # TIFF: rationals
+        if all(0 < d <= _MAX_DPI for d in dpi):
+            meta.dpi = (float(dpi[0]), float(dpi[1]))
+        else:
+            _warn(where, f"resolution {dpi[0]:g}x{dpi[1]:g} DPI is outside 1-{_MAX_DPI:g}")
     return meta
+
+
+def _png_text_ok(key: str, value: str) -> bool:
+    """A keyword of 1-79 Latin-1 characters (PNG spec, sec. 11.3.4) and a value without NUL."""
+    try:
+        key.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return 1 <= len(key) <= 79 and "\x00" not in value
+
+
+def _camera_exif(ifd0: Any) -> Any:
+    """A TIFF input's EXIF: its text tags (make, model, date, ...) and its Exif and GPS sub-IFDs."""
+    from PIL import Image
+
+    out = Image.Exif()
+    for tag in _TIFF_TEXT_TAGS:
+        if tag in ifd0:
+            out[tag] = ifd0[tag]
+    for tag in (EXIF_IFD, GPS_IFD):
+        if tag in ifd0:
+            out[tag] = ifd0.get_ifd(tag)
+    return out
 
 
 def _valid_icc(icc: bytes) -> bool:
@@ -162,30 +212,57 @@ def output_exif(meta: PhotoMeta, width: int, height: int) -> bytes | None:
 
     exif = Image.Exif()
     exif.load(meta.exif)
+    for tag in _STRUCTURAL_TAGS & set(exif):
+        del exif[tag]
     if ORIENTATION in exif:
         exif[ORIENTATION] = 1
     for tag, value in ((IMAGE_WIDTH, width), (IMAGE_LENGTH, height)):
         if tag in exif:
             exif[tag] = value
-    sub = exif.get_ifd(EXIF_IFD)
-    for tag, value in ((PIXEL_X, width), (PIXEL_Y, height)):
-        if tag in sub:
-            sub[tag] = value
+    if EXIF_IFD in exif:  # get_ifd would otherwise add an empty Exif IFD
+        sub = exif.get_ifd(EXIF_IFD)
+        for tag, value in ((PIXEL_X, width), (PIXEL_Y, height)):
+            if tag in sub:
+                sub[tag] = value
     return exif.tobytes()
 
 
-def encode_with_meta(arr: np.ndarray, suffix: str, meta: PhotoMeta, options: EncodeOptions) -> bytes | None:
+def encode_with_meta(
+    arr: np.ndarray, suffix: str, meta: PhotoMeta, options: EncodeOptions, where: object = "image"
+) -> bytes | None:
     """``arr`` (H, W[, C]) uint8/uint16 in RGB order, encoded with ``meta``; None where OpenCV's
-    own encoder should write it (BMP, or PNG/TIFF with nothing to carry)."""
+    own encoder should write it (BMP, or PNG/TIFF with nothing to carry). Metadata that cannot be
+    written is left out with one warning naming ``where``: it never fails an image."""
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}.get(
         suffix.lower()
     )
     if fmt is None or (fmt in ("PNG", "TIFF") and meta.empty):
         return None
-    h, w = arr.shape[:2]
-    exif = output_exif(meta, w, h)
+    if fmt == "JPEG" and arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[:, :, :3]  # JPEG holds no alpha (OpenCV dropped it the same way)
+    gray = arr.ndim == 2 or arr.shape[2] == 1
+    if meta.icc is not None and meta.icc[16:20] != (b"GRAY" if gray else b"RGB "):
+        space = meta.icc[16:20].decode("latin-1", "replace").strip()
+        _warn(where, f"colour profile is for {space!r} data, the output is {'gray' if gray else 'RGB'}")
+        meta = dataclasses.replace(meta, icc=None)
+    # what a writer refuses is left out, EXIF first (the likeliest: over 64 KB in JPEG), then the rest
+    attempts = [meta, *([dataclasses.replace(meta, exif=None)] if meta.exif is not None else []), PhotoMeta()]
+    for attempt in attempts:
+        try:
+            return _encode(arr, fmt, attempt, options)
+        except (OSError, ValueError, TypeError, KeyError, struct.error) as exc:
+            if attempt.empty:
+                raise
+            left_out = "EXIF" if attempt.exif is not None else "metadata"
+            _warn(where, f"{left_out} could not be written ({type(exc).__name__}: {str(exc)[:80]})")
+    raise AssertionError("unreachable: the last attempt carries no metadata")
+
+
+def _encode(arr: np.ndarray, fmt: str, meta: PhotoMeta, options: EncodeOptions) -> bytes | None:
     if fmt == "TIFF":
         return _tiff(arr, meta)
+    h, w = arr.shape[:2]
+    exif = output_exif(meta, w, h)
     if fmt == "PNG":
         return _png(arr, meta, exif)
     from PIL import Image
@@ -240,16 +317,12 @@ def _png(arr: np.ndarray, meta: PhotoMeta, exif: bytes | None) -> bytes:
     return png[:ihdr_end] + extra + png[ihdr_end:]
 
 
-# EXIF tags that are also plain TIFF tags of IFD0, written into TIFF outputs as text
-_TIFF_TEXT_TAGS = (270, 271, 272, 305, 306, 315, 33432)  # description, make, model, software, date, artist, copyright
-
-
 def _tiff(arr: np.ndarray, meta: PhotoMeta) -> bytes:
     """A TIFF (tifffile: 8- and 16-bit colour, zlib) with its colour profile, resolution and the
     EXIF tags that are TIFF tags (make, model, date, ...); the EXIF sub-IFD is not written."""
     import tifffile
 
-    extratags = []
+    extratags, text = [], {}
     if meta.exif is not None:
         from PIL import Image
 
@@ -258,7 +331,9 @@ def _tiff(arr: np.ndarray, meta: PhotoMeta) -> bytes:
         for tag in _TIFF_TEXT_TAGS:
             value = exif.get(tag)
             if isinstance(value, str) and value.isascii():
-                extratags.append((tag, "s", 0, value, True))
+                text[tag] = value
+        # tifffile writes description and software itself: given as arguments, the rest as tags
+        extratags = [(tag, "s", 0, v, True) for tag, v in text.items() if tag not in (270, 305)]
     buf = io.BytesIO()
     color = arr.ndim == 3 and arr.shape[2] >= 3
     tifffile.imwrite(
@@ -271,5 +346,8 @@ def _tiff(arr: np.ndarray, meta: PhotoMeta) -> bytes:
         resolutionunit="INCH" if meta.dpi else None,
         compression="zlib",
         extratags=extratags,
+        description=text.get(270),
+        software=text.get(305, False),
+        metadata=None,  # no tifffile JSON in the description
     )
     return buf.getvalue()

@@ -24,7 +24,9 @@ from mcan_deploy.model import ModelConfig, build_model
 from mcan_deploy.runners import TorchRunner
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-LAB = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()  # any profile that is not sRGB
+# an RGB profile whose bytes differ from Pillow's sRGB (another device model): what a camera embeds
+OTHER_RGB = SRGB[:48] + b"TEST" + SRGB[52:]
+GRAY_ICC = SRGB[:16] + b"GRAY" + SRGB[20:]  # a profile for gray data (its header says so)
 IFD1 = -1  # PIL.ExifTags.IFD.IFD1
 
 
@@ -95,12 +97,12 @@ def test_the_colour_profile_is_written_byte_for_byte_into_every_format(model_fil
     src = tmp_path / "in"
     src.mkdir()
     for fmt, suffix in (("PNG", ".png"), ("JPEG", ".jpg"), ("TIFF", ".tif"), ("WEBP", ".webp")):
-        Image.fromarray(photo()).save(src / f"from_{fmt}{suffix}", fmt, icc_profile=LAB)
+        Image.fromarray(photo()).save(src / f"from_{fmt}{suffix}", fmt, icc_profile=OTHER_RGB)
     upscale(path, [src], tmp_path / "out", "--suffix", out_suffix)
     outs = sorted((tmp_path / "out").iterdir())
     assert len(outs) == 4
     for out in outs:
-        assert Image.open(out).info.get("icc_profile") == LAB, out.name
+        assert Image.open(out).info.get("icc_profile") == OTHER_RGB, out.name
 
 
 @pytest.mark.parametrize("out_suffix", [".png", ".tif"])
@@ -115,10 +117,10 @@ def test_16_bit_outputs_keep_their_profile_and_their_bits(model_file, tmp_path, 
     # an ICC profile into OpenCV's 16-bit PNG, by way of a 16-bit TIFF written with tifffile
     import tifffile
 
-    tifffile.imwrite(tmp_path / "in16.tif", rgb16, photometric="rgb", iccprofile=LAB, resolution=(300, 300))
+    tifffile.imwrite(tmp_path / "in16.tif", rgb16, photometric="rgb", iccprofile=OTHER_RGB, resolution=(300, 300))
     upscale(path, [tmp_path / "in16.tif"], tmp_path / "out", "--suffix", out_suffix)
     out = tmp_path / "out" / f"in16{out_suffix}"
-    assert Image.open(out).info.get("icc_profile") == LAB
+    assert Image.open(out).info.get("icc_profile") == OTHER_RGB
     back = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
     assert back.dtype == np.uint16 and back.shape == (12, 18, 3)
 
@@ -233,7 +235,7 @@ def test_the_api_writes_what_the_cli_writes(model_file, tmp_path):
     import mcan_deploy
 
     path, _ = model_file
-    Image.fromarray(photo()).save(tmp_path / "p.jpg", exif=exif_with(t0112=8, t010F="Cam"), icc_profile=LAB)
+    Image.fromarray(photo()).save(tmp_path / "p.jpg", exif=exif_with(t0112=8, t010F="Cam"), icc_profile=OTHER_RGB)
     upscale(path, [tmp_path / "p.jpg"], tmp_path / "cli")
     mcan_deploy.load(path, backend="torch").upscale_file(tmp_path / "p.jpg", tmp_path / "api" / "p.jpg")
     cli, api = (tmp_path / "cli" / "p.jpg").read_bytes(), (tmp_path / "api" / "p.jpg").read_bytes()
@@ -251,3 +253,70 @@ def test_alpha_and_scale_follow_the_upright_image(model_file, tmp_path):
     out = np.asarray(Image.open(tmp_path / "out" / "a.png"))
     assert out.shape == (60, 40, 4)
     assert (out[:26, :, 3] == 255).all() and (out[34:, :, 3] == 0).all(), "top half opaque, bottom clear"
+
+
+def test_alpha_into_jpeg_and_unwritable_metadata_never_fail_an_image(model_file, tmp_path, caplog, monkeypatch):
+    from mcan_deploy import metadata
+
+    path, _ = model_file
+    rgba = np.dstack([photo(), np.full((20, 30), 128, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png", icc_profile=OTHER_RGB)
+    upscale(path, [tmp_path / "a.png"], tmp_path / "out", "--suffix", ".jpg")  # JPEG holds no alpha
+    out = Image.open(tmp_path / "out" / "a.jpg")
+    assert out.mode == "RGB" and out.info["icc_profile"] == OTHER_RGB
+    real = metadata._encode
+
+    def broken(arr, fmt, meta, options):  # metadata a writer rejects
+        if not meta.empty:
+            raise ValueError("tag cannot be serialised")
+        return real(arr, fmt, meta, options)
+
+    monkeypatch.setattr(metadata, "_encode", broken)
+    with caplog.at_level(logging.WARNING, logger="mcan_deploy"):
+        upscale(path, [tmp_path / "a.png"], tmp_path / "out2", "--suffix", ".jpg")
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "metadata could not be written" in lines[0] and "a.jpg" in lines[0], lines
+    assert "icc_profile" not in Image.open(tmp_path / "out2" / "a.jpg").info
+
+
+def test_a_tiff_inputs_own_tags_are_not_taken_for_exif(model_file, tmp_path):
+    """A TIFF's IFD0 holds its strips, samples and ICC copy; only its camera tags (and Exif
+    sub-IFD) are EXIF. Into a JPEG: make and software kept, none of the structure, ICC once."""
+    path, _ = model_file
+    exif = exif_with(t010F="TiffCam", t0131="ScanSoft")  # (Pillow writes no Exif sub-IFD into TIFF)
+    Image.fromarray(photo()).save(tmp_path / "t.tif", exif=exif, icc_profile=OTHER_RGB, dpi=(600, 600))
+    upscale(path, [tmp_path / "t.tif"], tmp_path / "out", "--suffix", ".jpg")
+    upscale(path, [tmp_path / "t.tif"], tmp_path / "out", "--suffix", ".tif")
+    jpg, tif = Image.open(tmp_path / "out" / "t.jpg"), Image.open(tmp_path / "out" / "t.tif")
+    got = jpg.getexif()
+    assert got[0x010F] == "TiffCam" and got[0x0131] == "ScanSoft"
+    assert not {256, 257, 258, 259, 262, 273, 277, 278, 279, 34675} & set(got), sorted(got)
+    assert jpg.info["icc_profile"] == OTHER_RGB and jpg.info["dpi"] == (600, 600)
+    assert tif.info["icc_profile"] == OTHER_RGB and tif.tag_v2[271] == "TiffCam" and tif.tag_v2[305] == "ScanSoft"
+    assert 270 not in tif.tag_v2, "no tifffile JSON description"
+
+
+def test_profiles_for_other_data_other_text_blocks_and_absurd_dpi_are_left_out(model_file, tmp_path, caplog):
+    path, _ = model_file
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Title", "kept")
+    info.add_text("Raw profile type exif", "stale orientation and thumbnail")
+    info.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta/>")
+    Image.fromarray(photo()).save(tmp_path / "rgb.png", icc_profile=GRAY_ICC, pnginfo=info, dpi=(70000, 70000))
+    Image.fromarray(photo()[:, :, 0]).save(tmp_path / "gray.png", icc_profile=GRAY_ICC)
+    with caplog.at_level(logging.WARNING, logger="mcan_deploy"):
+        upscale(path, [tmp_path / "rgb.png", tmp_path / "gray.png"], tmp_path / "out")
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 2 and "DPI is outside" in lines[0] and "'GRAY' data, the output is RGB" in lines[1], lines
+    rgb, gray = Image.open(tmp_path / "out" / "rgb.png"), Image.open(tmp_path / "out" / "gray.png")
+    assert "icc_profile" not in rgb.info and gray.info["icc_profile"] == GRAY_ICC and gray.mode == "L"
+    assert rgb.text == {"Title": "kept"} and "dpi" not in rgb.info
+
+
+def test_training_still_reads_pairs_as_stored(tmp_path):
+    from mcan_deploy.io import read_image
+
+    arr = photo()
+    Image.fromarray(arr).save(tmp_path / "o6.png", exif=exif_with(t0112=6))
+    img = read_image(tmp_path / "o6.png")
+    assert np.array_equal(np.rint(img.rgb * 255).astype(np.uint8), arr), "orientation not applied to training pairs"

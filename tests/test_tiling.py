@@ -23,10 +23,20 @@ TILES = [4, 7, 16, 1000]
 
 
 def runner_for(cfg: ModelConfig, seed: int = 0, scheme: str = "default") -> TorchRunner:
+    """``scheme`` "attention": PyTorch's default weights with every channel-attention up-projection
+    x20 (gates that swing with the image) and each RCAB's second conv and the tail x5 (so that
+    what the gates scale reaches the output): per-window statistics miss the whole image by
+    about 1e-2 here, against 1e-4 with default weights."""
     torch.manual_seed(seed)
     model = build_model(cfg)
     for b in model.blocks:
-        if scheme != "default":
+        if scheme == "attention":
+            with torch.no_grad():
+                b.tail.weight.mul_(5)
+                for rcab in b.body:
+                    rcab.ca.up.weight.mul_(20)
+                    rcab.conv2.weight.mul_(5)
+        elif scheme != "default":
             init_block(b, scheme, torch.Generator().manual_seed(seed))
     return TorchRunner(model, torch.device("cpu"))
 
@@ -56,10 +66,18 @@ def test_spans_cover_every_pixel_once_with_context():
                     assert s.start + s.size >= min(s.hi + margin, length)
 
 
-@pytest.mark.parametrize("scheme", ["default", "trained"])
+@pytest.mark.parametrize("scheme", ["attention", "trained"])
 def test_global_statistics_equal_the_whole_image(scheme, trained_runner):
-    runner = trained_runner if scheme == "trained" else runner_for(ModelConfig(n_blocks=2, n_resblocks=2, n_feats=8))
+    """The scaled-attention model's gates swing with the image: per-window statistics (what a
+    broken global path would compute) miss the whole image by far more than the tolerance, so
+    this can fail (checked below, each run)."""
+    runner = (
+        trained_runner
+        if scheme == "trained"
+        else runner_for(ModelConfig(n_blocks=2, n_resblocks=2, n_feats=8), scheme="attention")
+    )
     torch.manual_seed(1)
+    per_window = 0.0
     for h, w in SIZES:
         x = torch.rand(3, h, w)
         ref = whole(runner, x)
@@ -70,6 +88,9 @@ def test_global_statistics_equal_the_whole_image(scheme, trained_runner):
                 err = (out - ref).abs().max().item()
                 assert err <= 1e-4, (h, w, tile, batch, err)
                 assert report.ca_stats == "global"
+        tiled, _ = upscale_tensor(runner, x, TileConfig(tile=16, ca_stats="tile", plan="block"))
+        per_window = max(per_window, (tiled - ref).abs().max().item())
+    assert per_window > 10 * 1e-4, f"per-window statistics err {per_window:.1e}: this model would not tell"
 
 
 @pytest.mark.parametrize("plan", ["block", "all"])

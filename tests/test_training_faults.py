@@ -105,9 +105,12 @@ def test_nan_before_any_training_checkpoint_keeps_the_identity_baseline(nan_at, 
 
 
 def test_sigkill_inside_a_checkpoint_write_then_resume(sample_dir, tmp_path):
-    """A real kill (os._exit inside fsync, after the new bytes are written, before the rename):
-    the previous checkpoint loads, the temp file is cleaned up on resume, and the run finishes
-    with the same weights as one never killed."""
+    """A real kill (os._exit inside fsync, after the new bytes are written, before the rename) of
+    the first checkpoint write that replaces a mid-stage one: the surviving checkpoint holds
+    optimiser and sampler state at iteration 3 of a stage, so the resume must restore both (a
+    restart from zero, or either state lost, ends with other weights). The previous checkpoint
+    loads, the temp file is cleaned up on resume, and the run finishes bitwise equal to one never
+    killed."""
     import subprocess
     import sys
     import textwrap
@@ -120,12 +123,15 @@ def test_sigkill_inside_a_checkpoint_write_then_resume(sample_dir, tmp_path):
         import os, sys
         from mcan_deploy.config import load_plan
         from mcan_deploy.train import train
-        calls = {{"n": 0}}
+        from mcan_deploy.checkpoint import load_tensors
+        last = {str(tmp_path / "run" / "checkpoints" / "last.safetensors")!r}
         real = os.fsync
         def fsync(fd):
-            calls["n"] += 1
-            if calls["n"] == 4:  # the 4th atomic write of the run: a mid-phase checkpoint
-                os._exit(9)
+            # the write that would replace a checkpoint taken mid-stage, with optimiser state
+            if os.path.exists(last):
+                tensors, meta = load_tensors(last)
+                if meta["position"]["iter"] > 0 and "optim" in meta:
+                    os._exit(9)
             real(fd)
         os.fsync = fsync
         train(load_plan({str(plan)!r}), {str(sample_dir)!r}, {str(tmp_path / "run")!r}, device="cpu", progress=False)
@@ -134,7 +140,9 @@ def test_sigkill_inside_a_checkpoint_write_then_resume(sample_dir, tmp_path):
     assert proc.returncode == 9, proc.stderr.decode()[-2000:]
     ck = tmp_path / "run" / "checkpoints"
     assert [p.name for p in ck.iterdir() if p.name.endswith(".tmp")], "the kill left a temp file"
-    load_tensors(ck / "last.safetensors")  # the previous checkpoint is intact
+    tensors, meta = load_tensors(ck / "last.safetensors")  # the previous checkpoint is intact
+    assert meta["position"] == {"phase": 0, "stage": 0, "iter": 3}, meta["position"]
+    assert "rng.sampler" in tensors and any(k.startswith("optim.") for k in tensors), "state to restore"
     train(plan_from_dict(tiny_plan_dict()), sample_dir, tmp_path / "run", device="cpu", progress=False)
     assert not [p for p in ck.iterdir() if p.name.endswith(".tmp")]
     train(plan_from_dict(tiny_plan_dict()), sample_dir, tmp_path / "clean", device="cpu", progress=False)

@@ -111,10 +111,30 @@ def test_per_block_files_alone_serve_the_block_plan(small_export, tmp_path):
     assert (out - want).abs().max() <= 1e-4
 
 
+def _perturbed_exports(monkeypatch, scale: float = 1.001) -> None:
+    """Every exported file with its float weights x ``scale`` (0.1%): a faulty export the parity
+    check must catch at its real tolerance (1e-4 in float32)."""
+    import onnx
+    from onnx import numpy_helper
+
+    real = onnx_export._export_one
+
+    def perturbed(module, opset):
+        proto = onnx.load_from_string(real(module, opset))
+        for init in proto.graph.initializer:
+            arr = numpy_helper.to_array(init)
+            if arr.dtype == np.float32 and arr.size > 1:
+                init.CopyFrom(numpy_helper.from_array(arr * np.float32(scale), init.name))
+        return proto.SerializeToString()
+
+    monkeypatch.setattr(onnx_export, "_export_one", perturbed)
+
+
 def test_failed_check_writes_nothing_and_keeps_the_old_file(monkeypatch, tmp_path):
     export_onnx(small_model(), tmp_path / "old.onnx", blocks="1,2")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    monkeypatch.setitem(onnx_export.TOLERANCE, "float32", -1.0)
+    assert onnx_export.TOLERANCE["float32"] == 1e-4, "checked at the shipped tolerance"
+    _perturbed_exports(monkeypatch)
     with pytest.raises(ExportError, match="old.N1.onnx"):
         export_onnx(small_model(seed=3), tmp_path / "old.onnx", blocks="1,2")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, "old files intact, no temp files"

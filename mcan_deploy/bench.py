@@ -133,8 +133,10 @@ def conv_flops_per_pixel(model: nn.Module) -> int:
     )
 
 
-def matmul_peak_gflops(device: torch.device, n: int = 2048, repeat: int = 5) -> float:
-    """This machine's float32 (CPU) or float16 (CUDA) matrix-multiply rate, the roofline."""
+def matmul_peak_gflops(device: torch.device, n: int | None = None, repeat: int = 5) -> float:
+    """This machine's float32 (CPU) or float16 (CUDA) matrix-multiply rate, the roofline. On a
+    large GPU a 2048 product takes microseconds and reads low: 8192 there."""
+    n = n or (8192 if device.type == "cuda" else 2048)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     a = torch.rand(n, n, device=device, dtype=dtype)
     b = torch.rand(n, n, device=device, dtype=dtype)
@@ -159,8 +161,14 @@ def _timed(fn: Callable[[], object], repeat: int, device: torch.device) -> list[
     return out
 
 
-def _measure(fn: Callable[[], object], repeat: int, device: torch.device) -> dict[str, float]:
-    if device.type == "cuda":
+def _measure(
+    fn: Callable[[], object], repeat: int, device: torch.device, memory_on: str | None = None
+) -> dict[str, float | str]:
+    """Median, min and max seconds, and the peak memory where the back-end keeps its data:
+    the CUDA allocator's peak for PyTorch on CUDA, the process's RSS for host back-ends (ONNX
+    Runtime's and OpenVINO's CPU builds), whatever the bench's device."""
+    memory_on = memory_on or ("cuda" if device.type == "cuda" else "host")
+    if memory_on == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     import gc
 
@@ -168,12 +176,13 @@ def _measure(fn: Callable[[], object], repeat: int, device: torch.device) -> dic
     with PeakRSS() as rss:
         before = rss.peak
         times = _timed(fn, repeat, device)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else rss.peak
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if memory_on == "cuda" else rss.peak
     return {
         "median_s": statistics.median(times),
         "min_s": min(times),
         "max_s": max(times),
         "peak_mb": peak,
+        "peak_of": "CUDA allocator" if memory_on == "cuda" else "process RSS",
         "rss_before_mb": before,
     }
 
@@ -210,8 +219,12 @@ def _backends(
     out: dict[str, Any] = {}
     for name in cfg.backends:
         try:
-            if name == "eager":
-                out[name] = TorchRunner(_copy(model), device)
+            if name == "eager":  # the baseline is float32 NCHW on every device (TorchRunner is NHWC on CUDA)
+                r = TorchRunner(_copy(model), device)
+                if r.channels_last:
+                    r.model = r.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+                    r.channels_last = False
+                out[name] = r
             elif name == "channels_last":
                 r = TorchRunner(_copy(model), device)
                 # nn.Module.to takes memory_format (documented); torch's overloads for it leave it out
@@ -297,13 +310,15 @@ def bench_inference(
                 stats: CAStats = "global" if hasattr(runner, "n_rcabs") else "tile"  # exact where the runner can
                 tc = TileConfig(tile=cfg.tile, ca_stats=stats, plan="layers" if stats == "global" else "auto")
                 fn = lambda r=runner, x=x, tc=tc: upscale_tensor(r, x, tc)  # noqa: E731
-            m = _measure(fn, cfg.repeat, device)
+            torch_runner = isinstance(getattr(runner, "model", None), nn.Module)
+            m = _measure(fn, cfg.repeat, device, "cuda" if device.type == "cuda" and torch_runner else "host")
             mp = size * size / 1e6
             rows.append(
                 {
                     "backend": name,
                     "size": size,
                     "mode": mode,
+                    "memory_format": "channels_last" if getattr(runner, "channels_last", False) else "NCHW",
                     **m,
                     "mp_per_s": mp / m["median_s"],
                     "gflops": flops_px * size * size / m["median_s"] / 1e9,

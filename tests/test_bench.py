@@ -84,7 +84,9 @@ def test_tiny_bench_writes_consistent_outputs(tmp_path):
     assert {(r["backend"], r["size"], r["mode"]) for r in rows} == {
         (b, s, m) for b in backends for s in (32, 48) for m in ("whole", "tiled")
     }
-    for r in rows:
+    for r in rows:  # the baseline is float32 NCHW, and memory is where the back-end keeps its data
+        assert r["memory_format"] == ("channels_last" if r["backend"] == "channels_last" else "NCHW"), r
+        assert r["peak_of"] == "process RSS", "a CPU run: RSS for every back-end"
         assert r["min_s"] <= r["median_s"] <= r["max_s"]
         assert r["mp_per_s"] == pytest.approx(r["size"] ** 2 / 1e6 / r["median_s"])
         base = next(b for b in rows if (b["backend"], b["size"], b["mode"]) == ("eager", r["size"], "whole"))

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,44 @@ def loss_function(name: LossName) -> Callable[[torch.Tensor, torch.Tensor], torc
         "gradient": gradient_loss,
     }
     return losses[name]
+
+
+class DataTimer:
+    """Time spent drawing batches. On a CPU, wall time around ``sample()``; on CUDA the sampler's
+    kernels run asynchronously, so the host's time would read about 0: CUDA events around it, read
+    (one synchronisation) only at each log line."""
+
+    def __init__(self) -> None:
+        self.host = 0.0
+        self.events: list[tuple[Any, Any]] = []
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.events.append((ev, None))
+
+    def stop(self, x: torch.Tensor) -> None:
+        self.host += time.perf_counter() - self._t0
+        if self.events and self.events[-1][1] is None:
+            if x.is_cuda:
+                end = torch.cuda.Event(enable_timing=True)
+                end.record()
+                self.events[-1] = (self.events[-1][0], end)
+            else:
+                self.events.pop()
+
+    def seconds(self) -> float:
+        """Host time on a CPU; with CUDA, the larger of host and device time. Resets."""
+        device = 0.0
+        if self.events:
+            self.events[-1][1].synchronize()
+            device = sum(a.elapsed_time(b) for a, b in self.events) / 1000
+        out = max(self.host, device)
+        self.host, self.events = 0.0, []
+        return out
 
 
 @dataclass
@@ -93,16 +132,17 @@ def run_stage(
         leave=False,
         mininterval=0.1 if sys.stderr.isatty() else 30.0,
     )  # logs stay short off a terminal
-    loss_sum, n, data_time, t_start = 0.0, 0, 0.0, time.perf_counter()
+    loss_sum, n, t_start = 0.0, 0, time.perf_counter()
+    timer = DataTimer()
     pending: torch.Tensor | None = None
     it = start_iter
     try:
         while it < total:
             lr = stage.lr_at(it) * lr_scale
             set_lr(optimizer, lr)
-            t0 = time.perf_counter()
+            timer.start()
             x, y = sample()
-            data_time += time.perf_counter() - t0
+            timer.stop(x)
             loss = step(x, y)
             it += 1
             n += 1
@@ -116,10 +156,11 @@ def run_stage(
                 loss_sum += value
             bar.update(1)
             if it % log_every == 0 or it == total:
+                data_time = timer.seconds()
                 elapsed = time.perf_counter() - t_start
                 bar.set_postfix(loss=f"{loss_sum / n:.4f}", lr=f"{lr:.0e}", refresh=False)
-                callbacks.on_log(it, loss_sum / n, lr, elapsed / n, data_time / elapsed)
-                loss_sum, n, data_time, t_start = 0.0, 0, 0.0, time.perf_counter()
+                callbacks.on_log(it, loss_sum / n, lr, elapsed / n, min(1.0, data_time / elapsed))
+                loss_sum, n, t_start = 0.0, 0, time.perf_counter()
             callbacks.on_iter_end(it)
             if callbacks.should_stop():
                 if pending is not None:  # deferred reads: the steps since the last log line, checked too

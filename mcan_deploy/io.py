@@ -97,8 +97,9 @@ def _check_pixels(path: Path, pixels: int, size: str, max_pixels: int, what: str
 
 
 def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
-    """Decode an image file as stored (training pairs are registered so; EXIF orientation is
-    not applied); raises ``ImageReadError`` naming the file when it cannot.
+    """Decode an image file as stored (training pairs are registered so: the EXIF orientation of
+    PNG, JPEG and WebP files is not applied; OpenCV's TIFF decoder applies a TIFF's own, to LR and
+    HR alike); raises ``ImageReadError`` naming the file when it cannot.
 
     The size declared in the header is checked against ``max_pixels`` before any decoding."""
     path = Path(path)

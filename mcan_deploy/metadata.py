@@ -123,15 +123,15 @@ def read_meta(data: bytes, where: str | Path = "image") -> PhotoMeta:
                 exif.get_ifd(EXIF_IFD)  # parse the sub-IFD now: a broken one fails here, not when written
         if caught:
             raise ValueError(str(caught[0].message).strip())
+        orientation = exif.get(ORIENTATION, 1)
+        if orientation not in range(1, 9):
+            log.warning("%s: EXIF orientation %r is not 1-8; pixels kept as stored", where, orientation)
+        elif im.format != "TIFF":  # OpenCV's TIFF decoder turns a TIFF upright itself (measured, 1-8)
+            meta.orientation = int(orientation)
         if im.format == "TIFF":  # a TIFF's IFD0 is its own structure: keep only its camera data
             exif = _camera_exif(exif)
         if len(exif):
             meta.exif = exif.tobytes()
-            orientation = exif.get(ORIENTATION, 1)
-            if orientation in range(1, 9):
-                meta.orientation = int(orientation)
-            else:
-                _warn(where, f"EXIF orientation {orientation!r} is not 1-8: pixels kept as stored")
     except (SyntaxError, ValueError, OSError, KeyError, TypeError, IndexError, struct.error) as exc:  # corrupt EXIF
         meta.exif, meta.orientation = None, 1
         _warn(where, f"EXIF does not parse ({type(exc).__name__}: {str(exc)[:80]})")
@@ -284,16 +284,12 @@ def _encode(arr: np.ndarray, fmt: str, meta: PhotoMeta, options: EncodeOptions) 
     return buf.getvalue()
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    """One PNG chunk: length, type, data, CRC-32 of type and data (PNG spec, sec. 5.3)."""
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
 def _png(arr: np.ndarray, meta: PhotoMeta, exif: bytes | None) -> bytes:
     """OpenCV's PNG (the same pixels and speed as without metadata; Pillow writes no 16-bit
     colour and encodes about 4x slower) with the metadata chunks (iCCP, eXIf, pHYs, tEXt/iTXt)
     placed after its IHDR, as the PNG spec allows them before the image data."""
     import cv2
+    from PIL.PngImagePlugin import putchunk  # length, type, data, CRC (PNG spec, sec. 5.3)
 
     bgr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]] if arr.ndim == 3 and arr.shape[2] in (3, 4) else arr
     ok, buf = cv2.imencode(".png", bgr)
@@ -301,20 +297,22 @@ def _png(arr: np.ndarray, meta: PhotoMeta, exif: bytes | None) -> bytes:
         raise ValueError("OpenCV could not encode a PNG")
     png = buf.tobytes()
     ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, 13 data bytes, CRC
-    extra = b""
+    out = io.BytesIO()
+    out.write(png[:ihdr_end])
     if meta.icc is not None:
-        extra += _chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(meta.icc))
+        putchunk(out, b"iCCP", b"icc\x00\x00", zlib.compress(meta.icc))
     if exif is not None:
-        extra += _chunk(b"eXIf", exif.removeprefix(b"Exif\x00\x00"))
+        putchunk(out, b"eXIf", exif.removeprefix(b"Exif\x00\x00"))
     if meta.dpi is not None:
         ppm = [round(d / 0.0254) for d in meta.dpi]
-        extra += _chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1))
+        putchunk(out, b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1))
     for k, v in meta.text.items():
         if v.isascii():
-            extra += _chunk(b"tEXt", k.encode("latin-1") + b"\x00" + v.encode("latin-1"))
+            putchunk(out, b"tEXt", k.encode("latin-1"), b"\x00", v.encode("latin-1"))
         else:
-            extra += _chunk(b"iTXt", k.encode("latin-1") + b"\x00\x00\x00\x00\x00" + v.encode("utf-8"))
-    return png[:ihdr_end] + extra + png[ihdr_end:]
+            putchunk(out, b"iTXt", k.encode("latin-1"), b"\x00\x00\x00\x00\x00", v.encode("utf-8"))
+    out.write(png[ihdr_end:])
+    return out.getvalue()
 
 
 def _tiff(arr: np.ndarray, meta: PhotoMeta) -> bytes:

@@ -320,3 +320,18 @@ def test_training_still_reads_pairs_as_stored(tmp_path):
     Image.fromarray(arr).save(tmp_path / "o6.png", exif=exif_with(t0112=6))
     img = read_image(tmp_path / "o6.png")
     assert np.array_equal(np.rint(img.rgb * 255).astype(np.uint8), arr), "orientation not applied to training pairs"
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_a_tiffs_own_orientation_tag_turns_it_upright(model_file, tmp_path, orientation):
+    """In a TIFF the orientation is a tag of its IFD0, and OpenCV's TIFF decoder applies it
+    itself: turned upright once, not twice (and not left as stored)."""
+    path, model = model_file
+    Image.fromarray(photo()).save(tmp_path / "o6.tif", exif=exif_with(t0112=orientation, t010F="TiffCam"))
+    assert Image.open(tmp_path / "o6.tif").getexif()[0x0112] == orientation
+    upscale(path, [tmp_path / "o6.tif"], tmp_path / "out", "--suffix", ".png")
+    out = Image.open(tmp_path / "out" / "o6.png")
+    want = expected(model, np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "o6.tif"))))
+    got = np.asarray(out)
+    assert got.shape == want.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    assert out.getexif()[0x010F] == "TiffCam" and out.getexif().get(0x0112, 1) == 1

@@ -11,9 +11,9 @@ Sections (each run as its own command, each with a time limit, each writing its 
   largest difference from the float32 whole-image result, float16 overflows redone.
 - ``folder``: ``mcan-upscale`` on a folder of four 12 MP PNGs, wall time against the model time
   alone (the same images through ``upscale_tensor``, decoded beforehand).
-- ``train``: the trainer's step (L1, Adam, batch 16 of 48x48) of one block and of N in float32,
-  bf16 (channels_last, fused Adam) and bf16 captured in a CUDA graph, and the hours the report's
-  whole plan would take at each rate.
+- ``train``: mcan-bench's training rows (the trainer's step, L1, Adam, batch 16 of 48x48) of one
+  block and of N in float32, at ``[train]``'s defaults and in bf16 captured in a CUDA graph, and
+  the hours the report's whole plan would take at each rate.
 
 ``--smoke`` runs the same code on a CPU at tiny sizes (Triton in its interpreter), so CI keeps the
 script working between GPU sessions; its timings mean nothing. Cases that would start after the
@@ -153,15 +153,18 @@ def render(d: dict[str, Any]) -> str:
             "The paper plan column: configs/paper.toml's iterations at these rates (block phases at the "
             "block's step, phase 4 at N's; generation and validation not counted).",
             "",
-            "| what | options | computed as | ms/step | paper plan (hours) |",
-            "|---|---|---|---:|---:|",
+            "| what | options | computed as | ms/step (median) | x fp32 | paper plan (hours) |",
+            "|---|---|---|---:|---:|---:|",
         ]
         for r in d["train"]:
             if "skipped" in r:
-                lines.append(f"| - | {r['options']} | {r['skipped']} | | |")
+                lines.append(f"| - | {r['options']} | {r['skipped']} | | | |")
                 continue
             hours = f"{r['paper_plan_hours']:.1f}" if "paper_plan_hours" in r else ""
-            lines.append(f"| {r['what']} | {r['options']} | {r['describe']} | {1000 * r['step_s']:.1f} | {hours} |")
+            lines.append(
+                f"| {r['what']} | {r['options']} | {r['describe']} | {1000 * r['step_s']:.1f} | "
+                f"{r['speedup_vs_fp32']:.2f} | {hours} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -309,13 +312,10 @@ def folder(args: argparse.Namespace, device: torch.device, res: Results) -> None
         raise SystemExit(f"engine_check folder: mcan-upscale exited {rc}")
 
 
-# the training options gpu_check records (issue 18): float32 as the trainer ran before, bf16
-# autocast with channels_last and fused Adam, and that step captured in a CUDA graph
-TRAIN_OPTIONS = {
-    "fp32": dict(precision="fp32", channels_last=False, optimizer_impl="for_loop"),
-    "bf16": dict(precision="bf16", channels_last=True, optimizer_impl="auto"),
-    "bf16 + CUDA graphs": dict(precision="bf16", channels_last=True, optimizer_impl="auto", cuda_graphs=True),
-}
+# the training options gpu_check records (issue 18), from mcan-bench's: float32 as the trainer
+# ran before, [train]'s defaults (bf16, channels_last, fused Adam on such a GPU), and bf16 with
+# the step captured in a CUDA graph
+TRAIN_OPTIONS = ("fp32", "default", "bf16 CUDA graphs")
 
 
 def paper_plan_hours(block_s: float, n_s: float) -> float:
@@ -329,52 +329,29 @@ def paper_plan_hours(block_s: float, n_s: float) -> float:
 
 
 def train(args: argparse.Namespace, device: torch.device, res: Results) -> None:
-    """The trainer's own step (``TrainStep``) of one block and of N under each option."""
-    from mcan_deploy.config import StageConfig, TrainConfig
-    from mcan_deploy.train.loop import loss_function
-    from mcan_deploy.train.step import StepOptions, TrainStep, make_optimizer
+    """mcan-bench's training rows (the trainer's own step of one block and of N, batch 16 of
+    48x48) for ``TRAIN_OPTIONS``, with the paper plan's hours at each option's rates."""
+    from mcan_deploy.bench import CUDA_ONLY_OPTIONS, BenchConfig, bench_training
 
-    rows: list[dict[str, Any]] = []
-    patch, batch = (16, 2) if args.smoke else (48, 16)
-    steps = 2 if args.smoke else 20
-    stage = StageConfig(name="check", optimizer="adam", iters=[steps + 3], lr=[1e-4])
-    for option, kw in TRAIN_OPTIONS.items():
-        if kw.get("cuda_graphs") and device.type != "cuda":
+    cfg = BenchConfig(
+        train_steps=2 if args.smoke else 20,
+        train_models=(("paper", ModelConfig(n_resblocks=2, n_feats=16) if args.smoke else ModelConfig()),),
+        train_options=TRAIN_OPTIONS,
+        device=str(device),
+    )
+    rows: list[dict[str, Any]] = bench_training(cfg, device, None)
+    for option in TRAIN_OPTIONS:
+        timed = {r["what"]: r["step_s"] for r in rows if r["options"] == option}
+        if option in CUDA_ONLY_OPTIONS and device.type != "cuda":
             rows.append({"what": "-", "options": option, "skipped": "CUDA graphs need a CUDA device"})
-            res.put("train", rows)
-            continue
-        opts, _ = StepOptions.for_run(TrainConfig(**kw), device)
-        model = paper_model(args.smoke).to(device)
-        if opts.channels_last:
-            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        for what, module in (("one block N_1", model.blocks[0]), ("N (3 blocks)", model)):
-            opt = make_optimizer(module.parameters(), stage, opts.optimizer_impl, capturable=opts.cuda_graphs)
-            step = TrainStep(module, opt, loss_function("l1"), opts)
-            lr = torch.rand(batch, 3, patch, patch, device=device)
-            hr = torch.rand(batch, 3, patch, patch, device=device)
-            for _ in range(3):  # warm-up (and the capture)
-                step(lr, hr)
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                step(lr, hr)
-            sync(device)
-            rows.append(
-                {
-                    "what": what,
-                    "options": option,
-                    "describe": opts.describe(),
-                    "step_s": (time.perf_counter() - t0) / steps,
-                    "batch": batch,
-                    "patch": patch,
-                }
+        elif len(timed) == 2 and not args.smoke:
+            next(r for r in rows if r["options"] == option and r["what"] == "N")["paper_plan_hours"] = paper_plan_hours(
+                timed["block"], timed["N"]
             )
-            log.info("train %s (%s): %.1f ms/step", what, option, 1000 * rows[-1]["step_s"])
-            res.put("train", rows)
-        timed = {r["what"]: r["step_s"] for r in rows if r.get("options") == option and "step_s" in r}
-        if len(timed) == 2 and not args.smoke:
-            rows[-1]["paper_plan_hours"] = paper_plan_hours(timed["one block N_1"], timed["N (3 blocks)"])
-            res.put("train", rows)
+    for r in rows:
+        if "step_s" in r:
+            log.info("train %s (%s): %.1f ms/step", r["what"], r["options"], 1000 * r["step_s"])
+    res.put("train", rows)
 
 
 def main() -> None:

@@ -41,10 +41,10 @@ def test_smoke_run_covers_every_plan_dtype_and_section(tmp_path):
         if r["stats"] == "tile":
             assert r["max_diff"] > 1e-3, r
     assert data["folder"]["exit_code"] == 0
-    # block and N in fp32 and bf16; CUDA graphs recorded as skipped on a CPU, not dropped
+    # block and N in fp32 and at the defaults; CUDA graphs recorded as skipped on a CPU, not dropped
     assert [(r["what"], r["options"]) for r in data["train"]] == [
-        (w, o) for o in ("fp32", "bf16") for w in ("one block N_1", "N (3 blocks)")
-    ] + [("-", "bf16 + CUDA graphs")]
+        (w, o) for o in ("fp32", "default") for w in ("block", "N")
+    ] + [("-", "bf16 CUDA graphs")]
     assert "CUDA device" in data["train"][-1]["skipped"]
     md = js.with_suffix(".md").read_text()
     assert "| layers-host |" in md and "mcan-upscale on a folder" in md and "Training step" in md

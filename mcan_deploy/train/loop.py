@@ -134,7 +134,14 @@ def run_stage(
     )  # logs stay short off a terminal
     loss_sum, n, t_start = 0.0, 0, time.perf_counter()
     timer = DataTimer()
-    pending: torch.Tensor | None = None
+    pending: torch.Tensor | None = None  # losses not read back yet (CUDA graphs: read at log lines)
+
+    def read(losses: torch.Tensor, where: str) -> float:
+        value = callbacks.loss_value(losses)
+        if not math.isfinite(value):  # the step above may have spoilt the weights: the caller restores
+            raise NonFiniteError(f"stage {stage.name}, {where}: loss is {value} (learning rate {lr:g})")
+        return value
+
     it = start_iter
     try:
         while it < total:
@@ -148,12 +155,8 @@ def run_stage(
             n += 1
             pending = loss if pending is None else pending + loss
             if not deferred or it % log_every == 0 or it == total:
-                value = callbacks.loss_value(pending)  # the sum of the steps not read yet
+                loss_sum += read(pending, f"by iteration {it}" if deferred else f"iteration {it}")
                 pending = None
-                if not math.isfinite(value):  # the step above may have spoilt the weights: the caller restores
-                    where = f"by iteration {it}" if deferred else f"iteration {it}"
-                    raise NonFiniteError(f"stage {stage.name}, {where}: loss is {value} (learning rate {lr:g})")
-                loss_sum += value
             bar.update(1)
             if it % log_every == 0 or it == total:
                 data_time = timer.seconds()
@@ -164,9 +167,7 @@ def run_stage(
             callbacks.on_iter_end(it)
             if callbacks.should_stop():
                 if pending is not None:  # deferred reads: the steps since the last log line, checked too
-                    value = callbacks.loss_value(pending)
-                    if not math.isfinite(value):
-                        raise NonFiniteError(f"stage {stage.name}, by iteration {it}: loss is {value}")
+                    read(pending, f"by iteration {it}")
                 break
     finally:
         bar.close()

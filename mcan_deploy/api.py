@@ -138,7 +138,8 @@ def load(
     backend: str = "auto",
     *,
     precision: str = "auto",
-    rcab: str = "torch",
+    rcab: str = "auto",
+    fused_conv: str = "auto",
     threads: int | None = None,
     ca_stats: str = "auto",
     plan: str = "auto",
@@ -161,6 +162,7 @@ def load(
         precision=precision,
         threads=threads,
         cache_dir=cache_dir,
+        conv=fused_conv,
     )
     info = describe(path, trust_pickle)
     if ca_stats == "auto":

@@ -99,10 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rcab",
-        choices=["torch", "triton"],
-        default="torch",
-        help="RCAB channel-attention tail for PyTorch models: eager torch or the fused "
-        "Triton kernels (CUDA; falls back to torch where Triton cannot run)",
+        choices=["auto", "torch", "triton"],
+        default="auto",
+        help="RCAB implementation for PyTorch models: triton is the fused inference RCAB (every "
+        "convolution with its bias, ReLU, channel sums and residual in one kernel; float16 guarded "
+        "without a pass of its own), torch the eager layers; auto: triton on CUDA where Triton is "
+        "installed, else torch",
+    )
+    p.add_argument(
+        "--fused-conv",
+        choices=["auto", "triton", "cudnn", "cudnn-fused"],
+        default="auto",
+        help="the fused RCAB's convolution: Triton implicit GEMM with the epilogue inside, or "
+        "cuDNN's convolution with a one-pass epilogue (cudnn-fused: cuDNN's own conv-bias-ReLU "
+        "for conv1); auto times them on the first image and logs the choice",
     )
     p.add_argument("--suffix", help="output format, e.g. .png (default: the input's)")
     p.add_argument(
@@ -181,6 +191,7 @@ def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
         args.backend,
         precision=args.precision,
         rcab=args.rcab,
+        fused_conv=args.fused_conv,
         threads=args.threads,
         ca_stats=args.ca_stats,
         plan=args.plan,

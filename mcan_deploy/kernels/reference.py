@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["channel_attention_tail", "rcab"]
+__all__ = ["channel_attention_tail", "conv3x3_epilogue", "rcab"]
 
 
 def channel_attention_tail(
@@ -30,3 +30,26 @@ def rcab(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
     return channel_attention_tail(
         x, r, params["ca.down.weight"], params["ca.down.bias"], params["ca.up.weight"], params["ca.up.bias"]
     )
+
+
+def conv3x3_epilogue(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    relu: bool = False,
+    residual: torch.Tensor | None = None,
+    clamp: bool = False,
+    origin: tuple[int, int] = (0, 0),
+    size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """What ``conv3x3.conv3x3`` computes, in plain torch: the 3x3 convolution of ``x`` with zero
+    padding, cut to the region at ``origin`` of ``size``, plus bias, then ReLU, + residual, clamp."""
+    oy, ox = origin
+    h, w = size if size is not None else x.shape[2:]
+    y = F.conv2d(x, weight, bias, padding=1)[:, :, oy : oy + h, ox : ox + w]
+    if relu:
+        y = F.relu(y)
+    if residual is not None:
+        y = y + residual
+    return y.clamp(0.0, 1.0) if clamp else y

@@ -3,7 +3,8 @@
 ``auto`` takes ONNX Runtime for ``.onnx`` files, OpenVINO for ``.xml`` IR files, and for model
 files from ``mcan-train`` OpenVINO float32 on a CPU where OpenVINO is installed (exact global
 statistics, about twice eager PyTorch's speed), else PyTorch. Options that belong to one back-end
-(``--dtype``, ``--rcab`` for PyTorch; ``--precision`` for OpenVINO) are errors with another.
+(``--dtype``, ``--rcab``, ``--fused-conv`` for PyTorch; ``--precision`` for OpenVINO) are errors
+with another. On CUDA, PyTorch model files run the fused inference RCAB (``TritonRunner``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 from pathlib import Path
 
 from ..errors import MCANError
-from .base import Runner, resolve_device
+from .base import Runner, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def choose_backend(
     backend: str = "auto",
     device: str = "auto",
     dtype: str = "auto",
-    rcab_impl: str = "torch",
+    rcab_impl: str = "auto",
     precision: str = "auto",
 ) -> tuple[str, str]:
     """(back-end, why) for a model file and the options asked; one-line errors for combinations
@@ -38,7 +39,7 @@ def choose_backend(
     if backend not in BACKENDS:
         raise MCANError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
     suffix = Path(model_path).suffix.lower()
-    torch_options = dtype not in ("auto", "float32") or rcab_impl != "torch"
+    torch_options = dtype not in ("auto", "float32") or rcab_impl not in ("auto", "torch")
     if suffix == ".onnx":
         name, why = "onnxruntime", "an ONNX file"
         if backend not in ("auto", "onnxruntime"):
@@ -95,15 +96,18 @@ def load_runner(
     model_path: str | Path,
     device: str = "auto",
     dtype: str = "auto",
-    rcab_impl: str = "torch",
+    rcab_impl: str = "auto",
     trust_pickle: bool = False,
     backend: str = "auto",
     precision: str = "auto",
     threads: int | None = None,
     cache_dir: str | Path | None = None,
+    conv: str = "auto",
 ) -> Runner:
     """A runner for a model file on the back-end ``choose_backend`` picks; the log names the
-    back-end, its precision and why it was chosen."""
+    back-end, its precision and why it was chosen. For PyTorch, ``rcab_impl`` ``auto`` is the
+    fused inference RCAB (``TritonRunner``) on CUDA where Triton is installed, eager torch
+    elsewhere; ``conv`` is the fused path's convolution (``fused.CONV_IMPLS``)."""
     name, why = choose_backend(model_path, backend, device, dtype, rcab_impl, precision)
     if name == "onnxruntime":
         from .ort_runner import OrtRunner
@@ -121,21 +125,39 @@ def load_runner(
         log.info("back-end openvino: %s (%s)", ov_runner.describe(), why)
         return ov_runner
     from ..checkpoint import load_model
+    from .fused import CONV_IMPLS
     from .torch_runner import TorchRunner, TritonRunner
 
-    cls = {"torch": TorchRunner, "triton": TritonRunner}.get(rcab_impl)
-    if cls is None:
-        raise MCANError(f"--rcab {rcab_impl}: choose torch or triton")
+    if rcab_impl not in ("auto", "torch", "triton"):
+        raise MCANError(f"--rcab {rcab_impl}: choose auto, torch or triton")
+    if conv not in CONV_IMPLS:
+        raise MCANError(f"--fused-conv {conv}: choose one of {', '.join(CONV_IMPLS)}")
+    model = load_model(model_path, trust_pickle=trust_pickle)
+    dev = resolve_device(device)
+    rcab = rcab_impl
+    if rcab == "auto":
+        from ..kernels import fused_available
+
+        fusable = model.config.kind == "mcan" and dev.type == "cuda" and fused_available(dev, warn=False)
+        rcab = "triton" if fusable else "torch"
+    if conv != "auto" and rcab != "triton":
+        raise MCANError(f"--fused-conv {conv} applies to the fused RCAB (--rcab triton, the CUDA default)")
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
-    runner = cls.create(load_model(model_path, trust_pickle=trust_pickle), device, dtype)
+    runner: TorchRunner
+    if rcab == "triton":
+        runner = TritonRunner(model, dev, resolve_dtype(dtype, dev), conv=conv)
+    else:
+        runner = TorchRunner.create(model, device, dtype)
+    what = "fused inference RCAB (Triton)" if rcab == "triton" else "eager RCAB"
     log.info(
-        "back-end torch, %s on %s, RCAB tail %s (%s)",
+        "back-end torch, %s on %s, %s (%s%s)",
         str(runner.dtype).replace("torch.", ""),
         runner.device,
-        rcab_impl,
+        what,
         why,
+        "; --rcab auto" if rcab_impl == "auto" else "",
     )
     return runner

@@ -1,10 +1,11 @@
-"""Eager PyTorch runners: ``TorchRunner`` and ``TritonRunner`` (the fused Triton RCAB tail)."""
+"""PyTorch runners: ``TorchRunner`` (eager) and ``TritonRunner`` (the fused inference RCAB)."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -12,7 +13,10 @@ from ..errors import MCANError
 from ..model import MCAN, RCAB, MCANBlock, receptive_field
 from . import base
 from .base import resolve_device, resolve_dtype, safe_dtype
-from .overflow import OverflowGuard
+from .overflow import FlagGuard, OverflowGuard
+
+if TYPE_CHECKING:
+    from .fused import FusedBlocks
 
 
 @dataclass
@@ -127,11 +131,17 @@ class TorchRunner:
 
 @dataclass
 class TritonRunner(TorchRunner):
-    """PyTorch with the fused Triton RCAB tail: whole windows run the model with
-    ``rcab_impl="triton"`` (per-window statistics fused), and the exact ``global`` mode sums each
-    RCAB's channel statistics over all tiles with the reduction kernel and applies the gate with
-    the apply kernel. Where Triton cannot run on a tensor's device the torch path runs (logged once).
-    """
+    """The fused inference RCAB (``runners.fused``): every convolution of a block with its
+    epilogue (bias, ReLU, channel sums, residual, clamp) in one Triton kernel or after cuDNN's
+    convolution in one pass, the gate and the residual in one pass, float16 guarded by the
+    kernels' overflow flag. ``conv`` picks the convolution (``fused.CONV_IMPLS``; ``auto`` times
+    them on the first image). Every plan runs on it: whole images and window batches through
+    ``run_blocks``, the exact layer plan through ``block_on_device_maps`` (output regions of
+    full-size maps, no window gathers), and the layer steps for maps in host memory. Where
+    Triton cannot run on the device, or the model has no channel attention, the torch path runs
+    (logged once)."""
+
+    conv: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -140,6 +150,86 @@ class TritonRunner(TorchRunner):
 
         set_rcab_impl(self.model, "triton")
         self.fused = fused_available(self.device)
+        self.kernels: FusedBlocks | None = None
+        if self.fused and self.has_channel_attention:
+            from .fused import FusedBlocks
+
+            self.kernels = FusedBlocks(self.model, self.device, self.dtype, self.conv)
+
+    def overflow_guard(self) -> OverflowGuard | FlagGuard:  # type: ignore[override]
+        """The kernels' own overflow flag (no pass of its own), or the hooks on the torch path."""
+        return FlagGuard(self.kernels.flag) if self.kernels is not None else super().overflow_guard()
+
+    def safe_twin(self) -> TritonRunner:
+        if self._twin is None:
+            model = copy.deepcopy(self.model).float()
+            if self._float_state is not None:
+                model.load_state_dict(self._float_state)
+            conv = self.kernels.conv if self.kernels is not None and self.kernels.conv != "cudnn-fused" else "auto"
+            self._twin = TritonRunner(model, self.device, safe_dtype(self.device), conv=conv)
+        return cast(TritonRunner, self._twin)
+
+    def whole_image_bytes(self, h: int, w: int) -> int:
+        """Peak bytes of one block on a whole (h, w) image: the fused path holds 4 feature maps
+        (the head's output for the long skip, the running features, conv1's and conv2's
+        outputs), the torch path 5; plus the 3-channel images in and out."""
+        maps = 4 if self.kernels is not None else 5
+        return int(maps * self.n_feats * self.dtype.itemsize * h * w + 2 * 3 * self.dtype.itemsize * h * w)
+
+    @torch.inference_mode()
+    def run_blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        if self.kernels is None:
+            return super().run_blocks(x, start, stop)
+        out = self._in(x)
+        for i in range(start, stop):
+            out = self.kernels.block(i, out)
+        return out.float().to(x.device)
+
+    @torch.inference_mode()
+    def block_on_device_maps(
+        self, i: int, x: torch.Tensor, tile: int, tick: Callable[[int], None] | None = None
+    ) -> torch.Tensor | None:
+        """Block ``i`` of one image (3, H, W) with exact statistics over ``tile`` cores of
+        full-size maps on the device; None where this runner has no such path (the torch path,
+        or cuDNN convolutions chosen), and the engine's layer steps run instead."""
+        if self.kernels is None:
+            return None
+        if self.kernels.conv == "auto":
+            self.kernels.choose(x.shape[1], x.shape[2])
+        if self.kernels.conv != "triton":
+            return None
+        out = self.kernels.block_on_maps(i, self._in(x[None]), tile, tick)
+        return out[0].float().to(x.device)
+
+    # ---- layer steps (exact statistics with maps in host memory) ---------------------------
+    @torch.inference_mode()
+    def head(self, block: int, x: torch.Tensor) -> torch.Tensor:
+        if self.kernels is None:
+            return super().head(block, x)
+        return self.kernels.conv3x3(self._in(x), self.kernels.blocks[block].head).to(x.device)
+
+    @torch.inference_mode()
+    def rcab_residual(self, block: int, k: int, h: torch.Tensor) -> torch.Tensor:
+        if self.kernels is None:
+            return super().rcab_residual(block, k, h)
+        if self.kernels.conv == "auto":
+            self.kernels.choose(h.shape[2], h.shape[3])
+        return self.kernels.residual(self._in(h), self.kernels.blocks[block].rcabs[k]).to(h.device)
+
+    @torch.inference_mode()
+    def ca_scale(self, block: int, k: int, mean: torch.Tensor) -> torch.Tensor:
+        if self.kernels is None:
+            return super().ca_scale(block, k, mean)
+        from ..kernels.rcab import gate
+
+        m = mean.to(self.device, torch.float32).reshape(1, -1)
+        return gate(m, 1.0, *self.kernels.blocks[block].rcabs[k].attention).reshape(-1).to(mean.device)
+
+    @torch.inference_mode()
+    def finish(self, block: int, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        if self.kernels is None:
+            return super().finish(block, x, h)
+        return self.kernels.finish(block, self._in(x), self._in(h)).float().to(x.device)
 
     def channel_sums(self, r: torch.Tensor) -> torch.Tensor:
         from ..kernels import fused_available

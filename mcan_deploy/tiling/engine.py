@@ -210,7 +210,9 @@ def _run_plan(
             )
 
             def layers_block(r: LayerRunner, x: torch.Tensor = x, i: int = i) -> torch.Tensor:
-                return _global_block(r, i, x, cfg, choice.plan, progress)
+                on_maps = getattr(r, "block_on_device_maps", None) if choice.plan == "layers" else None
+                out = on_maps(i, x, cfg.tile, progress) if on_maps is not None else None
+                return out if out is not None else _global_block(r, i, x, cfg, choice.plan, progress)
 
             x = _guarded(runner, layers_block, report, f"block {i + 1}")
         return x, report

@@ -1,0 +1,309 @@
+"""3x3 convolutions for inference with their epilogue inside, in Triton (implicit GEMM).
+
+On a GPU a 3x3 convolution of the 64-channel map is the work; everything around it (the bias,
+the ReLU, the residual add, the channel means of channel attention) is a pass over a 1.5 GB map
+(12 MP) when it runs on its own, and eager PyTorch runs each as its own pass. Here one kernel
+reads the input once per tap (from cache after the first), multiplies on the tensor cores and
+applies, before its single write:
+
+- the bias, then optionally ReLU (``relu``), a residual map (``residual``: the long skip and the
+  block's "+ input"), the clamp of N_i+ (``clamp``);
+- per-program partial channel sums of what it stores (``sums``: the pool of channel attention),
+  one row of (B, programs, C) per program, summed afterwards by a reduction, not by atomics;
+- a non-finite check (``flag``): one int32 set to 1 when any value is beyond the output dtype's
+  range before the ReLU or after the epilogue, which is how float16 is guarded without a pass of
+  its own (a ReLU would turn an overflow to -inf into a silently wrong zero).
+
+A call computes an output *region* of the input's coordinates (``origin``, ``size``): pixels
+outside the input tensor are zeros, as the convolution's padding is. The exact tiled plan uses
+this to run over tiles of full-size maps without gathering windows: the input is a view of the
+whole map, so the only zeros read are the image's own borders.
+
+The weights are packed once (``pack``): (9, K, N) taps x input x output channels, zero-padded
+to the kernel's block sizes, so the inner loop loads them without masks. Inputs and outputs are
+read and written through their strides (NCHW, channels_last, cropped views), offsets within one
+image in int32, or int64 where a map needs it. Inference only: no gradients.
+
+The oracle is ``mcan_deploy.kernels.reference.conv3x3_epilogue`` (float64). Import this module only
+where Triton is installed; ``mcan_deploy.kernels.fused_available`` says where it can run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .rcab import MAX_OFFSET, max_offset
+from .rcab import _on as on_device
+
+__all__ = ["Config", "PackedConv", "conv3x3", "default_config", "dtype_limit", "pack"]
+
+
+@triton.jit
+def _conv3x3_kernel(
+    X,
+    WP,
+    BIAS,
+    RES,
+    OUT,
+    PART,
+    FLAG,
+    HX,
+    WX,
+    HO,
+    WO,
+    OY,
+    OX,
+    CIN,
+    COUT,
+    sx_b,
+    sx_c,
+    sx_h,
+    sx_w,
+    sr_b,
+    sr_c,
+    sr_h,
+    sr_w,
+    so_b,
+    so_c,
+    so_h,
+    so_w,
+    RELU: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    CLAMP: tl.constexpr,
+    SUMS: tl.constexpr,
+    CHECK: tl.constexpr,
+    LIMIT: tl.constexpr,
+    IEEE: tl.constexpr,
+    UPCAST: tl.constexpr,
+    I64: tl.constexpr,
+    K_CHUNKS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """OUT[b, n, p, q] = epilogue(BIAS[n] + sum_{tap, k} X[b, k, p+OY+dy, q+OX+dx] WP[tap, k, n])
+    for the region's pixels (p, q) in [0, HO) x [0, WO); X outside [0, HX) x [0, WX) is zero."""
+    pid_m = tl.program_id(0)  # pixel blocks on axis 0: CUDA caps grid axes 1 and 2 at 65535
+    pid_b = tl.program_id(1)
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mmask = m < HO * WO
+    p = m // WO
+    q = m % WO
+    if I64:  # maps with offsets beyond int32 within one image (above ~33 MP at 64 channels)
+        p = p.to(tl.int64)
+        q = q.to(tl.int64)
+    n = tl.arange(0, BLOCK_N)
+    nmask = n < COUT
+    x_base = X + pid_b.to(tl.int64) * sx_b
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    # one loop over the nine taps (Triton pipelines it), the input channels unrolled inside;
+    # at most 4 warps: a flattened conv loop miscompiles at 8 (triton-lang/triton#1254)
+    for tap in range(9):
+        iy = p + OY + (tap // 3 - 1)
+        ix = q + OX + (tap % 3 - 1)
+        valid = mmask & (iy >= 0) & (iy < HX) & (ix >= 0) & (ix < WX)
+        pix = iy * sx_h + ix * sx_w
+        for kc in tl.static_range(K_CHUNKS):
+            k = kc * BLOCK_K + tl.arange(0, BLOCK_K)
+            a = tl.load(x_base + pix[:, None] + k[None, :] * sx_c, mask=valid[:, None] & (k < CIN)[None, :], other=0.0)
+            w = tl.load(WP + (tap * (K_CHUNKS * BLOCK_K) + k)[:, None] * BLOCK_N + n[None, :])
+            if UPCAST:  # the interpreter has no bfloat16 product: float32 operands there
+                acc += tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+            elif IEEE:
+                acc += tl.dot(a, w, input_precision="ieee")
+            else:
+                acc += tl.dot(a, w)
+    v = acc + tl.load(BIAS + n)[None, :]
+    omask = mmask[:, None] & nmask[None, :]
+    bad = 0
+    if CHECK:  # before the ReLU, which would hide an overflow to -inf
+        bad = tl.max(tl.max(tl.where(omask & ((tl.abs(v) > LIMIT) | (v != v)), 1, 0), axis=1), axis=0)
+    if RELU:
+        v = tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    if HAS_RES:
+        r_off = pid_b.to(tl.int64) * sr_b + p[:, None] * sr_h + q[:, None] * sr_w + n[None, :] * sr_c
+        v += tl.load(RES + r_off, mask=omask, other=0.0).to(tl.float32)
+    if CLAMP:
+        v = tl.minimum(tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL), 1.0, propagate_nan=tl.PropagateNan.ALL)
+    y = v.to(OUT.dtype.element_ty)
+    if CHECK:
+        yf = y.to(tl.float32)
+        bad = tl.maximum(
+            bad, tl.max(tl.max(tl.where(omask & ((tl.abs(yf) > LIMIT) | (yf != yf)), 1, 0), axis=1), axis=0)
+        )
+        if bad > 0:
+            tl.store(FLAG, 1)
+    if SUMS:  # of the stored values, as a pool of the stored map would take them
+        part = tl.sum(tl.where(omask, y.to(tl.float32), 0.0), axis=0)
+        tl.store(PART + (pid_b * tl.num_programs(0) + pid_m) * BLOCK_N + n, part)
+    o_off = pid_b.to(tl.int64) * so_b + p[:, None] * so_h + q[:, None] * so_w + n[None, :] * so_c
+    tl.store(OUT + o_off, y, mask=omask)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Launch parameters of the kernel: pixels per program, warps (at most 4, see the kernel),
+    software-pipelining stages."""
+
+    block_m: int = 128
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+# what a GPU chooses among (``FusedConvs`` times them on the first map of each layer kind)
+GPU_CONFIGS = (
+    Config(64, 4, 3),
+    Config(128, 4, 2),
+    Config(128, 4, 3),
+    Config(128, 4, 4),
+    Config(256, 4, 3),
+)
+
+
+def default_config(device: torch.device) -> Config:
+    """One configuration per device kind: the interpreter pays per program, so it takes wide
+    pixel blocks; a GPU starts from 128 pixels, 4 warps, 3 stages until it has measured."""
+    return Config() if device.type == "cuda" else Config(block_m=1024, num_warps=4, num_stages=1)
+
+
+def dtype_limit(dtype: torch.dtype) -> float:
+    """The largest finite magnitude of ``dtype``: beyond it a value is an overflow."""
+    return float(torch.finfo(dtype).max)
+
+
+@dataclass(frozen=True)
+class PackedConv:
+    """A 3x3 convolution's weights as the kernel reads them: (9, K, N) taps x input x output
+    channels in the compute dtype, zero-padded to powers of two (at least 16, what a tensor-core
+    product takes), and the bias (N,) in float32."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    cin: int
+    cout: int
+    block_k: int
+
+    @property
+    def k_chunks(self) -> int:
+        return self.weight.shape[1] // self.block_k
+
+    @property
+    def block_n(self) -> int:
+        return self.weight.shape[2]
+
+
+def pack(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> PackedConv:
+    """Pack an ``nn.Conv2d``'s (C_out, C_in, 3, 3) weight and its bias for ``conv3x3``."""
+    cout, cin, kh, kw = weight.shape
+    if (kh, kw) != (3, 3):
+        raise ValueError(f"conv3x3: weight of shape {tuple(weight.shape)} is not a 3x3 convolution")
+    block_k = min(64, max(16, triton.next_power_of_2(cin)))
+    k = triton.cdiv(cin, block_k) * block_k
+    n = max(16, triton.next_power_of_2(cout))
+    wp = torch.zeros(9, k, n, dtype=dtype, device=device)
+    wp[:, :cin, :cout] = weight.detach().permute(2, 3, 1, 0).reshape(9, cin, cout).to(device, dtype)
+    b = torch.zeros(n, dtype=torch.float32, device=device)
+    if bias is not None:
+        b[:cout] = bias.detach().to(device, torch.float32)
+    return PackedConv(wp, b, cin, cout, block_k)
+
+
+def _check(t: torch.Tensor, name: str) -> None:
+    if t.dim() != 4:
+        raise ValueError(f"conv3x3: {name} must be (B, C, H, W), got shape {tuple(t.shape)}")
+    if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"conv3x3: {name} dtype {t.dtype} is not float32, float16 or bfloat16")
+
+
+def conv3x3(
+    x: torch.Tensor,
+    conv: PackedConv,
+    *,
+    relu: bool = False,
+    residual: torch.Tensor | None = None,
+    clamp: bool = False,
+    sums: bool = False,
+    flag: torch.Tensor | None = None,
+    origin: tuple[int, int] = (0, 0),
+    size: tuple[int, int] | None = None,
+    out: torch.Tensor | None = None,
+    config: Config | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The convolution of ``x`` (B, C_in, H, W) over the output region at ``origin`` (in x's
+    pixel coordinates) of ``size`` (default: all of x), with its epilogue; returns
+    ``(out, sums)``: out (B, C_out, h, w) in x's dtype and memory format unless ``out`` is given,
+    and with ``sums`` the (B, C_out) float32 channel sums of out (else None).
+
+    ``residual`` is added after the ReLU (same shape as out); ``flag`` (an int32 tensor of one
+    element) is set to 1 where a value is out of the output dtype's range."""
+    _check(x, "x")
+    if x.shape[1] != conv.cin:
+        raise ValueError(f"conv3x3: x has {x.shape[1]} channels, the weights take {conv.cin}")
+    b, _, hx, wx = x.shape
+    ho, wo = size if size is not None else (hx, wx)
+    if not (0 <= origin[0] and 0 <= origin[1] and origin[0] + ho <= hx and origin[1] + wo <= wx):
+        raise ValueError(f"conv3x3: region {ho}x{wo} at {origin} does not lie in the {hx}x{wx} input")
+    if out is None:
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 else None
+        out = torch.empty(b, conv.cout, ho, wo, dtype=x.dtype, device=x.device)
+        if fmt is not None:
+            out = out.contiguous(memory_format=fmt)
+    _check(out, "out")
+    if tuple(out.shape) != (b, conv.cout, ho, wo):
+        raise ValueError(f"conv3x3: out has shape {tuple(out.shape)}, expected {(b, conv.cout, ho, wo)}")
+    res = residual if residual is not None else out
+    if residual is not None:
+        _check(residual, "residual")
+        if residual.shape != out.shape:
+            raise ValueError(f"conv3x3: residual shape {tuple(residual.shape)} differs from out {tuple(out.shape)}")
+    if flag is None:
+        check = False
+        flag_t = conv.bias
+    else:
+        check, flag_t = True, flag
+    cfg = config or default_config(x.device)
+    programs = triton.cdiv(ho * wo, cfg.block_m)
+    part = torch.empty(b, programs if sums else 0, conv.block_n, dtype=torch.float32, device=x.device)
+    if b == 0 or ho * wo == 0:
+        return out, (torch.zeros(b, conv.cout, device=x.device) if sums else None)
+    with on_device(x):
+        _conv3x3_kernel[(programs, b)](
+            x,
+            conv.weight,
+            conv.bias,
+            res,
+            out,
+            part if sums else conv.bias,
+            flag_t,
+            hx,
+            wx,
+            ho,
+            wo,
+            origin[0],
+            origin[1],
+            conv.cin,
+            conv.cout,
+            *x.stride(),
+            *res.stride(),
+            *out.stride(),
+            RELU=relu,
+            HAS_RES=residual is not None,
+            CLAMP=clamp,
+            SUMS=sums,
+            CHECK=check,
+            LIMIT=dtype_limit(out.dtype),
+            IEEE=x.dtype == torch.float32 and not (x.is_cuda and torch.backends.cudnn.allow_tf32),
+            UPCAST=x.dtype == torch.bfloat16 and not x.is_cuda,
+            I64=max(max_offset(x), max_offset(res), max_offset(out)) > MAX_OFFSET,
+            K_CHUNKS=conv.k_chunks,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=conv.block_n,
+            BLOCK_K=conv.block_k,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
+    return out, (part.sum(1)[:, : conv.cout] if sums else None)

@@ -1,0 +1,407 @@
+"""An MCAN block for inference with every convolution fused with its epilogue (the GPU default).
+
+Per RCAB the work is two 3x3 convolutions; a fused design adds the fewest passes over the
+64-channel map around them:
+
+- ``triton``: ``kernels.conv3x3`` for every convolution (head, RCAB pairs, body, tail): conv1's
+  bias and ReLU, conv2's bias and channel sums, the body's long skip, the tail's "+ input" and
+  clamp all in the convolution's epilogue; then one gate-and-residual pass (``scale_add``);
+- ``cudnn``: cuDNN's convolution without its bias (faster so), then one epilogue pass for bias,
+  ReLU and residual (``kernels.epilogue``); conv2's bias is folded into the channel sums and the
+  gate-and-residual pass, so its sums cost one read-only pass;
+- ``cudnn-fused``: as ``cudnn``, with conv1 through cuDNN's own fused convolution-bias-ReLU
+  (``aten.cudnn_convolution_relu``, forward only), where it exists and no float16 check is due.
+
+``auto`` times the candidates on the device against each other on one RCAB of the first map it
+meets (``choose``), keeps those that agree with cuDNN's result and takes the fastest; the log
+says what each took. float16 is guarded by the kernels' overflow flag (``flag``), never by a pass
+of its own. Exact global statistics over tiles of full-size maps run through ``block_on_maps``:
+output regions of the whole map, no window gathers, the same passes as the whole image.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import MCANError
+from ..model import MCAN, RCAB, MCANBlock
+
+if TYPE_CHECKING:
+    from ..kernels.conv3x3 import PackedConv
+
+log = logging.getLogger(__name__)
+
+CONV_IMPLS = ("auto", "triton", "cudnn", "cudnn-fused")
+
+
+@dataclass(frozen=True)
+class ConvWeights:
+    """One 3x3 convolution in both forms: packed for the Triton kernel, and the plain weight
+    (compute dtype, channels_last on CUDA) with a float32 bias for cuDNN and the epilogue pass."""
+
+    packed: PackedConv
+    weight: torch.Tensor
+    bias: torch.Tensor  # (C_out,) float32
+    bias_c: torch.Tensor  # (C_out,) in the compute dtype, for cuDNN's fused convolution
+
+
+@dataclass(frozen=True)
+class RCABWeights:
+    conv1: ConvWeights
+    conv2: ConvWeights
+    attention: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # W_D, b_D, W_U, b_U
+
+
+@dataclass(frozen=True)
+class BlockWeights:
+    head: ConvWeights
+    rcabs: tuple[RCABWeights, ...]
+    body: ConvWeights
+    tail: ConvWeights
+    clamp: bool
+
+
+def _conv_weights(conv: torch.nn.Conv2d, dtype: torch.dtype, device: torch.device) -> ConvWeights:
+    from ..kernels.conv3x3 import pack
+
+    w = conv.weight.detach().to(device, dtype)
+    if device.type == "cuda":
+        w = w.contiguous(memory_format=torch.channels_last)
+    b = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
+    return ConvWeights(pack(conv.weight, conv.bias, dtype, device), w, b.to(device, torch.float32), b.to(device, dtype))
+
+
+def block_weights(block: MCANBlock, dtype: torch.dtype, device: torch.device) -> BlockWeights:
+    """The weights of an ``MCANBlock`` as the fused kernels read them."""
+    rcabs = []
+    for module in block.body:
+        rcab = cast(RCAB, module)  # nn.Sequential items are typed nn.Module
+        ca = rcab.ca
+        assert ca.down.bias is not None and ca.up.bias is not None  # nn.Conv2d's default bias=True
+        att = cast(
+            tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+            tuple(
+                t.detach().to(device, torch.float32) for t in (ca.down.weight, ca.down.bias, ca.up.weight, ca.up.bias)
+            ),
+        )
+        rcabs.append(
+            RCABWeights(_conv_weights(rcab.conv1, dtype, device), _conv_weights(rcab.conv2, dtype, device), att)
+        )
+    return BlockWeights(
+        _conv_weights(block.head, dtype, device),
+        tuple(rcabs),
+        _conv_weights(block.body_conv, dtype, device),
+        _conv_weights(block.tail, dtype, device),
+        bool(block.clamp),
+    )
+
+
+def _cudnn_fused_available(device: torch.device) -> bool:
+    return device.type == "cuda" and hasattr(torch.ops.aten, "cudnn_convolution_relu")
+
+
+@dataclass
+class FusedBlocks:
+    """The fused inference path of every block of a model, in one compute dtype on one device.
+
+    ``conv`` is the convolution implementation (``CONV_IMPLS``); ``auto`` is decided by
+    ``choose`` on first use. ``flag`` is the overflow flag the kernels set in float16."""
+
+    model: MCAN
+    device: torch.device
+    dtype: torch.dtype
+    conv: str = "auto"
+    blocks: list[BlockWeights] = field(init=False)
+    flag: torch.Tensor = field(init=False)
+    timings: dict[str, float] = field(init=False, default_factory=dict)  # ms per RCAB, from choose
+
+    def __post_init__(self) -> None:
+        if self.conv not in CONV_IMPLS:
+            raise MCANError(f"fused convolution '{self.conv}': choose one of {', '.join(CONV_IMPLS)}")
+        if not all(isinstance(b, MCANBlock) for b in self.model.blocks):
+            raise MCANError("the fused path runs MCAN blocks; the toy block has no channel attention to fuse")
+        self.blocks = [block_weights(cast(MCANBlock, b), self.dtype, self.device) for b in self.model.blocks]
+        self.flag = torch.zeros(1, dtype=torch.int32, device=self.device)
+        self.check = self.dtype == torch.float16  # float16 can overflow; bf16 and float32 cannot
+        if self.conv == "auto" and self.device.type != "cuda":
+            self.conv = "triton"  # the interpreter (tests): cuDNN is a GPU library
+        if self.conv == "cudnn-fused" and (self.check or not _cudnn_fused_available(self.device)):
+            raise MCANError("fused convolution 'cudnn-fused' needs CUDA and a dtype other than float16; use cudnn")
+
+    # ---- one convolution with its epilogue -------------------------------------------------
+    def _flag(self) -> torch.Tensor | None:
+        return self.flag if self.check else None
+
+    def conv3x3(
+        self,
+        x: torch.Tensor,
+        cw: ConvWeights,
+        *,
+        relu: bool = False,
+        residual: torch.Tensor | None = None,
+        clamp: bool = False,
+        origin: tuple[int, int] = (0, 0),
+        size: tuple[int, int] | None = None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """A convolution with bias, ReLU, residual and clamp, in the chosen implementation."""
+        if self.conv == "triton":
+            from ..kernels.conv3x3 import conv3x3
+
+            y, _ = conv3x3(
+                x,
+                cw.packed,
+                relu=relu,
+                residual=residual,
+                clamp=clamp,
+                flag=self._flag(),
+                origin=origin,
+                size=size,
+                out=out,
+            )
+            return y
+        from ..kernels.epilogue import bias_act
+
+        if size is not None and (origin != (0, 0) or tuple(size) != tuple(x.shape[2:])):
+            raise MCANError("output regions run on the Triton convolution only")
+        if self.conv == "cudnn-fused" and relu and residual is None and not clamp and out is None:
+            return torch.ops.aten.cudnn_convolution_relu(x, cw.weight, cw.bias_c, [1, 1], [1, 1], [1, 1], 1)
+        y = F.conv2d(x, cw.weight, None, padding=1)
+        return bias_act(
+            y, cw.bias, relu=relu, residual=residual, clamp=clamp, flag=self._flag(), out=out if out is not None else y
+        )
+
+    # ---- one RCAB ----------------------------------------------------------------------------
+    def residual(self, h: torch.Tensor, rc: RCABWeights, t: torch.Tensor | None = None) -> torch.Tensor:
+        """r = conv2(relu(conv1(h))) with both biases: what the exact tiled plan pools."""
+        t = self.conv3x3(h, rc.conv1, relu=True, out=t)
+        return self.conv3x3(t, rc.conv2)
+
+    def rcab(self, h: torch.Tensor, rc: RCABWeights, out: torch.Tensor, bufs: dict[str, torch.Tensor]) -> None:
+        """out = h + CA(conv2(relu(conv1(h)))) with the image's own channel statistics;
+        ``out`` may be ``h`` (in place). ``bufs`` holds reusable maps between RCABs."""
+        from ..kernels.rcab import gate
+
+        hw = h.shape[2] * h.shape[3]
+        if self.conv == "triton":
+            from ..kernels.conv3x3 import conv3x3
+
+            t, _ = conv3x3(h, rc.conv1.packed, relu=True, flag=self._flag(), out=bufs.get("t"))
+            r, sums = conv3x3(t, rc.conv2.packed, sums=True, flag=self._flag(), out=bufs.get("r"))
+            bufs["t"], bufs["r"] = t, r
+            assert sums is not None
+            s = gate(sums, hw, *rc.attention)
+            _scale_add(r, s, h, None, out)
+            return
+        t = self.conv3x3(h, rc.conv1, relu=True)
+        y = F.conv2d(t, rc.conv2.weight, None, padding=1)  # conv2 without its bias:
+        del t
+        sums = _channel_sums(y) + rc.conv2.bias * hw  # the bias enters the statistics and the
+        if self.check:  # residual as constants, so the sums are one read-only pass
+            self.flag.copy_(torch.maximum(self.flag, (~torch.isfinite(sums)).any().to(torch.int32)))
+        s = gate(sums, hw, *rc.attention)
+        _scale_add(y, s, h, rc.conv2.bias * s, out)
+
+    # ---- whole blocks ------------------------------------------------------------------------
+    def block(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Block ``i`` on a batch (B, 3, H, W) in the compute dtype; returns the same."""
+        bw = self.blocks[i]
+        if self.conv == "auto":
+            self.choose(x.shape[2], x.shape[3])
+        f = self.conv3x3(x, bw.head)
+        h = torch.empty_like(f)
+        bufs: dict[str, torch.Tensor] = {}
+        for k, rc in enumerate(bw.rcabs):
+            self.rcab(f if k == 0 else h, rc, h, bufs)  # the first writes h, the others in place
+        if not bw.rcabs:
+            h.copy_(f)
+        g = self.conv3x3(h, bw.body, residual=f, out=bufs.get("t"))
+        del h, f
+        return self.conv3x3(g, bw.tail, residual=x, clamp=bw.clamp)
+
+    def finish(self, i: int, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The block's output from its input and its last RCAB's output (layer plans)."""
+        bw = self.blocks[i]
+        f = self.conv3x3(x, bw.head)
+        g = self.conv3x3(h, bw.body, residual=f, out=f)
+        return self.conv3x3(g, bw.tail, residual=x, clamp=bw.clamp)
+
+    def block_on_maps(
+        self, i: int, x: torch.Tensor, tile: int, tick: Callable[[int], None] | None = None
+    ) -> torch.Tensor:
+        """Block ``i`` on one image (1, 3, H, W) with exact whole-image statistics, computed over
+        tiles of two full-size maps (features and one residual) instead of four: each tile's
+        convolutions read the full map around it, so no window is gathered and only a one-pixel
+        ring of conv1 is computed twice. Triton convolutions only (output regions)."""
+        from ..kernels.conv3x3 import conv3x3
+        from ..kernels.rcab import gate
+        from ..tiling.windows import spans
+
+        if self.conv != "triton":
+            raise MCANError(f"block_on_maps runs the Triton convolution, not '{self.conv}'")
+        bw = self.blocks[i]
+        _, _, hh, ww = x.shape
+        cells = [(sy, sx) for sy in spans(hh, tile, 0) for sx in spans(ww, tile, 0)]
+        side = max(s.hi - s.lo for s in spans(hh, tile, 0)) + 2, max(s.hi - s.lo for s in spans(ww, tile, 0)) + 2
+        hmap = self.conv3x3(x, bw.head)
+        rmap = torch.empty_like(hmap)
+        t_buf = torch.empty(1, hmap.shape[1], *side, dtype=self.dtype, device=self.device)
+        t_buf = (
+            t_buf.contiguous(memory_format=torch.channels_last)
+            if hmap.is_contiguous(memory_format=torch.channels_last)
+            else t_buf
+        )
+        if tick:
+            tick(len(cells))
+        for rc in bw.rcabs:
+            total = torch.zeros(1, hmap.shape[1], dtype=torch.float64, device=self.device)
+            for sy, sx in cells:
+                (y0, y1), (x0, x1) = _ring(sy.lo, sy.hi, hh), _ring(sx.lo, sx.hi, ww)
+                t = t_buf[:, :, : y1 - y0, : x1 - x0]
+                ring, ring_size = (y0, x0), (y1 - y0, x1 - x0)
+                conv3x3(hmap, rc.conv1.packed, relu=True, flag=self._flag(), origin=ring, size=ring_size, out=t)
+                _, sums = conv3x3(
+                    t,
+                    rc.conv2.packed,
+                    sums=True,
+                    flag=self._flag(),
+                    origin=(sy.lo - y0, sx.lo - x0),
+                    size=(sy.hi - sy.lo, sx.hi - sx.lo),
+                    out=rmap[:, :, sy.lo : sy.hi, sx.lo : sx.hi],
+                )
+                assert sums is not None
+                total += sums
+            _scale_add(rmap, gate(total, hh * ww, *rc.attention), hmap, None, hmap)
+            if tick:
+                tick(len(cells))
+        del rmap
+        out = torch.empty_like(x)
+        for sy, sx in cells:
+            (y0, y1), (x0, x1) = _ring(sy.lo, sy.hi, hh), _ring(sx.lo, sx.hi, ww)
+            ring, ring_size = (y0, x0), (y1 - y0, x1 - x0)
+            f = self.conv3x3(x, bw.head, origin=ring, size=ring_size, out=t_buf[:, :, : y1 - y0, : x1 - x0])
+            g = self.conv3x3(hmap, bw.body, residual=f, origin=ring, size=ring_size, out=f)
+            core = (slice(None), slice(None), slice(sy.lo, sy.hi), slice(sx.lo, sx.hi))
+            self.conv3x3(
+                g,
+                bw.tail,
+                residual=x[core],
+                clamp=bw.clamp,
+                origin=(sy.lo - y0, sx.lo - x0),
+                size=(sy.hi - sy.lo, sx.hi - sx.lo),
+                out=out[core],
+            )
+        if tick:
+            tick(len(cells))
+        return out
+
+    # ---- choosing the implementation ---------------------------------------------------------
+    def candidates(self) -> list[str]:
+        out = ["triton", "cudnn"]
+        if not self.check and _cudnn_fused_available(self.device):
+            out.append("cudnn-fused")
+        return out
+
+    def choose(self, h: int, w: int, side: int = 1024) -> str:
+        """Time one RCAB in every candidate on a (1, C, min(h, side), min(w, side)) map; keep
+        the candidates whose result agrees with cuDNN's and take the fastest. Once per runner."""
+        rc = self.blocks[0].rcabs[0] if self.blocks and self.blocks[0].rcabs else None
+        if rc is None:
+            self.conv = "triton"
+            return self.conv
+        c = rc.conv1.weight.shape[0]
+        g = torch.Generator(device=self.device).manual_seed(0)
+        hmap = torch.rand(1, c, min(h, side), min(w, side), generator=g, device=self.device, dtype=self.dtype)
+        hmap = hmap.contiguous(memory_format=torch.channels_last)
+        results: dict[str, torch.Tensor] = {}
+        for impl in self.candidates():
+            self.conv = impl
+            try:
+                out = torch.empty_like(hmap)
+                self.rcab(hmap, rc, out, {})  # warm-up: compiles, cuDNN's plan for this shape
+                results[impl] = out
+                self.timings[impl] = _time_ms(lambda: self.rcab(hmap, rc, torch.empty_like(hmap), {}), self.device)
+            except Exception as exc:  # noqa: BLE001 - a candidate that cannot run is not chosen
+                log.warning("fused RCAB: the %s convolution failed here (%s); not used", impl, str(exc)[:200])
+        ref = results.get("cudnn")
+        ok = [i for i in results if ref is None or _agree(results[i], ref, self.dtype)]
+        for impl in set(results) - set(ok):
+            log.warning("fused RCAB: the %s convolution disagrees with cuDNN's here; not used", impl)
+        if not ok:
+            raise MCANError("no fused convolution ran on this device; use --rcab torch")
+        self.conv = min(ok, key=lambda i: self.timings[i])
+        self.flag.zero_()
+        log.info(
+            "fused RCAB convolutions on %dx%d %s: %s; using %s",
+            hmap.shape[3],
+            hmap.shape[2],
+            str(self.dtype).replace("torch.", ""),
+            ", ".join(f"{i} {t:.2f} ms" for i, t in self.timings.items()),
+            self.conv,
+        )
+        return self.conv
+
+
+def _ring(lo: int, hi: int, length: int) -> tuple[int, int]:
+    """A core [lo, hi) grown by one pixel each side, inside [0, length)."""
+    return max(lo - 1, 0), min(hi + 1, length)
+
+
+def _agree(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether two implementations' RCAB outputs agree to the dtype's rounding."""
+    tol = {torch.float16: 2e-2, torch.bfloat16: 1e-1}.get(dtype, 1e-2)  # float32 may run as TF32
+    err = (a.float() - b.float()).abs().max().item()
+    return bool(err <= tol * max(b.float().abs().max().item(), 1.0))
+
+
+def _time_ms(fn: Callable[[], object], device: torch.device, reps: int = 3) -> float:
+    if device.type != "cuda":
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return 1000 * (time.perf_counter() - t0) / reps
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def _pieces(t: torch.Tensor) -> int:
+    """Rows per piece so that a (1, C, rows, W) slice of ``t`` keeps offsets within int32."""
+    from ..kernels.rcab import MAX_OFFSET, max_offset
+
+    rows = t.shape[2]
+    while rows > 1 and max_offset(t[:, :, :rows]) > MAX_OFFSET:
+        rows = (rows + 1) // 2
+    return max(rows, 1)
+
+
+def _channel_sums(y: torch.Tensor) -> torch.Tensor:
+    """(B, C) float64 channel sums of a map of any size (the kernel in int32 pieces)."""
+    from ..kernels.rcab import channel_sums
+
+    rows = _pieces(y)
+    total = torch.zeros(y.shape[0], y.shape[1], dtype=torch.float64, device=y.device)
+    for y0 in range(0, y.shape[2], rows):
+        total += channel_sums(y[:, :, y0 : y0 + rows]).double()
+    return total
+
+
+def _scale_add(r: torch.Tensor, s: torch.Tensor, x: torch.Tensor, k: torch.Tensor | None, out: torch.Tensor) -> None:
+    """out = x + r * s (+ k): the gate and the residual in one pass, in int32 pieces if needed."""
+    from ..kernels.rcab import scale_add
+
+    rows = _pieces(max((r, x, out), key=lambda t: t.stride(2)))
+    for y0 in range(0, r.shape[2], rows):
+        sl = slice(y0, y0 + rows)
+        scale_add(r[:, :, sl], s, x=x[:, :, sl], k=k, out=out[:, :, sl])

@@ -1,0 +1,195 @@
+"""Fused 3x3 convolution kernels (kernels/conv3x3.py, kernels/epilogue.py) against a float64
+oracle of the same weights (kernels/reference.py): every epilogue, odd sizes, both memory
+formats, every dtype, output regions, and the float16 overflow flag.
+
+CI runs them on CPU tensors through Triton's interpreter; on a CUDA machine they compile.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mcan_deploy import kernels
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+pytestmark = pytest.mark.skipif(
+    not kernels.fused_available(DEVICE, warn=False), reason="Triton missing, or neither CUDA nor TRITON_INTERPRET=1"
+)
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# Relative to the output's scale. float32 sums 576 products as torch does (~1e-6); float16 and
+# bfloat16 results carry one rounding of their 11/8-bit mantissa (2^-11, 2^-8 relative) on top
+# of float32 accumulation of exact products of the rounded inputs.
+RTOL = {torch.float32: 2e-5, torch.float16: 1.5e-3, torch.bfloat16: 1.2e-2}
+SIZES = [  # (B, C_in, C_out, H, W)
+    (2, 64, 64, 19, 23),  # the RCAB's convolution, no side a multiple of a block
+    (1, 3, 64, 1, 1),  # the head on one pixel
+    (1, 64, 3, 1, 37),  # the tail on one row
+    (2, 16, 24, 40, 1),  # one column; output channels not a power of two
+    (1, 64, 64, 48, 48),  # the report's training patch
+]
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    scale = expected.abs().max().item() or 1.0
+    err = (actual.double().cpu() - expected.cpu()).abs().max().item()
+    assert err <= RTOL[dtype] * scale, f"{what}: max abs error {err:.3g} > {RTOL[dtype]:.1g} x {scale:.3g}"
+
+
+def _conv(cin: int, cout: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(cout, cin, 3, 3, generator=g) / (3 * cin**0.5), torch.randn(cout, generator=g) * 0.1
+
+
+def _x(b, c, h, w, dtype, channels_last, seed=1):
+    x = torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(seed)).to(DEVICE, dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _reference(x, weight, bias, dtype, **kw):
+    """float64 oracle from the inputs and weights as the kernel sees them (rounded to dtype)."""
+    from mcan_deploy.kernels.reference import conv3x3_epilogue
+
+    res = kw.pop("residual", None)
+    return conv3x3_epilogue(
+        x.double().cpu(),
+        weight.to(dtype).double(),
+        bias.double(),
+        residual=None if res is None else res.double().cpu(),
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[1])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_convolution_with_bias_relu_and_sums_matches_float64(size, dtype, channels_last):
+    from mcan_deploy.kernels.conv3x3 import conv3x3, pack
+
+    b, cin, cout, h, w = size
+    weight, bias = _conv(cin, cout)
+    x = _x(b, cin, h, w, dtype, channels_last)
+    packed = pack(weight, bias, dtype, DEVICE)
+    out, sums = conv3x3(x, packed, relu=True, sums=True)
+    assert out.dtype == dtype and out.shape == (b, cout, h, w)
+    if channels_last and cout > 1 and h * w > 1:
+        assert out.is_contiguous(memory_format=torch.channels_last), "output keeps the input's format"
+    want = _reference(x, weight, bias, dtype, relu=True)
+    _close(out, want, dtype, "out")
+    assert sums is not None and sums.shape == (b, cout) and sums.dtype == torch.float32
+    # the sums are of the stored (rounded) values: what a pool of the output map would take
+    torch.testing.assert_close(sums.double().cpu(), out.double().cpu().sum((2, 3)), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[1])
+def test_residual_and_clamp_epilogue_the_blocks_tail(dtype):
+    """The tail of a block: x + tail(features), clamped (N_i+), in one kernel."""
+    from mcan_deploy.kernels.conv3x3 import conv3x3, pack
+
+    weight, bias = _conv(64, 3, seed=3)
+    feats = _x(2, 64, 21, 17, dtype, True, seed=4)
+    image = torch.rand(2, 3, 21, 17, generator=torch.Generator().manual_seed(5)).to(DEVICE, dtype)
+    out, sums = conv3x3(feats, pack(weight * 20, bias, dtype, DEVICE), residual=image, clamp=True)
+    assert sums is None
+    want = _reference(feats, weight * 20, bias, dtype, residual=image, clamp=True)
+    assert 0.05 < (want == 0).double().mean() + (want == 1).double().mean(), "the test needs values that clamp"
+    _close(out, want, dtype, "tail")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_output_region_of_a_larger_map_reads_real_neighbours(channels_last):
+    """A region inside the map sees the map's pixels around it (not zeros); only the map's own
+    border is zero padding. Written into a view of a bigger output, through its strides."""
+    from mcan_deploy.kernels.conv3x3 import conv3x3, pack
+
+    weight, bias = _conv(16, 16, seed=6)
+    x = _x(1, 16, 30, 26, torch.float32, channels_last, seed=7)
+    full = _reference(x, weight, bias, torch.float32)
+    target = torch.zeros(1, 16, 30, 26, device=DEVICE)
+    if channels_last:
+        target = target.contiguous(memory_format=torch.channels_last)
+    packed = pack(weight, bias, torch.float32, DEVICE)
+    for (y0, x0), (hh, ww) in (((0, 0), (11, 26)), ((11, 0), (19, 9)), ((11, 9), (19, 17))):
+        view = target[:, :, y0 : y0 + hh, x0 : x0 + ww]
+        out, _ = conv3x3(x, packed, origin=(y0, x0), size=(hh, ww), out=view)
+        assert out.data_ptr() == view.data_ptr()
+    _close(target, full, torch.float32, "regions")
+    with pytest.raises(ValueError, match="does not lie"):
+        conv3x3(x, packed, origin=(25, 0), size=(6, 26))
+
+
+@pytest.mark.parametrize("gpu_blocks", [False, True], ids=["interpreter-blocks", "gpu-blocks"])
+def test_every_launch_configuration_computes_the_same(gpu_blocks):
+    """The configurations a GPU chooses among by timing (and the interpreter's) must agree."""
+    from mcan_deploy.kernels.conv3x3 import GPU_CONFIGS, conv3x3, default_config, pack
+
+    weight, bias = _conv(64, 64, seed=8)
+    x = _x(2, 64, 13, 29, torch.float16, True, seed=9)
+    packed = pack(weight, bias, torch.float16, DEVICE)
+    configs = GPU_CONFIGS if gpu_blocks else (default_config(DEVICE),)
+    want = _reference(x, weight, bias, torch.float16, relu=True)
+    for cfg in configs:
+        out, sums = conv3x3(x, packed, relu=True, sums=True, config=cfg)
+        _close(out, want, torch.float16, f"{cfg}")
+        torch.testing.assert_close(sums.double().cpu(), out.double().cpu().sum((2, 3)), rtol=1e-5, atol=1e-3)
+
+
+def test_the_overflow_flag_sees_what_a_relu_would_hide():
+    """float16: a convolution to -inf that a ReLU turns into a finite 0 still sets the flag; a
+    finite result leaves it alone; the bf16 and float32 ranges hold the same values."""
+    from mcan_deploy.kernels.conv3x3 import conv3x3, pack
+
+    weight = torch.zeros(8, 8, 3, 3)
+    weight[:, :, 1, 1] = -torch.eye(8) * 4e4  # x = 2 -> -8e4, beyond float16's 65504
+    x = torch.full((1, 8, 5, 6), 0.5, device=DEVICE, dtype=torch.float16)
+    x[0, :, 2, 3] = 2.0
+    flag = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    out, _ = conv3x3(x, pack(weight, None, torch.float16, DEVICE), relu=True, flag=flag)
+    assert torch.isfinite(out).all() and out.abs().max() == 0, "the ReLU hides the overflow in the output"
+    assert flag.item() == 1
+    flag.zero_()
+    conv3x3(x * 0.5, pack(weight, None, torch.float16, DEVICE), relu=True, flag=flag)
+    assert flag.item() == 0, "-4e4 is within float16's range"
+    for dtype in (torch.bfloat16, torch.float32):
+        conv3x3(x.to(dtype), pack(weight, None, dtype, DEVICE), relu=True, flag=flag)
+        assert flag.item() == 0, dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[1])
+def test_bias_act_pass_equals_the_epilogue_of_the_fused_kernel(dtype):
+    """The cuDNN variant's epilogue pass, against the float64 oracle, in place and with the flag."""
+    from mcan_deploy.kernels.epilogue import bias_act
+
+    g = torch.Generator().manual_seed(10)
+    y = torch.randn(2, 24, 7, 33, generator=g).to(DEVICE, dtype).contiguous(memory_format=torch.channels_last)
+    res = torch.randn(2, 24, 7, 33, generator=g).to(DEVICE, dtype)
+    bias = torch.randn(24, generator=g)
+    want = (torch.relu(y.double().cpu() + bias.double()[None, :, None, None]) + res.double().cpu()).clamp(0, 1)
+    flag = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    out = bias_act(y, bias.to(DEVICE), relu=True, residual=res, clamp=True, flag=flag, out=y)
+    assert out.data_ptr() == y.data_ptr() and flag.item() == 0
+    _close(out, want, dtype, "bias_act")
+    if dtype == torch.float16:
+        big = torch.full((1, 2, 3, 3), -6e4, device=DEVICE, dtype=dtype)
+        bias_act(big, torch.full((2,), -1e4, device=DEVICE), relu=True, flag=flag)
+        assert flag.item() == 1, "-7e4 overflows float16 before the ReLU"
+
+
+def test_bad_arguments_are_errors_not_wrong_numbers():
+    from mcan_deploy.kernels.conv3x3 import conv3x3, pack
+    from mcan_deploy.kernels.epilogue import bias_act
+
+    weight, bias = _conv(8, 8)
+    packed = pack(weight, bias, torch.float32, DEVICE)
+    x = _x(1, 8, 4, 4, torch.float32, False)
+    with pytest.raises(ValueError, match="channels"):
+        conv3x3(x[:, :4], packed)
+    with pytest.raises(TypeError, match="float64"):
+        conv3x3(x.double(), packed)
+    with pytest.raises(ValueError, match="not a 3x3"):
+        pack(torch.zeros(8, 8, 1, 1), None, torch.float32, DEVICE)
+    with pytest.raises(ValueError, match="residual shape"):
+        conv3x3(x, packed, residual=x[:, :, :2])
+    with pytest.raises(ValueError, match="biases"):
+        bias_act(x, bias[:3])

@@ -1,0 +1,213 @@
+"""The fused inference RCAB (runners/fused.py, TritonRunner) against an independent reference:
+the model itself in float64 (model.py's layers, not the kernels' code), through every plan of the
+tiling engine, in each convolution implementation, and the float16 guard that needs no pass.
+
+On CPU the kernels run in Triton's interpreter; the ``cudnn`` implementation runs there as
+PyTorch's CPU convolution with the Triton epilogue pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+
+from mcan_deploy import kernels
+from mcan_deploy.model import ModelConfig, build_model, init_block
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+pytestmark = pytest.mark.skipif(
+    not kernels.fused_available(DEVICE, warn=False), reason="Triton missing, or neither CUDA nor TRITON_INTERPRET=1"
+)
+# Relative to the output's scale, after two blocks of stored intermediate maps. Eager torch in the
+# same dtype measured 1.6e-2 (bfloat16) and 2.2e-3 (float16) here; Triton's interpreter truncates
+# float32 to bfloat16 where a GPU rounds (../shared/notes/gpu-review.md), which doubles the
+# bfloat16 error on CPU only.
+RTOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 5e-2}
+
+
+def _model(n_blocks=2, n_resblocks=1, n_feats=16, seed=0):
+    model = build_model(ModelConfig(n_blocks=n_blocks, n_resblocks=n_resblocks, n_feats=n_feats, reduction=4))
+    g = torch.Generator().manual_seed(seed)
+    for b in model.blocks:
+        init_block(b, "orthogonal", g)
+        with torch.no_grad():  # non-zero biases, so that every bias path is exercised
+            for m in b.modules():
+                if isinstance(m, torch.nn.Conv2d) and m.bias is not None:
+                    m.bias.normal_(0, 0.05, generator=g)
+    return model.eval()
+
+
+def _reference(model, x):
+    """The model's own forward in float64 on the CPU."""
+    with torch.no_grad():
+        return copy.deepcopy(model).double()(x.double().cpu())
+
+
+def _close(actual, expected, dtype, what):
+    scale = expected.abs().max().item() or 1.0
+    err = (actual.double().cpu() - expected).abs().max().item()
+    assert err <= RTOL[dtype] * scale, f"{what}: max abs error {err:.3g} > {RTOL[dtype]:.1g} x {scale:.3g}"
+
+
+@pytest.mark.parametrize("conv", ["triton", "cudnn"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda d: str(d)[6:])
+def test_fused_blocks_equal_the_model_in_float64(dtype, channels_last, conv):
+    from mcan_deploy.runners.fused import FusedBlocks
+
+    model = _model()
+    x = torch.rand(2, 3, 21, 34, generator=torch.Generator().manual_seed(1))
+    fused = FusedBlocks(copy.deepcopy(model).to(DEVICE, dtype), DEVICE, dtype, conv)
+    xin = x.to(DEVICE, dtype)
+    if channels_last:
+        xin = xin.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out = xin
+        for i in range(2):
+            out = fused.block(i, out)
+    assert out.dtype == dtype and out.shape == x.shape
+    # the reference from the weights as the kernels hold them (rounded to dtype)
+    _close(out, _reference(copy.deepcopy(model).to(dtype), xin), dtype, f"{conv} {dtype}")
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 40), (33, 1), (37, 29)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_exact_tiled_plan_on_device_maps_equals_the_whole_image(shape):
+    """block_on_maps: cores of at most 16 px over full-size maps, sizes that are no multiple
+    of a tile (16 cuts 37 into 13 + 12 + 12)."""
+    from mcan_deploy.runners.fused import FusedBlocks
+
+    model = _model(n_blocks=1)
+    fused = FusedBlocks(copy.deepcopy(model).to(DEVICE), DEVICE, torch.float32, "triton")
+    x = torch.rand(1, 3, *shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    ticks = []
+    with torch.inference_mode():
+        tiled = fused.block_on_maps(0, x, 16, ticks.append)
+        whole = fused.block(0, x)
+    torch.testing.assert_close(tiled, whole, rtol=2e-5, atol=2e-6)
+    _close(tiled, _reference(model, x), torch.float32, "tiled vs float64")
+    cells = -(-shape[0] // 16) * -(-shape[1] // 16)
+    assert ticks == [cells] * (model.config.n_resblocks + 2), "head, every RCAB and the finish each tick once"
+
+
+@pytest.mark.parametrize(
+    ("plan", "ca_stats"),
+    [("whole", "global"), ("layers", "global"), ("block", "tile"), ("all", "tile")],
+)
+def test_triton_runner_runs_every_plan_like_the_torch_runner(plan, ca_stats):
+    from mcan_deploy.runners import TorchRunner, TritonRunner
+    from mcan_deploy.tiling import TileConfig, upscale_tensor
+
+    model = _model()
+    eager = TorchRunner(copy.deepcopy(model), DEVICE)
+    fused = TritonRunner(copy.deepcopy(model), DEVICE)
+    assert fused.kernels is not None and fused.kernels.conv == "triton"
+    x = torch.rand(3, 31, 27, generator=torch.Generator().manual_seed(3))
+    cfg = TileConfig(tile=16, batch=4, ca_stats=ca_stats, plan=plan)
+    ref, _ = upscale_tensor(eager, x, cfg)
+    out, report = upscale_tensor(fused, x, cfg)
+    assert report.ca_stats == ca_stats
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    if ca_stats == "global":
+        _close(out, _reference(model, x[None])[0], torch.float32, f"{plan} vs float64")
+
+
+@pytest.mark.parametrize("conv", ["triton", "cudnn"])
+def test_layer_steps_with_maps_in_host_memory_equal_the_whole_image(monkeypatch, conv):
+    """The layer steps (head, residual, gate, finish) behind the engine's window passes: what
+    layers-host runs on a GPU, and the layer plan when the cuDNN convolution is chosen."""
+    from mcan_deploy.runners import TritonRunner
+    from mcan_deploy.tiling import TileConfig, upscale_tensor
+
+    model = _model()
+    runner = TritonRunner(copy.deepcopy(model), DEVICE, conv=conv)
+    monkeypatch.setattr(runner, "block_on_device_maps", lambda *a: None)  # the engine's own layer passes
+    x = torch.rand(3, 30, 21, generator=torch.Generator().manual_seed(4))
+    out, report = upscale_tensor(runner, x, TileConfig(tile=16, plan="layers"))
+    assert report.plan == "layer-by-layer"
+    _close(out, _reference(model, x[None])[0], torch.float32, "layer steps vs float64")
+
+
+def test_auto_times_the_candidates_and_logs_the_choice(caplog):
+    from mcan_deploy.runners.fused import FusedBlocks
+
+    fused = FusedBlocks(copy.deepcopy(_model()).to(DEVICE), DEVICE, torch.float32, "auto")
+    with caplog.at_level(logging.INFO, logger="mcan_deploy.runners.fused"):
+        chosen = fused.choose(24, 20, side=16)
+    assert chosen in ("triton", "cudnn") and set(fused.timings) >= {"triton", "cudnn"}
+    assert all(t > 0 for t in fused.timings.values())
+    assert f"using {chosen}" in caplog.text and "16x16" in caplog.text
+
+
+def test_a_candidate_that_disagrees_is_not_chosen(monkeypatch, caplog):
+    """A miscompiled kernel (wrong numbers, as Triton's 8-warp conv bug gave inductor) must lose
+    to the slower correct one."""
+    from mcan_deploy.kernels import conv3x3 as K
+    from mcan_deploy.runners.fused import FusedBlocks
+
+    real = K.conv3x3
+
+    def wrong(*args, **kw):
+        out, sums = real(*args, **kw)
+        return out.mul_(1.5), sums
+
+    monkeypatch.setattr(K, "conv3x3", wrong)
+    fused = FusedBlocks(copy.deepcopy(_model()).to(DEVICE), DEVICE, torch.float32, "auto")
+    with caplog.at_level(logging.WARNING):
+        assert fused.choose(16, 16) == "cudnn"
+    assert "triton convolution disagrees" in caplog.text
+
+
+def _relu_hidden_overflow_model():
+    """float16's trap: block 1's first conv1 gives -72000 inside the image (beyond 65504, so
+    -inf in float16), which its ReLU turns into 0, the float32 value too. The output stays
+    finite either way, so only a check of the layer itself sees the overflow."""
+    model = build_model(ModelConfig(n_blocks=2, n_resblocks=1, n_feats=8, reduction=4))
+    with torch.no_grad():
+        b = model.blocks[0]
+        b.head.weight.zero_()
+        b.head.bias.fill_(1.0)  # features of 1 everywhere
+        b.body[0].conv1.weight.fill_(-1000.0)  # 9 taps x 8 channels x -1000 = -72000
+        b.body[0].conv1.bias.zero_()
+    return model.eval()
+
+
+@pytest.mark.parametrize("runner_kind", ["torch", "fused"])
+@pytest.mark.parametrize("plan", ["whole", "layers", "block"])
+def test_float16_overflow_that_a_relu_hides_is_found_and_redone(runner_kind, plan, caplog):
+    from mcan_deploy.runners import TorchRunner, TritonRunner
+    from mcan_deploy.tiling import TileConfig, upscale_tensor
+
+    model = _relu_hidden_overflow_model()
+    x = torch.rand(3, 21, 26, generator=torch.Generator().manual_seed(5))
+    ref = TorchRunner(copy.deepcopy(model), DEVICE).run_blocks(x[None], 0, 2)[0]
+    cls = TritonRunner if runner_kind == "fused" else TorchRunner
+    half = cls(copy.deepcopy(model), DEVICE, torch.float16)
+    with torch.inference_mode():  # the premise: unguarded float16 ends finite, so only the guard sees it
+        feats = half.model.blocks[0].head(x[None].to(DEVICE, torch.float16))
+        assert torch.isinf(half.model.blocks[0].body[0].conv1(feats)).any()
+        assert torch.isfinite(half.model(x[None].to(DEVICE, torch.float16))).all()
+    cfg = TileConfig(16, plan=plan, ca_stats="tile" if plan == "block" else "global")
+    with caplog.at_level(logging.WARNING):
+        out, report = upscale_tensor(half, x, cfg)
+    assert report.overflows == 1, "block 1 overflowed and was redone; block 2 did not"
+    assert caplog.text.count("float16 overflowed") == 1
+    torch.testing.assert_close(out.cpu(), ref.cpu(), rtol=0, atol=4e-3)
+
+
+def test_the_hook_guard_sees_a_layer_that_outputs_inf():
+    from mcan_deploy.runners.overflow import OverflowGuard
+
+    conv = torch.nn.Conv2d(2, 2, 3, padding=1).half()
+    with torch.no_grad():
+        conv.weight.fill_(3e4)
+    seq = torch.nn.Sequential(conv, torch.nn.ReLU())
+    x = torch.ones(1, 2, 4, 4, dtype=torch.float16)
+    with OverflowGuard(seq) as guard:
+        seq(-x)  # -inf, hidden by the ReLU
+    assert guard.tripped
+    with OverflowGuard(seq) as guard:
+        seq(x * 1e-4)
+    assert not guard.tripped

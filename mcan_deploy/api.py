@@ -24,6 +24,7 @@ from typing import TypeVar, cast
 
 from .arrays import ChannelOrder, to_engine
 from .describe import ModelInfo, describe
+from .device_io import DeviceIO
 from .errors import MCANError
 from .io import DEFAULT_MAX_PIXELS
 from .metadata import EncodeOptions
@@ -43,6 +44,7 @@ class Upscaler:
         self.runner = runner
         self.info = info
         self.config = config
+        self._io = DeviceIO(runner.device) if runner.device.type == "cuda" else None
 
     def __repr__(self) -> str:
         dtype = str(getattr(self.runner, "dtype", "")).replace("torch.", "")
@@ -54,7 +56,7 @@ class Upscaler:
     def upscale(self, image: Image, channel_order: ChannelOrder = "rgb") -> Image:
         """Restore ``image`` (same size in, same size out); returns the same kind, shape, dtype and
         channel order. numpy arrays are RGB(A) unless ``channel_order="bgr"`` (OpenCV's order)."""
-        inputs, back = to_engine(image, channel_order)
+        inputs, back = to_engine(image, channel_order, self._io)
         return back([upscale_tensor(self.runner, x, self.config)[0] for x in inputs])
 
     def upscale_file(

@@ -15,13 +15,16 @@ Accepted, and returned in the same kind, shape, dtype and channel order:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
 from .errors import MCANError
 from .io import LoadedImage, decode_array, encode_array
+
+if TYPE_CHECKING:
+    from .device_io import DeviceIO
 
 ChannelOrder = Literal["rgb", "bgr"]
 Restore = Callable[[np.ndarray], np.ndarray]  # the engine's RGB float32 (H, W, 3) -> the caller's array
@@ -61,13 +64,17 @@ def _from_pil(image: Any, order: ChannelOrder) -> tuple[LoadedImage, Callable[[n
 
 
 def to_engine(
-    image: Any, order: ChannelOrder = "rgb"
+    image: Any, order: ChannelOrder = "rgb", io: DeviceIO | None = None
 ) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], Any]]:
-    """``image`` as engine inputs, (3, H, W) float32 on the CPU (one per batch item), and the
-    function that turns the engine's outputs back into ``image``'s kind."""
+    """``image`` as engine inputs, (3, H, W) float32 (one per batch item), and the function
+    that turns the engine's outputs back into ``image``'s kind. With a GPU's ``io``, integer
+    colour arrays cross the bus as integers and convert on the device, bit for bit as here, and
+    tensors stay on the device; else the inputs are on the CPU."""
     if isinstance(image, torch.Tensor):
-        return _tensor_to_engine(image)
+        return _tensor_to_engine(image, io)
     if isinstance(image, np.ndarray):
+        if io is not None and io.cuda and _device_ready(image, order):
+            return _numpy_on_device(image, order, io)
         img, restore = from_numpy(image, order)
         return [_chw(img)], lambda outs: restore(_hwc(outs[0]))
     if type(image).__module__.startswith("PIL."):
@@ -79,6 +86,36 @@ def to_engine(
     )
 
 
+def _device_ready(arr: np.ndarray, order: str) -> bool:
+    """Colour uint8/uint16 arrays (H, W, 3|4) in a known order: what ``_numpy_on_device`` takes."""
+    return (
+        order in ("rgb", "bgr")
+        and arr.dtype in (np.uint8, np.uint16)
+        and arr.ndim == 3
+        and arr.shape[2] in (3, 4)
+        and arr.shape[0] > 0
+        and arr.shape[1] > 0
+    )
+
+
+def _numpy_on_device(
+    arr: np.ndarray, order: str, io: DeviceIO
+) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], np.ndarray]]:
+    depth = 8 if arr.dtype == np.uint8 else 16
+    peak = 255.0 if depth == 8 else 65535.0
+    x = io.ready(io.upload(arr, order))
+    alpha = arr[:, :, 3] if arr.shape[2] == 4 else None
+
+    def back(outs: list[torch.Tensor]) -> np.ndarray:
+        pixels = io.download(outs[0], depth, order).numpy()
+        if alpha is None:
+            return pixels
+        a = np.clip(np.rint(alpha.astype(np.float32) / peak * peak), 0, peak).astype(arr.dtype)  # as the host rounds it
+        return np.concatenate([pixels, a[:, :, None]], axis=2)
+
+    return [x], back
+
+
 def _chw(img: LoadedImage) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.rgb.transpose(2, 0, 1)))
 
@@ -87,7 +124,14 @@ def _hwc(out: torch.Tensor) -> np.ndarray:
     return out.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def _tensor_to_engine(t: torch.Tensor) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], torch.Tensor]]:
+def _same_gpu(t: torch.Tensor, device: torch.device) -> bool:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return t.is_cuda and t.device.index == index
+
+
+def _tensor_to_engine(
+    t: torch.Tensor, io: DeviceIO | None = None
+) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], torch.Tensor]]:
     if not t.is_floating_point():
         raise MCANError(f"tensor of dtype {t.dtype}: give floating point values in [0, 1]")
     batched = t.dim() == 4
@@ -95,7 +139,8 @@ def _tensor_to_engine(t: torch.Tensor) -> tuple[list[torch.Tensor], Callable[[li
         raise MCANError(f"tensor of shape {tuple(t.shape)}: expected (C, H, W) or (N, C, H, W) with C = 1, 3 or 4")
     items = t if batched else t[None]
     c = items.shape[1]
-    xs = [item.detach().to("cpu", torch.float32) for item in items]
+    keep = io is not None and io.cuda and _same_gpu(t, io.device)  # already on the runner's GPU
+    xs = [item.detach().to(t.device if keep else "cpu", torch.float32) for item in items]
     engine_in = [x.expand(3, -1, -1).contiguous() if c == 1 else x[:3].contiguous() for x in xs]
 
     def back(outs: list[torch.Tensor]) -> torch.Tensor:

@@ -109,16 +109,41 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
 def read_photo(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[LoadedImage, PhotoMeta]:
     """A photo to upscale: decoded, turned upright by its EXIF orientation, with the metadata
     its output should carry (``metadata.PhotoMeta``)."""
+    arr, meta = read_photo_array(path, max_pixels)
+    return decode_array(arr, path), meta
+
+
+def read_photo_array(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, PhotoMeta]:
+    """The photo's pixels as stored (uint8/uint16/float32, BGR(A) as OpenCV decodes them),
+    turned upright by its EXIF orientation, and its metadata; checked as ``decode_array`` checks
+    them, without the conversion to float (a GPU does that on the device)."""
     from .metadata import read_meta, upright
 
     path = Path(path)
     data = _read_bytes(path, max_pixels)
-    img = decode_array(_decode_file(path, data, max_pixels), path)  # a file that cannot be used fails first
+    arr = _decode_file(path, data, max_pixels)
+    pixel_info(arr, path)  # a file that cannot be used fails first
     meta = read_meta(data, path)
     if meta.orientation != 1:
-        img.rgb = upright(img.rgb, meta.orientation)
-        img.alpha = None if img.alpha is None else upright(img.alpha, meta.orientation)
-    return img, meta
+        arr = upright(arr, meta.orientation)
+    return arr, meta
+
+
+def pixel_info(arr: np.ndarray, where: str | Path = "image") -> tuple[int, bool, bool]:
+    """(bit depth, gray, has alpha) of an (H, W[, C]) array, with ``decode_array``'s errors."""
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageReadError(f"{where}: image array of shape {arr.shape}; expected (H, W) or (H, W, C)")
+    depth = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16, np.dtype(np.float32): 32}.get(arr.dtype)
+    if depth is None:
+        raise ImageReadError(f"{where}: unsupported pixel type {arr.dtype}; use 8- or 16-bit PNG/TIFF or JPEG")
+    if depth == 32 and not np.isfinite(arr).all():
+        raise ImageReadError(f"{where}: float image holds NaN or infinite values; fix or re-export it")
+    channels = 1 if arr.ndim == 2 else arr.shape[2]
+    if channels not in (1, 2, 3, 4):
+        raise ImageReadError(f"{where}: {channels} channels; expected 1, 2, 3 or 4")
+    return depth, channels <= 2, channels in (2, 4)
 
 
 def _read_bytes(path: Path, max_pixels: int) -> bytes:
@@ -188,6 +213,14 @@ def decode_array(arr: np.ndarray, where: str | Path = "image", order: str = "bgr
     return LoadedImage(np.ascontiguousarray(rgb), alpha, depth, gray)
 
 
+def output_depth(bit_depth: int, suffix: str) -> int:
+    """The bit depth a file of ``suffix`` gets for an input of ``bit_depth`` bits: 16 for 16-bit
+    and float inputs where the format holds it, else 8 (JPEG, BMP and WebP hold 8 bits only)."""
+    if suffix.lower() in (".jpg", ".jpeg", ".bmp", ".webp"):
+        return 8
+    return 16 if bit_depth > 8 else 8
+
+
 def encode_image(
     rgb: np.ndarray,
     suffix: str,
@@ -201,27 +234,34 @@ def encode_image(
     """Encode float RGB in [0, 1] (H, W, 3) as an image file's bytes of the given suffix. With
     ``meta`` (a photo's metadata) or ``options`` (JPEG/WebP quality) it goes through
     ``metadata.encode_with_meta``; ``where`` names the file in its warnings."""
-    import cv2
-
     if bit_depth not in (8, 16):
         raise MCANError(f"bit depth {bit_depth} cannot be written; use 8 or 16")
-    if bit_depth == 16 and suffix.lower() in (".jpg", ".jpeg", ".bmp", ".webp"):
-        bit_depth = 8  # these formats hold 8 bits only
+    if bit_depth == 16:
+        bit_depth = output_depth(16, suffix)
+    return encode_pixels(encode_array(rgb, alpha, bit_depth, gray, order="rgb"), suffix, meta, options, where)
+
+
+def encode_pixels(
+    pixels: np.ndarray,
+    suffix: str,
+    meta: PhotoMeta | None = None,
+    options: EncodeOptions | None = None,
+    where: str | Path = "image",
+) -> bytes:
+    """Encode stored pixels, (H, W[, C]) uint8/uint16 in RGB(A) order (``encode_array``'s
+    output, or a GPU's), as an image file's bytes of the given suffix."""
+    import cv2
+
     if meta is not None or options is not None:
         from .metadata import EncodeOptions, PhotoMeta, encode_with_meta
 
-        data = encode_with_meta(
-            encode_array(rgb, alpha, bit_depth, gray, order="rgb"),
-            suffix,
-            meta or PhotoMeta(),
-            options or EncodeOptions(),
-            where,
-        )
+        data = encode_with_meta(pixels, suffix, meta or PhotoMeta(), options or EncodeOptions(), where)
         if data is not None:
             return data
-    out = encode_array(rgb, alpha, bit_depth, gray)
+    colour = pixels.ndim == 3 and pixels.shape[2] in (3, 4)
+    bgr = pixels[:, :, [2, 1, 0, 3][: pixels.shape[2]]] if colour else pixels
     try:
-        ok, buf = cv2.imencode(suffix, out)
+        ok, buf = cv2.imencode(suffix, bgr)
     except cv2.error:
         ok = False
     if not ok:
@@ -257,6 +297,17 @@ def write_image(
     """Write float RGB in [0, 1] atomically; the format follows the file's suffix."""
     path = Path(path)
     atomic_write_bytes(path, encode_image(rgb, path.suffix or ".png", alpha, bit_depth, gray, meta, options, path))
+
+
+def write_pixels(
+    path: str | Path,
+    pixels: np.ndarray,
+    meta: PhotoMeta | None = None,
+    options: EncodeOptions | None = None,
+) -> None:
+    """Write stored pixels (``encode_pixels``) atomically; the format follows the file's suffix."""
+    path = Path(path)
+    atomic_write_bytes(path, encode_pixels(pixels, path.suffix or ".png", meta, options, path))
 
 
 def list_images(folder: str | Path) -> list[Path]:

@@ -19,8 +19,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from .device_io import DeviceIO, Pending
 from .errors import MCANError
-from .io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images, read_photo, write_image
+from .io import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    decode_array,
+    list_images,
+    output_depth,
+    pixel_info,
+    read_photo_array,
+    write_image,
+    write_pixels,
+)
 from .metadata import EncodeOptions, PhotoMeta
 from .runners import Runner
 from .tiling import TileConfig, TileReport, planned_windows, upscale_tensor
@@ -86,38 +97,69 @@ class Prepared:
     bit_depth: int
     gray: bool
     meta: PhotoMeta = dataclasses.field(default_factory=PhotoMeta)  # what the output carries
+    upload: Pending | None = None  # x on its way to a GPU (``x`` is then that device tensor)
 
 
-def prepare(job: Job, scale: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS) -> Prepared:
+def prepare(job: Job, scale: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS, io: DeviceIO | None = None) -> Prepared:
     """Read ``job.src`` and resize it (and its alpha) by ``scale``; ``max_pixels`` bounds the
-    file's declared size (before decoding) and the size after ``scale``."""
-    img, meta = read_photo(job.src, max_pixels)
-    h, w = img.size
+    file's declared size (before decoding) and the size after ``scale``. With a GPU's ``io``
+    the image goes up at once on a side stream: colour pixels at the target size as stored
+    integers, converted on the device; anything else as float32 from pinned memory."""
+    arr, meta = read_photo_array(job.src, max_pixels)
+    depth, gray, has_alpha = pixel_info(arr, job.src)
+    h, w = arr.shape[:2]
     th, tw = max(1, round(h * scale)), max(1, round(w * scale))
     if th * tw > max_pixels:
         raise MCANError(
             f"{job.src}: {w}x{h} x {scale:g} = {tw}x{th} = {tw * th / 1e6:.1f} MP, above the "
             f"limit of {max_pixels / 1e6:.1f} MP; lower --scale or raise --max-pixels"
         )
+    if io is not None and io.cuda and scale == 1 and not gray and depth in (8, 16):
+        up = io.upload(arr, "bgr")
+        alpha = arr[:, :, 3].astype(np.float32) / (255.0 if depth == 8 else 65535.0) if has_alpha else None
+        return Prepared(up.value, alpha, depth, gray, meta, up)
+    img = decode_array(arr, job.src)
     rgb = resize(img.rgb, scale)
     alpha = resize(img.alpha, scale) if img.alpha is not None else None
     x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-    return Prepared(x, alpha, img.bit_depth, img.gray, meta)
+    upload = io.upload(x) if io is not None and io.cuda else None
+    return Prepared(x if upload is None else upload.value, alpha, img.bit_depth, img.gray, meta, upload)
 
 
-def write_result(job: Job, prepared: Prepared, out: torch.Tensor, encode: EncodeOptions | None = None) -> None:
-    """Write the model's output with the input's alpha, bit depth, colour kind and metadata
-    (colour profile, EXIF, text, DPI; orientation 1, since the pixels are upright), atomically."""
-    result = out.clamp(0, 1).permute(1, 2, 0).numpy()
-    depth = 16 if prepared.bit_depth > 8 else 8
+def fetch_result(job: Job, prepared: Prepared, out: torch.Tensor, io: DeviceIO | None = None) -> Pending:
+    """The model's output on its way to the host: on a GPU as the stored pixels of the output
+    file (rounded on the device; gray outputs, a mean of colours, as float), else as is."""
+    if io is None or not io.cuda:
+        return Pending(out)
+    depth = None if prepared.gray else output_depth(prepared.bit_depth, job.dst.suffix or ".png")
+    return io.download(out, depth, "rgb")
+
+
+def write_result(
+    job: Job, prepared: Prepared, out: torch.Tensor | Pending, encode: EncodeOptions | None = None
+) -> None:
+    """Write the model's output (a float tensor, or ``fetch_result``'s pixels) with the input's
+    alpha, bit depth, colour kind and metadata (colour profile, EXIF, text, DPI; orientation 1,
+    since the pixels are upright), atomically."""
+    result = out.result() if isinstance(out, Pending) else out
+    options = encode or EncodeOptions()
+    if result.dtype in (torch.uint8, torch.uint16):  # pixels encoded on the device
+        pixels = result.numpy()
+        if prepared.alpha is not None:  # as io.encode_array rounds it
+            peak = 255.0 if result.dtype == torch.uint8 else 65535.0
+            a = np.clip(np.rint(prepared.alpha * peak), 0, peak).astype(pixels.dtype)
+            pixels = np.concatenate([pixels, a[:, :, None]], axis=2)
+        write_pixels(job.dst, pixels, meta=prepared.meta, options=options)
+        return
+    rgb = result.float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
     write_image(
         job.dst,
-        result,
+        rgb,
         alpha=prepared.alpha,
-        bit_depth=depth,
+        bit_depth=16 if prepared.bit_depth > 8 else 8,
         gray=prepared.gray,
         meta=prepared.meta,
-        options=encode or EncodeOptions(),
+        options=options,
     )
 
 
@@ -131,9 +173,11 @@ def upscale_file(
     encode: EncodeOptions | None = None,
 ) -> TileReport:
     """Upscale one file into ``job.dst`` (written atomically; ``encode``: JPEG/WebP quality)."""
-    prepared = prepare(job, scale, max_pixels)
-    out, report = upscale_tensor(runner, prepared.x, cfg, progress)
-    write_result(job, prepared, out, encode)
+    io = DeviceIO(runner.device) if runner.device.type == "cuda" else None
+    prepared = prepare(job, scale, max_pixels, io)
+    x = io.ready(prepared.upload) if io is not None and prepared.upload is not None else prepared.x
+    out, report = upscale_tensor(runner, x, cfg, progress)
+    write_result(job, prepared, fetch_result(job, prepared, out, io), encode)
     return report
 
 
@@ -249,15 +293,17 @@ def upscale_jobs(
     stats = BatchStats()
     lock = threading.Lock()  # the workers add their seconds to stats
 
+    io = DeviceIO(runner.device) if runner.device.type == "cuda" else None
+
     def decode(job: Job) -> Prepared:
         t0 = time.perf_counter()
         try:
-            return prepare(job, scale, max_pixels)
+            return prepare(job, scale, max_pixels, io)
         finally:
             with lock:
                 stats.decode_s += time.perf_counter() - t0
 
-    def write(job: Job, prepared: Prepared, out: torch.Tensor) -> None:
+    def write(job: Job, prepared: Prepared, out: Pending) -> None:
         t0 = time.perf_counter()
         try:
             write_result(job, prepared, out, encode)
@@ -280,6 +326,7 @@ def upscale_jobs(
     outcomes: deque[tuple[Job, Future | str | Exception, tuple[int, int, TileReport] | None]] = deque()
     cursor = n_decoding = n_writing = 0
     interrupted = False
+    result: Pending | None = None
 
     def refill() -> None:
         """Submit decodes until ``prefetch + 1`` (the next image and ``prefetch`` after it) are on
@@ -358,7 +405,10 @@ def upscale_jobs(
                     ) as bar:
                         t0 = time.perf_counter()
                         try:
-                            out, report = upscale_tensor(runner, prepared.x, cfg, progress=bar.update)
+                            x = prepared.x if io is None or prepared.upload is None else io.ready(prepared.upload)
+                            out, report = upscale_tensor(runner, x, cfg, progress=bar.update)
+                            result = fetch_result(job, prepared, out, io)  # on its way to the host
+                            del x
                         finally:
                             stats.model_s += time.perf_counter() - t0
                 except Exception as exc:  # one bad file must not stop a batch
@@ -367,14 +417,16 @@ def upscale_jobs(
                     # logged in turn; its traceback's frames would keep the image alive till then
                     outcomes.append((job, exc.with_traceback(None), None))
                     prepared = out = None
+                    result = None
                     settle(images, n_writing)
                     continue
                 settle(images, max(prefetch, 1) - 1)  # room for one more write
                 # the write needs the output, alpha and format, not the input
-                slim = dataclasses.replace(prepared, x=prepared.x.new_empty(0))
-                outcomes.append((job, writer.submit(write, job, slim, out), (w, h, report)))
+                slim = dataclasses.replace(prepared, x=prepared.x.new_empty(0), upload=None)
+                assert result is not None
+                outcomes.append((job, writer.submit(write, job, slim, result), (w, h, report)))
                 n_writing += 1
-                del prepared, slim, out
+                del prepared, slim, out, result
                 settle(images, n_writing)
             settle(images, 0)
     except BaseException as exc:

@@ -179,11 +179,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
+    import logging
+
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from ..api import load
     from ..upscale import plan_jobs
 
+    t_load = time.perf_counter()
     model = load(
         args.model,
         device,
@@ -203,6 +206,9 @@ def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
     )
     from ..metadata import EncodeOptions
 
+    # where a single photo's wall time goes (imports and interpreter start-up are before this)
+    log = logging.getLogger("mcan_deploy.cli.upscale")
+    log.info("model ready in %.2f s (read, back-end set-up, device context)", time.perf_counter() - t_load)
     encode = EncodeOptions(args.jpeg_quality, args.jpeg_subsampling, args.webp_quality, args.webp_lossless)
     jobs = plan_jobs(args.inputs, args.out, args.suffix)
     dist.check_same("the list of input files", [(str(j.src), str(j.dst)) for j in jobs])
@@ -219,6 +225,14 @@ def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
             debug=args.debug,
             encode=encode,
         )
+    log.info(
+        "time: decode %.2f s, model %.2f s (the first image's includes kernel compiles and tuning), "
+        "encode %.2f s, summed over images; wall %.2f s",
+        stats.decode_s,
+        stats.model_s,
+        stats.encode_s,
+        stats.wall_s,
+    )
     done, skipped, failed, overflows = dist.sum_ints([stats.done, stats.skipped, stats.failed, stats.overflows])
     if dist.is_main:
         ranks = f" by {dist.world} processes" if dist.enabled else ""

@@ -39,7 +39,7 @@ import triton.language as tl
 from .rcab import MAX_OFFSET, max_offset
 from .rcab import _on as on_device
 
-__all__ = ["Config", "PackedConv", "conv3x3", "default_config", "dtype_limit", "pack"]
+__all__ = ["Config", "PackedConv", "conv3x3", "default_config", "dtype_limit", "gpu_configs", "pack"]
 
 
 @triton.jit
@@ -100,8 +100,7 @@ def _conv3x3_kernel(
     nmask = n < COUT
     x_base = X + pid_b.to(tl.int64) * sx_b
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    # one loop over the nine taps (Triton pipelines it), the input channels unrolled inside;
-    # at most 4 warps: a flattened conv loop miscompiles at 8 (triton-lang/triton#1254)
+    # one loop over the nine taps (Triton pipelines its loads), the input channels unrolled inside
     for tap in range(9):
         iy = p + OY + (tap // 3 - 1)
         ix = q + OX + (tap % 3 - 1)
@@ -146,22 +145,33 @@ def _conv3x3_kernel(
 
 @dataclass(frozen=True)
 class Config:
-    """Launch parameters of the kernel: pixels per program, warps (at most 4, see the kernel),
-    software-pipelining stages."""
+    """Launch parameters of the kernel: pixels per program, warps, software-pipelining stages."""
 
     block_m: int = 128
     num_warps: int = 4
     num_stages: int = 3
 
+    def describe(self) -> str:
+        return f"m{self.block_m} w{self.num_warps} s{self.num_stages}"
 
-# what a GPU chooses among (``FusedConvs`` times them on the first map of each layer kind)
+
+# What a GPU chooses among for the 64-channel convolutions (``FusedBlocks.choose`` times each
+# and keeps those whose result agrees with cuDNN's: Triton has miscompiled conv loops at 8 warps,
+# triton-lang/triton#1254). All compile for sm_90 without spills (benchmarks/compile_check.py);
+# 256 pixels need 8 warps (4 spill: 255 registers), and more shared memory than float32 has.
 GPU_CONFIGS = (
     Config(64, 4, 3),
-    Config(128, 4, 2),
+    Config(64, 4, 4),
     Config(128, 4, 3),
-    Config(128, 4, 4),
-    Config(256, 4, 3),
+    Config(128, 8, 3),
+    Config(256, 8, 3),
 )
+
+
+def gpu_configs(dtype: torch.dtype) -> tuple[Config, ...]:
+    """The launches a GPU times for a dtype: 256-pixel float32 tiles take 240 KB of shared
+    memory at 3 stages, more than sm_90's 227 KB."""
+    return tuple(c for c in GPU_CONFIGS if not (dtype == torch.float32 and c.block_m > 128))
 
 
 def default_config(device: torch.device) -> Config:

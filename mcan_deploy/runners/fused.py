@@ -34,7 +34,7 @@ from ..errors import MCANError
 from ..model import MCAN, RCAB, MCANBlock
 
 if TYPE_CHECKING:
-    from ..kernels.conv3x3 import PackedConv
+    from ..kernels.conv3x3 import Config, PackedConv
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ class FusedBlocks:
     blocks: list[BlockWeights] = field(init=False)
     flag: torch.Tensor = field(init=False)
     timings: dict[str, float] = field(init=False, default_factory=dict)  # ms per RCAB, from choose
+    config: Config | None = field(init=False, default=None)  # the 64-channel convolutions' launch
 
     def __post_init__(self) -> None:
         if self.conv not in CONV_IMPLS:
@@ -138,6 +139,10 @@ class FusedBlocks:
     # ---- one convolution with its epilogue -------------------------------------------------
     def _flag(self) -> torch.Tensor | None:
         return self.flag if self.check else None
+
+    def _config(self, cw: ConvWeights) -> Config | None:
+        """The chosen launch for the 64-channel convolutions; the default for the 3-channel ends."""
+        return self.config if min(cw.packed.cin, cw.packed.cout) >= 16 else None
 
     def conv3x3(
         self,
@@ -193,8 +198,9 @@ class FusedBlocks:
         if self.conv == "triton":
             from ..kernels.conv3x3 import conv3x3
 
-            t, _ = conv3x3(h, rc.conv1.packed, relu=True, flag=self._flag(), out=bufs.get("t"))
-            r, sums = conv3x3(t, rc.conv2.packed, sums=True, flag=self._flag(), out=bufs.get("r"))
+            cfg = self.config
+            t, _ = conv3x3(h, rc.conv1.packed, relu=True, flag=self._flag(), out=bufs.get("t"), config=cfg)
+            r, sums = conv3x3(t, rc.conv2.packed, sums=True, flag=self._flag(), out=bufs.get("r"), config=cfg)
             bufs["t"], bufs["r"] = t, r
             assert sums is not None
             s = gate(sums, hw, *rc.attention)
@@ -266,10 +272,20 @@ class FusedBlocks:
                 (y0, y1), (x0, x1) = _ring(sy.lo, sy.hi, hh), _ring(sx.lo, sx.hi, ww)
                 t = t_buf[:, :, : y1 - y0, : x1 - x0]
                 ring, ring_size = (y0, x0), (y1 - y0, x1 - x0)
-                conv3x3(hmap, rc.conv1.packed, relu=True, flag=self._flag(), origin=ring, size=ring_size, out=t)
+                conv3x3(
+                    hmap,
+                    rc.conv1.packed,
+                    relu=True,
+                    flag=self._flag(),
+                    origin=ring,
+                    size=ring_size,
+                    out=t,
+                    config=self.config,
+                )
                 _, sums = conv3x3(
                     t,
                     rc.conv2.packed,
+                    config=self.config,
                     sums=True,
                     flag=self._flag(),
                     origin=(sy.lo - y0, sx.lo - x0),
@@ -303,10 +319,16 @@ class FusedBlocks:
         return out
 
     # ---- choosing the implementation ---------------------------------------------------------
-    def candidates(self) -> list[str]:
-        out = ["triton", "cudnn"]
+    def candidates(self) -> list[tuple[str, Config | None]]:
+        """(implementation, launch) pairs to time: every GPU launch of the Triton convolution
+        (one on the interpreter), cuDNN, and cuDNN's fused conv1 where it applies."""
+        from ..kernels.conv3x3 import default_config, gpu_configs
+
+        configs = gpu_configs(self.dtype) if self.device.type == "cuda" else (default_config(self.device),)
+        out: list[tuple[str, Config | None]] = [("triton", c) for c in configs]
+        out.append(("cudnn", None))
         if not self.check and _cudnn_fused_available(self.device):
-            out.append("cudnn-fused")
+            out.append(("cudnn-fused", None))
         return out
 
     def choose(self, h: int, w: int, side: int = 1024) -> str:
@@ -321,30 +343,33 @@ class FusedBlocks:
         hmap = torch.rand(1, c, min(h, side), min(w, side), generator=g, device=self.device, dtype=self.dtype)
         hmap = hmap.contiguous(memory_format=torch.channels_last)
         results: dict[str, torch.Tensor] = {}
-        for impl in self.candidates():
-            self.conv = impl
+        launches: dict[str, tuple[str, Config | None]] = {}
+        for impl, cfg in self.candidates():
+            name = impl if cfg is None else f"{impl} {cfg.describe()}"
+            self.conv, self.config = impl, cfg
             try:
                 out = torch.empty_like(hmap)
                 self.rcab(hmap, rc, out, {})  # warm-up: compiles, cuDNN's plan for this shape
-                results[impl] = out
-                self.timings[impl] = _time_ms(lambda: self.rcab(hmap, rc, torch.empty_like(hmap), {}), self.device)
+                results[name], launches[name] = out, (impl, cfg)
+                self.timings[name] = _time_ms(lambda: self.rcab(hmap, rc, torch.empty_like(hmap), {}), self.device)
             except Exception as exc:  # noqa: BLE001 - a candidate that cannot run is not chosen
-                log.warning("fused RCAB: the %s convolution failed here (%s); not used", impl, str(exc)[:200])
+                log.warning("fused RCAB: the %s convolution failed here (%s); not used", name, str(exc)[:200])
         ref = results.get("cudnn")
-        ok = [i for i in results if ref is None or _agree(results[i], ref, self.dtype)]
-        for impl in set(results) - set(ok):
-            log.warning("fused RCAB: the %s convolution disagrees with cuDNN's here; not used", impl)
+        ok = [n for n in results if ref is None or _agree(results[n], ref, self.dtype)]
+        for name in sorted(set(results) - set(ok)):
+            log.warning("fused RCAB: the %s convolution disagrees with cuDNN's here; not used", name)
         if not ok:
             raise MCANError("no fused convolution ran on this device; use --rcab torch")
-        self.conv = min(ok, key=lambda i: self.timings[i])
+        best = min(ok, key=lambda n: self.timings[n])
+        self.conv, self.config = launches[best]
         self.flag.zero_()
         log.info(
-            "fused RCAB convolutions on %dx%d %s: %s; using %s",
+            "fused RCAB convolutions on %dx%d %s, ms per RCAB: %s; using %s",
             hmap.shape[3],
             hmap.shape[2],
             str(self.dtype).replace("torch.", ""),
-            ", ".join(f"{i} {t:.2f} ms" for i, t in self.timings.items()),
-            self.conv,
+            ", ".join(f"{n} {t:.3f}" for n, t in self.timings.items()),
+            best,
         )
         return self.conv
 

@@ -146,18 +146,18 @@ def load_runner(
         import torch
 
         torch.set_num_threads(int(threads))
-    runner: TorchRunner
+    pt: TorchRunner
     if rcab == "triton":
-        runner = TritonRunner(model, dev, resolve_dtype(dtype, dev), conv=conv)
+        pt = TritonRunner(model, dev, resolve_dtype(dtype, dev), conv=conv)
     else:
-        runner = TorchRunner.create(model, device, dtype)
+        pt = TorchRunner.create(model, device, dtype)
     what = "fused inference RCAB (Triton)" if rcab == "triton" else "eager RCAB"
     log.info(
         "back-end torch, %s on %s, %s (%s%s)",
-        str(runner.dtype).replace("torch.", ""),
-        runner.device,
+        str(pt.dtype).replace("torch.", ""),
+        pt.device,
         what,
         why,
         "; --rcab auto" if rcab_impl == "auto" else "",
     )
-    return runner
+    return pt

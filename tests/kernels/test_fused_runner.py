@@ -136,7 +136,8 @@ def test_auto_times_the_candidates_and_logs_the_choice(caplog):
     fused = FusedBlocks(copy.deepcopy(_model()).to(DEVICE), DEVICE, torch.float32, "auto")
     with caplog.at_level(logging.INFO, logger="mcan_deploy.runners.fused"):
         chosen = fused.choose(24, 20, side=16)
-    assert chosen in ("triton", "cudnn") and set(fused.timings) >= {"triton", "cudnn"}
+    names = set(fused.timings)
+    assert chosen in ("triton", "cudnn") and "cudnn" in names and any(n.startswith("triton m") for n in names)
     assert all(t > 0 for t in fused.timings.values())
     assert f"using {chosen}" in caplog.text and "16x16" in caplog.text
 
@@ -157,7 +158,7 @@ def test_a_candidate_that_disagrees_is_not_chosen(monkeypatch, caplog):
     fused = FusedBlocks(copy.deepcopy(_model()).to(DEVICE), DEVICE, torch.float32, "auto")
     with caplog.at_level(logging.WARNING):
         assert fused.choose(16, 16) == "cudnn"
-    assert "triton convolution disagrees" in caplog.text
+    assert "convolution disagrees" in caplog.text and "the triton m" in caplog.text
 
 
 def _relu_hidden_overflow_model():

@@ -3,14 +3,16 @@
     python benchmarks/engine_check.py engine|folder|train --out DIR [--smoke] [--seconds S]
 
 Sections (each run as its own command, each with a time limit, each writing its part of
-``DIR/engine-<device>-<date>.json`` and re-rendering the ``.md`` as soon as it has a row):
+``DIR/gpu-<device>-<date>.json`` through ``gpu_results.Results`` as soon as it has a row):
 
 - ``engine``: the paper-size N (3 blocks x 16 RCAB x 64 features, orthogonal weights) on a 12 MP
-  image (``samples/photo`` resized to 4000x3000) for every plan x float32/bfloat16/float16 x
-  torch/Triton RCAB: seconds, the allocator's peak against the memory model's estimate, the
-  largest difference from the float32 whole-image result, float16 overflows redone.
+  image (``samples/photo`` resized to 4000x3000, on the device as the API hands it on) for every
+  plan x float32/bfloat16/float16 on the fused path (each convolution it can choose, and its
+  own choice) and the main rows of the eager path: model seconds after a warm-up at the same
+  size, the allocator's peak against the memory model's estimate, the largest difference from
+  the float32 eager whole-image result, float16 overflows redone, and each case's wall time.
 - ``folder``: ``mcan-upscale`` on a folder of four 12 MP PNGs, wall time against the model time
-  alone (the same images through ``upscale_tensor``, decoded beforehand).
+  alone (the same images through ``upscale_tensor``, already on the device).
 - ``train``: mcan-bench's training rows (the trainer's step, L1, Adam, batch 16 of 48x48) of one
   block and of N in float32, at ``[train]``'s defaults and in bf16 captured in a CUDA graph, and
   the hours the report's whole plan would take at each rate.
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import os
 import tempfile
@@ -36,6 +37,11 @@ import numpy as np
 import torch
 
 from mcan_deploy.model import MCAN, ModelConfig, build_model, init_block
+
+try:  # run as a script (python benchmarks/engine_check.py) or imported from the package
+    from gpu_results import Results
+except ImportError:
+    from benchmarks.gpu_results import Results
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "samples" / "photo" / "city100_001_LR.png"
@@ -79,152 +85,100 @@ def peak(device: torch.device) -> int | None:
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
 
-class Results:
-    """One JSON file per device and date, each section its own key, saved after every row."""
-
-    def __init__(self, out: Path, device: torch.device, smoke: bool) -> None:
-        from mcan_deploy.bench import machine_info
-
-        kind = "smoke" if smoke else device.type
-        self.path = out / f"engine-{kind}-{time.strftime('%Y%m%d')}.json"
-        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.data["machine"] = {
-            **machine_info(device),
-            "cuda": torch.version.cuda,
-            "tf32_conv": torch.backends.cudnn.allow_tf32,
-            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-        }
-
-    def put(self, section: str, value: Any) -> None:
-        self.data[section] = value
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        tmp.replace(self.path)
-        self.path.with_suffix(".md").write_text(render(self.data))
-
-
-def gb(n: int | None) -> str:
-    return "" if n is None else f"{n / 1e9:.2f}"
-
-
-def render(d: dict[str, Any]) -> str:
-    m = d.get("machine", {})
-    lines = [
-        f"# Engine check: {m.get('gpu') or m.get('cpu')}",
-        "",
-        f"{m.get('date')}; torch {m.get('torch')}, CUDA {m.get('cuda')}, triton {m.get('triton')}; "
-        f"TF32 convolutions {'on' if m.get('tf32_conv') else 'off'}.",
-        "",
-    ]
-    if "engine" in d:
-        e = d["engine"]
-        lines += [
-            f"## Paper-size N on a {e['size']} image",
-            "",
-            "| plan asked | ran | dtype | RCAB | s | peak GB | model GB | max diff vs fp32 whole | overflows "
-            "| statistics |",
-            "|---|---|---|---|---:|---:|---:|---:|---:|---|",
-        ]
-        for r in e["rows"]:
-            if "skipped" in r or "error" in r:
-                lines.append(
-                    f"| {r['plan']} | | {r['dtype']} | {r['rcab']} | | | | | | {r.get('skipped') or r.get('error')} |"
-                )
-                continue
-            lines.append(
-                f"| {r['plan']} | {r['plan_run']} | {r['dtype']} | {r['rcab']} | {r['seconds']:.3f} | {gb(r['peak_bytes'])} "
-                f"| {gb(r['model_bytes'])} | {r['max_diff']:.2e} | {r['overflows']} | {r['stats']} |"
-            )
-        lines.append("")
-    if "folder" in d:
-        f = d["folder"]
-        lines += [
-            f"## mcan-upscale on a folder of {f['images']} {f['size']} photos",
-            "",
-            f"- wall time {f['wall_s']:.2f} s, model time alone {f['model_s']:.2f} s: "
-            f"**{f['wall_s'] / f['model_s']:.2f}x** (target <= 1.3x on an H100/H200)",
-            f"- command: `{f['command']}`",
-            "",
-        ]
-    if "train" in d:
-        lines += [
-            "## Training step (the trainer's step: L1, Adam, batch 16 of 48x48)",
-            "",
-            "The paper plan column: configs/paper.toml's iterations at these rates (block phases at the "
-            "block's step, phase 4 at N's; generation and validation not counted).",
-            "",
-            "| what | options | computed as | ms/step (median) | x fp32 | paper plan (hours) |",
-            "|---|---|---|---:|---:|---:|",
-        ]
-        for r in d["train"]:
-            if "skipped" in r:
-                lines.append(f"| - | {r['options']} | {r['skipped']} | | | |")
-                continue
-            hours = f"{r['paper_plan_hours']:.1f}" if "paper_plan_hours" in r else ""
-            lines.append(
-                f"| {r['what']} | {r['options']} | {r['describe']} | {1000 * r['step_s']:.1f} | "
-                f"{r['speedup_vs_fp32']:.2f} | {hours} |"
-            )
-        lines.append("")
-    return "\n".join(lines)
-
-
 # ---- sections -----------------------------------------------------------------------------
-def engine(args: argparse.Namespace, device: torch.device, res: Results) -> None:
+# (plan, dtype, RCAB, fused convolution), most telling first, so a time limit cuts the least:
+# the float32 reference, the default (fused, bf16, auto), the old default, the targets' rows,
+# each fused convolution forced, then every plan x dtype of the fused path and the torch path.
+ENGINE_CASES = [
+    ("whole", "float32", "torch", "-"),
+    ("whole", "bfloat16", "fused", "auto"),
+    ("whole", "bfloat16", "torch", "-"),
+    ("layers", "bfloat16", "fused", "auto"),
+    ("whole", "float16", "fused", "auto"),
+    ("whole", "bfloat16", "fused", "triton"),
+    ("whole", "bfloat16", "fused", "cudnn"),
+    ("whole", "bfloat16", "fused", "cudnn-fused"),
+    ("layers", "bfloat16", "fused", "cudnn"),
+    ("layers-host", "bfloat16", "fused", "auto"),
+    ("block", "bfloat16", "fused", "auto"),
+    ("all", "bfloat16", "fused", "auto"),
+    ("layers", "float16", "fused", "auto"),
+    ("whole", "float32", "fused", "auto"),
+    ("layers", "float32", "fused", "auto"),
+    ("whole", "float16", "torch", "-"),
+    ("layers", "bfloat16", "torch", "-"),
+    ("layers-host", "float16", "fused", "auto"),
+    ("layers-host", "float32", "fused", "auto"),
+    ("block", "float16", "fused", "auto"),
+    ("block", "float32", "fused", "auto"),
+    ("all", "float16", "fused", "auto"),
+    ("all", "float32", "fused", "auto"),
+]
+# on a CPU the fused kernels run in Triton's interpreter: every plan x dtype on the torch path,
+# the fused path's main rows
+SMOKE_CASES = [
+    ("whole", "float32", "torch", "-"),
+    ("whole", "bfloat16", "fused", "auto"),
+    ("layers", "bfloat16", "fused", "auto"),
+    ("whole", "float16", "fused", "auto"),
+    ("whole", "bfloat16", "fused", "cudnn"),
+    *[
+        (p, d, "torch", "-")
+        for p in ("whole", "layers", "layers-host", "block", "all")
+        for d in ("float32", "bfloat16", "float16")
+    ],
+]
+SMOKE_CASES = list(dict.fromkeys(SMOKE_CASES))
+
+
+def _runner(
+    cache: dict[tuple[str, str, str], Any], model: MCAN, device: torch.device, dtype: str, rcab: str, conv: str
+):
     from mcan_deploy.runners import TorchRunner, TritonRunner
+
+    key = (dtype, rcab, conv)
+    if key not in cache:
+        if rcab == "fused":
+            cache[key] = TritonRunner(copy.deepcopy(model), device, getattr(torch, dtype), conv=conv)
+        else:
+            cache[key] = TorchRunner(copy.deepcopy(model), device, getattr(torch, dtype))
+    return cache[key]
+
+
+def engine(args: argparse.Namespace, device: torch.device, res: Results) -> None:
+    """Every case: a warm-up on the full-size image (convolution choice, compiles, cuDNN plans
+    for this shape), then the timed run; the runner of a dtype and RCAB is built once."""
     from mcan_deploy.tiling import TileConfig, choose, default_tile, upscale_tensor
 
-    h, w = (96, 128) if args.smoke else (3000, 4000)
-    x = torch.from_numpy(photo(h, w).transpose(2, 0, 1).copy())
+    h, w = (48, 64) if args.smoke else (3000, 4000)
+    x = torch.from_numpy(photo(h, w).transpose(2, 0, 1).copy()).to(device)  # as the API hands it on
     model = paper_model(args.smoke)
-    tile = 32 if args.smoke else default_tile("global", device)
-    crop = x[:, : min(h, 600), : min(w, 600)]
+    tile = 24 if args.smoke else default_tile("global", device)
     deadline = time.monotonic() + args.seconds
-    # most telling first: the reference, bf16 whole (the default), then the fallbacks
-    cases = [
-        ("whole", "float32", "torch"),
-        ("whole", "bfloat16", "torch"),
-        ("whole", "float16", "torch"),
-        ("whole", "bfloat16", "triton"),
-        ("layers", "bfloat16", "torch"),
-        ("layers", "bfloat16", "triton"),
-        ("layers-host", "bfloat16", "torch"),
-        ("block", "bfloat16", "torch"),
-        ("all", "bfloat16", "torch"),
-        ("whole", "float16", "triton"),
-        ("layers", "float16", "torch"),
-        ("layers", "float32", "torch"),
-        ("layers-host", "float32", "torch"),
-        ("layers-host", "float16", "torch"),
-        ("block", "float32", "torch"),
-        ("block", "float16", "torch"),
-        ("all", "float32", "torch"),
-        ("all", "float16", "torch"),
-        ("whole", "float32", "triton"),
-        ("layers", "float32", "triton"),
-    ]
     rows: list[dict[str, Any]] = []
     section = {"size": f"{w}x{h}", "tile": tile, "rows": rows}
     ref = None
-    for plan, dtype, rcab in cases:
-        row: dict[str, Any] = {"plan": plan, "dtype": dtype, "rcab": rcab}
+    runners: dict[tuple[str, str, str], Any] = {}
+    for plan, dtype, rcab, conv in SMOKE_CASES if args.smoke else ENGINE_CASES:
+        row: dict[str, Any] = {"plan": plan, "dtype": dtype, "rcab": rcab, "conv": conv}
         rows.append(row)
         if time.monotonic() > deadline:
             row["skipped"] = f"time limit ({args.seconds:.0f} s)"
             res.put("engine", section)
             continue
+        t_case = time.perf_counter()
         try:
-            cls = TritonRunner if rcab == "triton" else TorchRunner
-            runner = cls(copy.deepcopy(model), device, getattr(torch, dtype))
+            runner = _runner(runners, model, device, dtype, rcab, conv)
             tile_stats = plan in ("block", "all")
             cfg = TileConfig(
-                tile=tile if not tile_stats else (64 if args.smoke else default_tile("tile", device)),
+                tile=tile if not tile_stats else (16 if args.smoke else default_tile("tile", device)),
                 batch=1 if device.type == "cpu" else 4,
                 ca_stats="tile" if tile_stats else "global",
                 plan=plan,
                 max_memory=None,
             )
-            upscale_tensor(runner, crop, cfg)  # warm-up: cuDNN setup, Triton compiles
+            if not args.smoke:
+                upscale_tensor(runner, x, cfg)
             choice = choose(runner, h, w, cfg)
             sync(device)
             reset_peak(device)
@@ -232,6 +186,7 @@ def engine(args: argparse.Namespace, device: torch.device, res: Results) -> None
             out, report = upscale_tensor(runner, x, cfg)
             sync(device)
             row["seconds"] = time.perf_counter() - t0
+            kernels = getattr(runner, "kernels", None)
             row.update(
                 peak_bytes=peak(device),
                 model_bytes=choice.need.device,
@@ -239,14 +194,22 @@ def engine(args: argparse.Namespace, device: torch.device, res: Results) -> None
                 stats=report.ca_stats,
                 overflows=report.overflows,
                 summary=report.summary(),
+                conv_run=(
+                    f"{kernels.conv} {kernels.config.describe()}"
+                    if kernels is not None and kernels.config
+                    else kernels.conv
+                )
+                if kernels is not None
+                else "-",
             )
             if ref is None:
                 ref = out
             row["max_diff"] = float((out - ref).abs().max())
-            del runner, out
+            del out
         except Exception as exc:  # one failed case must not cost the others
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
             log.exception("engine case %s failed", row)
+        row["wall_s"] = time.perf_counter() - t_case
         log.info("engine %s", {k: v for k, v in row.items() if k != "summary"})
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -271,10 +234,11 @@ def folder(args: argparse.Namespace, device: torch.device, res: Results) -> None
         src.mkdir()
         for i in range(n):
             cv2.imwrite(str(src / f"photo{i}.png"), np.rint(photo(h, w, i)[:, :, ::-1] * 255).astype(np.uint8))
-        runner = load_runner(model_path, str(device), backend="torch")
+        runner = load_runner(model_path, str(device), backend="torch")  # the defaults mcan-upscale takes
         cfg = TileConfig(tile=default_tile("global", device), batch=1 if device.type == "cpu" else 4)
-        xs = [torch.from_numpy(photo(h, w, i).transpose(2, 0, 1).copy()) for i in range(n)]
-        upscale_tensor(runner, xs[0][:, :256, :256], cfg)  # warm-up
+        # the model alone: the images already on the device, as the pipeline hands them on
+        xs = [torch.from_numpy(photo(h, w, i).transpose(2, 0, 1).copy()).to(device) for i in range(n)]
+        upscale_tensor(runner, xs[0], cfg)  # warm-up at the full size
         sync(device)
         t0 = time.perf_counter()
         for x in xs:
@@ -304,7 +268,7 @@ def folder(args: argparse.Namespace, device: torch.device, res: Results) -> None
             "wall_s": wall,
             "model_s": model_s,
             "exit_code": rc,
-            "command": "mcan-upscale MODEL photos/ -o out/ (defaults: --dtype auto, --plan auto)",
+            "command": "mcan-upscale MODEL photos/ -o out/ (defaults: --rcab auto, --dtype auto, --plan auto)",
         },
     )
     log.info("folder: wall %.2f s, model alone %.2f s, exit %d", wall, model_s, rc)

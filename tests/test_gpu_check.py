@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -17,7 +18,7 @@ pytest.importorskip("triton")
 
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
-def test_smoke_run_covers_every_plan_dtype_and_section(tmp_path):
+def test_smoke_run_covers_every_section_plan_and_dtype_and_packs_its_files(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
     res = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--smoke"],
@@ -27,24 +28,49 @@ def test_smoke_run_covers_every_plan_dtype_and_section(tmp_path):
         timeout=600,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    (js,) = tmp_path.glob("engine-smoke-*.json")
+    # what the device tool brings back: at most 8 files, the summary beside one archive
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) <= 8 and all(p.is_file() for p in tmp_path.iterdir()), files
+    (archive,) = tmp_path.glob("gpu-check-*.tar.gz")
+    with tarfile.open(archive) as tar:
+        packed = {os.path.basename(n) for n in tar.getnames()}
+    assert {"engine.log", "anchors.log", "quality.log", "startup.log"} <= packed
+    (js,) = tmp_path.glob("gpu-smoke-*.json")
     data = json.loads(js.read_text())
     rows = data["engine"]["rows"]
     assert not [r for r in rows if "error" in r or "skipped" in r]
     assert {(r["plan"], r["dtype"]) for r in rows} == {
         (p, d) for p in ("whole", "layers", "layers-host", "block", "all") for d in ("float32", "bfloat16", "float16")
     }
-    assert {r["rcab"] for r in rows} == {"torch", "triton"}
+    assert {r["rcab"] for r in rows} == {"torch", "fused"}
+    fused = [r for r in rows if r["rcab"] == "fused"]
+    assert fused and all(r["conv_run"].split()[0] in ("triton", "cudnn") for r in fused), fused
     for r in rows:  # exact plans in float32 equal the float32 whole image; tile statistics do not
         if r["dtype"] == "float32" and r["stats"] == "global":
             assert r["max_diff"] < 1e-4, r
         if r["stats"] == "tile":
             assert r["max_diff"] > 1e-3, r
     assert data["folder"]["exit_code"] == 0
+    assert data["api"]["equal_to_host"] is True
+    assert [r["cache"] for r in data["startup"]["rows"]] == ["empty", "filled"]
+    assert {r["name"] for r in data["quality"]["rows"]} >= {"identity", "fused float32 whole", "fused float16 layers"}
+    anchors = {r["what"]: r for r in data["anchors"]["rows"]}
+    assert (
+        "skipped" in anchors["bare model under torch.compile"]
+        and anchors["bare model, eager, channels_last"]["seconds"] > 0
+    )
     # block and N in fp32 and at the defaults; CUDA graphs recorded as skipped on a CPU, not dropped
     assert [(r["what"], r["options"]) for r in data["train"]] == [
         (w, o) for o in ("fp32", "default") for w in ("block", "N")
     ] + [("-", "bf16 CUDA graphs")]
     assert "CUDA device" in data["train"][-1]["skipped"]
     md = js.with_suffix(".md").read_text()
-    assert "| layers-host |" in md and "mcan-upscale on a folder" in md and "Training step" in md
+    for heading in (
+        "## Targets",
+        "## Anchors",
+        "| layers-host |",
+        "mcan-upscale on a folder",
+        "## Quality",
+        "Training step",
+    ):
+        assert heading in md, heading

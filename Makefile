@@ -31,13 +31,14 @@ demo: install
 	@echo "demo: upscaled photo in runs/demo/upscaled/ (OpenVINO, or PyTorch without it) and runs/demo/upscaled-onnx/ (ONNX Runtime);"
 	@echo "      training report in runs/demo/report.md"
 
-# Lint, format and type checks first (seconds), then the tests.
+# Lint, format and type checks first (seconds), then the tests, one pytest-xdist worker a core
+# (worksteal: the long end-to-end tests do not wait behind a queue of short ones).
 LINTED := mcan_deploy tests benchmarks samples
 test: install
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist worksteal
 
 bench: install
 	$(BIN)/mcan-bench --quick --out benchmarks/results/bench-quick-cpu-$$(date +%Y%m%d)

@@ -1,7 +1,7 @@
 """Benchmarks of the toolkit against eager PyTorch, measured in one run on one set of weights.
 
 For each back-end (eager NCHW and channels_last, torch.compile, ONNX Runtime, and on CUDA float16
-/bfloat16 and the fused Triton RCAB tail in each dtype) and each image size, whole-image and tiled: megapixels per second (median of several
+/bfloat16 and the fused inference RCAB in each dtype) and each image size, whole-image and tiled: megapixels per second (median of several
 timed runs after a warm-up, with min and max), peak memory (RSS sampled during the run on CPU,
 the allocator's peak on CUDA), the ratio to eager float32 NCHW from the same run, and the achieved
 convolution FLOP rate as a share of this machine's matrix-multiply peak, also measured in the run.

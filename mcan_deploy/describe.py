@@ -134,12 +134,12 @@ def describe(path: str | Path, trust_pickle: bool = False) -> ModelInfo:
         notes["position"] = meta["position"]
     if "plan" in meta:
         notes["phases"] = meta["plan"]
+    local = config.get("kind") == "toy"
     backends = (
         ["torch"]
         + (["openvino"] if installed("openvino") else [])
-        + (["triton (fused RCAB tail)"] if installed("triton") else [])
+        + (["triton (the fused inference RCAB, on CUDA)"] if installed("triton") and not local else [])
     )
-    local = config.get("kind") == "toy"
     return ModelInfo(
         str(path),
         kind,

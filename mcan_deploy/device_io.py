@@ -39,7 +39,9 @@ def device_decode(pixels: torch.Tensor, order: str = "bgr") -> torch.Tensor:
     # float32 first: CUDA casts every integer type, while indexing kernels skip uint16
     chw = pixels.permute(2, 0, 1).to(torch.float32)
     rgb = chw[[2, 1, 0]] if order == "bgr" else chw[:3]
-    return rgb.div_(PEAK[depth]).contiguous()
+    # by a tensor on the device, not a Python number: CUDA turns x / number into x * (1 / number),
+    # which is one bit off for 126 of the 256 uint8 values; tensor / tensor divides exactly
+    return rgb.div_(torch.full((), PEAK[depth], device=rgb.device)).contiguous()
 
 
 def device_encode(image: torch.Tensor, depth: int, order: str = "rgb") -> torch.Tensor:

@@ -19,6 +19,13 @@ if not torch.cuda.is_available():
 else:  # tests compare float32 paths at ~1e-5; TF32 convolutions/matmuls would round to ~1e-3
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
+# Under pytest-xdist (make test) the cores are shared out among the workers, and the processes
+# the tests start get the same share as the test itself (a resumed run is compared bitwise with
+# a killed subprocess's checkpoints: both must compute with the same number of threads).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, os.cpu_count() or 1) // _WORKERS)
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -29,9 +36,10 @@ def sample_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
-    """Tests compare runs bit for bit; keep the thread count fixed across them."""
+    """Tests compare runs bit for bit; keep the thread count fixed across them. Under
+    pytest-xdist the cores are shared out among the workers (2 workers on 2 cores: 1 each)."""
     n = torch.get_num_threads()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(THREADS)
     yield
     torch.set_num_threads(n)
 

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated back-ends to time (default: eager, channels_last, compile, "
         "onnxruntime, and openvino, openvino_bf16, openvino_int8 where OpenVINO is "
         "installed; on CUDA also float16, bfloat16, triton, triton_float16, "
-        "triton_bfloat16, the fused Triton RCAB tail). eager is always timed: the "
+        "triton_bfloat16, the fused inference RCAB). eager is always timed: the "
         "ratios are against it",
     )
     p.add_argument("--repeat", type=int, help="timed runs per measurement after one warm-up")

@@ -93,10 +93,11 @@ def _conv3x3_kernel(
     mmask = m < HO * WO
     p = m // WO
     q = m % WO
+    n = tl.arange(0, BLOCK_N)
     if I64:  # maps with offsets beyond int32 within one image (above ~33 MP at 64 channels)
         p = p.to(tl.int64)
         q = q.to(tl.int64)
-    n = tl.arange(0, BLOCK_N)
+        n = n.to(tl.int64)
     nmask = n < COUT
     x_base = X + pid_b.to(tl.int64) * sx_b
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -108,6 +109,8 @@ def _conv3x3_kernel(
         pix = iy * sx_h + ix * sx_w
         for kc in tl.static_range(K_CHUNKS):
             k = kc * BLOCK_K + tl.arange(0, BLOCK_K)
+            if I64:
+                k = k.to(tl.int64)
             a = tl.load(x_base + pix[:, None] + k[None, :] * sx_c, mask=valid[:, None] & (k < CIN)[None, :], other=0.0)
             w = tl.load(WP + (tap * (K_CHUNKS * BLOCK_K) + k)[:, None] * BLOCK_N + n[None, :])
             if UPCAST:  # the interpreter has no bfloat16 product: float32 operands there

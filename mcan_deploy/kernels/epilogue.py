@@ -59,6 +59,7 @@ def _bias_act_kernel(
     pix = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     if I64:  # maps with offsets beyond int32 within one image
         pix = pix.to(tl.int64)
+        c = c.to(tl.int64)
     ph = pix // W
     pw = pix % W
     mask = cmask[:, None] & (pix < H * W)[None, :]

@@ -21,10 +21,13 @@ output regions of the whole map, no window gathers, the same passes as the whole
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONV_IMPLS = ("auto", "triton", "cudnn", "cudnn-fused")
+Core = tuple[int, int, int, int]  # (y0, y1, x0, x1): a tile's kept pixels
 
 
 @dataclass(frozen=True)
@@ -119,9 +123,10 @@ class FusedBlocks:
     dtype: torch.dtype
     conv: str = "auto"
     blocks: list[BlockWeights] = field(init=False)
-    flag: torch.Tensor = field(init=False)
     timings: dict[str, float] = field(init=False, default_factory=dict)  # ms per RCAB, from choose
     config: Config | None = field(init=False, default=None)  # the 64-channel convolutions' launch
+    _local: threading.local = field(init=False, default_factory=threading.local, repr=False)
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         if self.conv not in CONV_IMPLS:
@@ -129,12 +134,20 @@ class FusedBlocks:
         if not all(isinstance(b, MCANBlock) for b in self.model.blocks):
             raise MCANError("the fused path runs MCAN blocks; the toy block has no channel attention to fuse")
         self.blocks = [block_weights(cast(MCANBlock, b), self.dtype, self.device) for b in self.model.blocks]
-        self.flag = torch.zeros(1, dtype=torch.int32, device=self.device)
         self.check = self.dtype == torch.float16  # float16 can overflow; bf16 and float32 cannot
         if self.conv == "auto" and self.device.type != "cuda":
             self.conv = "triton"  # the interpreter (tests): cuDNN is a GPU library
         if self.conv == "cudnn-fused" and (self.check or not _cudnn_fused_available(self.device)):
             raise MCANError("fused convolution 'cudnn-fused' needs CUDA and a dtype other than float16; use cudnn")
+
+    @property
+    def flag(self) -> torch.Tensor:
+        """This thread's overflow flag (int32 on the device), so that the guards of two threads
+        that share a runner never see, or clear, each other's overflows."""
+        flag = getattr(self._local, "flag", None)
+        if flag is None:
+            flag = self._local.flag = torch.zeros(1, dtype=torch.int32, device=self.device)
+        return flag
 
     # ---- one convolution with its epilogue -------------------------------------------------
     def _flag(self) -> torch.Tensor | None:
@@ -170,6 +183,7 @@ class FusedBlocks:
                 origin=origin,
                 size=size,
                 out=out,
+                config=self._config(cw),
             )
             return y
         from ..kernels.epilogue import bias_act
@@ -240,83 +254,79 @@ class FusedBlocks:
         return self.conv3x3(g, bw.tail, residual=x, clamp=bw.clamp)
 
     def block_on_maps(
-        self, i: int, x: torch.Tensor, tile: int, tick: Callable[[int], None] | None = None
+        self, i: int, x: torch.Tensor, cores: list[Core], tick: Callable[[int], None] | None = None
     ) -> torch.Tensor:
-        """Block ``i`` on one image (1, 3, H, W) with exact whole-image statistics, computed over
-        tiles of two full-size maps (features and one residual) instead of four: each tile's
-        convolutions read the full map around it, so no window is gathered and only a one-pixel
-        ring of conv1 is computed twice. Triton convolutions only (output regions)."""
-        from ..kernels.conv3x3 import conv3x3
-        from ..kernels.rcab import gate
-        from ..tiling.windows import spans
-
+        """Block ``i`` on one image (1, 3, H, W) with exact whole-image statistics, computed core
+        by core (``cores``: (y0, y1, x0, x1) that cover the image) over two full-size maps
+        (features and one residual) instead of four: each core's convolutions read the full map
+        around it, so no window is gathered and only a one-pixel ring of conv1 is computed twice.
+        Triton convolutions only (output regions)."""
         if self.conv != "triton":
             raise MCANError(f"block_on_maps runs the Triton convolution, not '{self.conv}'")
         bw = self.blocks[i]
-        _, _, hh, ww = x.shape
-        cells = [(sy, sx) for sy in spans(hh, tile, 0) for sx in spans(ww, tile, 0)]
-        side = max(s.hi - s.lo for s in spans(hh, tile, 0)) + 2, max(s.hi - s.lo for s in spans(ww, tile, 0)) + 2
         hmap = self.conv3x3(x, bw.head)
-        rmap = torch.empty_like(hmap)
-        t_buf = torch.empty(1, hmap.shape[1], *side, dtype=self.dtype, device=self.device)
-        t_buf = (
-            t_buf.contiguous(memory_format=torch.channels_last)
-            if hmap.is_contiguous(memory_format=torch.channels_last)
-            else t_buf
-        )
+        side = max(y1 - y0 for y0, y1, _, _ in cores) + 2, max(x1 - x0 for _, _, x0, x1 in cores) + 2
+        buf = torch.empty(1, hmap.shape[1], *side, dtype=self.dtype, device=self.device)
+        if hmap.is_contiguous(memory_format=torch.channels_last):
+            buf = buf.contiguous(memory_format=torch.channels_last)
         if tick:
-            tick(len(cells))
+            tick(len(cores))
+        rmap = torch.empty_like(hmap)
         for rc in bw.rcabs:
-            total = torch.zeros(1, hmap.shape[1], dtype=torch.float64, device=self.device)
-            for sy, sx in cells:
-                (y0, y1), (x0, x1) = _ring(sy.lo, sy.hi, hh), _ring(sx.lo, sx.hi, ww)
-                t = t_buf[:, :, : y1 - y0, : x1 - x0]
-                ring, ring_size = (y0, x0), (y1 - y0, x1 - x0)
-                conv3x3(
-                    hmap,
-                    rc.conv1.packed,
-                    relu=True,
-                    flag=self._flag(),
-                    origin=ring,
-                    size=ring_size,
-                    out=t,
-                    config=self.config,
-                )
-                _, sums = conv3x3(
-                    t,
-                    rc.conv2.packed,
-                    config=self.config,
-                    sums=True,
-                    flag=self._flag(),
-                    origin=(sy.lo - y0, sx.lo - x0),
-                    size=(sy.hi - sy.lo, sx.hi - sx.lo),
-                    out=rmap[:, :, sy.lo : sy.hi, sx.lo : sx.hi],
-                )
-                assert sums is not None
-                total += sums
-            _scale_add(rmap, gate(total, hh * ww, *rc.attention), hmap, None, hmap)
+            self._rcab_on_maps(hmap, rmap, buf, rc, cores)
             if tick:
-                tick(len(cells))
+                tick(len(cores))
         del rmap
         out = torch.empty_like(x)
-        for sy, sx in cells:
-            (y0, y1), (x0, x1) = _ring(sy.lo, sy.hi, hh), _ring(sx.lo, sx.hi, ww)
-            ring, ring_size = (y0, x0), (y1 - y0, x1 - x0)
-            f = self.conv3x3(x, bw.head, origin=ring, size=ring_size, out=t_buf[:, :, : y1 - y0, : x1 - x0])
+        for core in cores:
+            y0, y1, x0, x1 = core
+            ry0, ry1, rx0, rx1 = _ring(core, x.shape[2], x.shape[3])
+            ring, ring_size = (ry0, rx0), (ry1 - ry0, rx1 - rx0)
+            f = self.conv3x3(x, bw.head, origin=ring, size=ring_size, out=buf[:, :, : ry1 - ry0, : rx1 - rx0])
             g = self.conv3x3(hmap, bw.body, residual=f, origin=ring, size=ring_size, out=f)
-            core = (slice(None), slice(None), slice(sy.lo, sy.hi), slice(sx.lo, sx.hi))
             self.conv3x3(
                 g,
                 bw.tail,
-                residual=x[core],
+                residual=x[:, :, y0:y1, x0:x1],
                 clamp=bw.clamp,
-                origin=(sy.lo - y0, sx.lo - x0),
-                size=(sy.hi - sy.lo, sx.hi - sx.lo),
-                out=out[core],
+                origin=(y0 - ry0, x0 - rx0),
+                size=(y1 - y0, x1 - x0),
+                out=out[:, :, y0:y1, x0:x1],
             )
         if tick:
-            tick(len(cells))
+            tick(len(cores))
         return out
+
+    def _rcab_on_maps(
+        self, hmap: torch.Tensor, rmap: torch.Tensor, buf: torch.Tensor, rc: RCABWeights, cores: list[Core]
+    ) -> None:
+        """One RCAB in place on the full-size features ``hmap``: conv1 over each core and its
+        ring into ``buf``, conv2 over the core into ``rmap`` with its channel sums, then the gate
+        from the sums over every core, and the residual."""
+        from ..kernels.conv3x3 import conv3x3
+        from ..kernels.rcab import gate
+
+        total = torch.zeros(1, hmap.shape[1], dtype=torch.float64, device=self.device)
+        for core in cores:
+            y0, y1, x0, x1 = core
+            ry0, ry1, rx0, rx1 = _ring(core, hmap.shape[2], hmap.shape[3])
+            t = buf[:, :, : ry1 - ry0, : rx1 - rx0]
+            flag, cfg = self._flag(), self.config
+            ring_size = (ry1 - ry0, rx1 - rx0)
+            conv3x3(hmap, rc.conv1.packed, relu=True, flag=flag, origin=(ry0, rx0), size=ring_size, out=t, config=cfg)
+            _, sums = conv3x3(
+                t,
+                rc.conv2.packed,
+                sums=True,
+                flag=flag,
+                origin=(y0 - ry0, x0 - rx0),
+                size=(y1 - y0, x1 - x0),
+                out=rmap[:, :, y0:y1, x0:x1],
+                config=cfg,
+            )
+            assert sums is not None
+            total += sums
+        _scale_add(rmap, gate(total, hmap.shape[2] * hmap.shape[3], *rc.attention), hmap, None, hmap)
 
     # ---- choosing the implementation ---------------------------------------------------------
     def candidates(self) -> list[tuple[str, Config | None]]:
@@ -331,52 +341,71 @@ class FusedBlocks:
             out.append(("cudnn-fused", None))
         return out
 
-    def choose(self, h: int, w: int, side: int = 1024) -> str:
+    def choose(self, h: int, w: int, side: int = 1024, again: bool = False) -> str:
         """Time one RCAB in every candidate on a (1, C, min(h, side), min(w, side)) map; keep
-        the candidates whose result agrees with cuDNN's and take the fastest. Once per runner."""
-        rc = self.blocks[0].rcabs[0] if self.blocks and self.blocks[0].rcabs else None
-        if rc is None:
-            self.conv = "triton"
+        the candidates whose result agrees with cuDNN's and take the fastest. Once per runner
+        (the first thread to ask decides; the others wait for it), unless ``again``."""
+        with self._lock:
+            if self.conv != "auto" and not again:
+                return self.conv
+            rc = self.blocks[0].rcabs[0] if self.blocks and self.blocks[0].rcabs else None
+            if rc is None:
+                self.conv = "triton"
+                return self.conv
+            g = torch.Generator(device=self.device).manual_seed(0)
+            c = rc.conv1.weight.shape[0]
+            hmap = torch.rand(1, c, min(h, side), min(w, side), generator=g, device=self.device, dtype=self.dtype)
+            hmap = hmap.contiguous(memory_format=torch.channels_last)
+            ok = self._trials(hmap, rc)
+            if not ok:
+                raise MCANError("no fused convolution ran on this device; use --rcab torch")
+            best = min(ok, key=lambda n: self.timings[n])
+            self.conv, self.config = ok[best]
+            log.info(
+                "fused RCAB convolutions on %dx%d %s, ms per RCAB: %s; using %s",
+                hmap.shape[3],
+                hmap.shape[2],
+                str(self.dtype).replace("torch.", ""),
+                ", ".join(f"{n} {t:.3f}" for n, t in self.timings.items()),
+                best,
+            )
             return self.conv
-        c = rc.conv1.weight.shape[0]
-        g = torch.Generator(device=self.device).manual_seed(0)
-        hmap = torch.rand(1, c, min(h, side), min(w, side), generator=g, device=self.device, dtype=self.dtype)
-        hmap = hmap.contiguous(memory_format=torch.channels_last)
-        results: dict[str, torch.Tensor] = {}
-        launches: dict[str, tuple[str, Config | None]] = {}
-        for impl, cfg in self.candidates():
+
+    def _trials(self, hmap: torch.Tensor, rc: RCABWeights) -> dict[str, tuple[str, Config | None]]:
+        """Run and time each candidate on a copy of this object (this one is left as it is),
+        cuDNN first as the reference; the others are compared with it at once and their outputs
+        dropped. Out-of-memory errors are not a candidate's failure: they propagate."""
+        ref: torch.Tensor | None = None
+        ok: dict[str, tuple[str, Config | None]] = {}
+        order = sorted(self.candidates(), key=lambda c: c[0] != "cudnn")
+        for impl, cfg in order:
             name = impl if cfg is None else f"{impl} {cfg.describe()}"
-            self.conv, self.config = impl, cfg
+            trial = copy.copy(self)  # shares the weights and the flags
+            trial.conv, trial.config = impl, cfg
             try:
                 out = torch.empty_like(hmap)
-                self.rcab(hmap, rc, out, {})  # warm-up: compiles, cuDNN's plan for this shape
-                results[name], launches[name] = out, (impl, cfg)
-                self.timings[name] = _time_ms(lambda: self.rcab(hmap, rc, torch.empty_like(hmap), {}), self.device)
+                trial.rcab(hmap, rc, out, {})  # warm-up: compiles, cuDNN's plan for this shape
+                self.timings[name] = _time_ms(partial(trial.rcab, hmap, rc, torch.empty_like(hmap), {}), self.device)
+            except torch.OutOfMemoryError:
+                raise
             except Exception as exc:  # noqa: BLE001 - a candidate that cannot run is not chosen
                 log.warning("fused RCAB: the %s convolution failed here (%s); not used", name, str(exc)[:200])
-        ref = results.get("cudnn")
-        ok = [n for n in results if ref is None or _agree(results[n], ref, self.dtype)]
-        for name in sorted(set(results) - set(ok)):
-            log.warning("fused RCAB: the %s convolution disagrees with cuDNN's here; not used", name)
-        if not ok:
-            raise MCANError("no fused convolution ran on this device; use --rcab torch")
-        best = min(ok, key=lambda n: self.timings[n])
-        self.conv, self.config = launches[best]
+                continue
+            if impl == "cudnn":
+                ref = out
+            elif ref is not None and not _agree(out, ref, self.dtype):
+                log.warning("fused RCAB: the %s convolution disagrees with cuDNN's here; not used", name)
+                self.timings.pop(name)
+                continue
+            ok[name] = (impl, cfg)
         self.flag.zero_()
-        log.info(
-            "fused RCAB convolutions on %dx%d %s, ms per RCAB: %s; using %s",
-            hmap.shape[3],
-            hmap.shape[2],
-            str(self.dtype).replace("torch.", ""),
-            ", ".join(f"{n} {t:.3f}" for n, t in self.timings.items()),
-            best,
-        )
-        return self.conv
+        return ok
 
 
-def _ring(lo: int, hi: int, length: int) -> tuple[int, int]:
-    """A core [lo, hi) grown by one pixel each side, inside [0, length)."""
-    return max(lo - 1, 0), min(hi + 1, length)
+def _ring(core: Core, h: int, w: int) -> Core:
+    """A core grown by one pixel each side, inside the (h, w) image."""
+    y0, y1, x0, x1 = core
+    return max(y0 - 1, 0), min(y1 + 1, h), max(x0 - 1, 0), min(x1 + 1, w)
 
 
 def _agree(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:

@@ -16,7 +16,7 @@ from .base import resolve_device, resolve_dtype, safe_dtype
 from .overflow import FlagGuard, OverflowGuard
 
 if TYPE_CHECKING:
-    from .fused import FusedBlocks
+    from .fused import Core, FusedBlocks
 
 
 @dataclass
@@ -165,8 +165,8 @@ class TritonRunner(TorchRunner):
             model = copy.deepcopy(self.model).float()
             if self._float_state is not None:
                 model.load_state_dict(self._float_state)
-            conv = self.kernels.conv if self.kernels is not None and self.kernels.conv != "cudnn-fused" else "auto"
-            self._twin = TritonRunner(model, self.device, safe_dtype(self.device), conv=conv)
+            # its own choice: the safe dtype's kernels are other kernels (and checked against cuDNN)
+            self._twin = TritonRunner(model, self.device, safe_dtype(self.device))
         return cast(TritonRunner, self._twin)
 
     def whole_image_bytes(self, h: int, w: int) -> int:
@@ -187,18 +187,18 @@ class TritonRunner(TorchRunner):
 
     @torch.inference_mode()
     def block_on_device_maps(
-        self, i: int, x: torch.Tensor, tile: int, tick: Callable[[int], None] | None = None
+        self, i: int, x: torch.Tensor, cores: list[Core], tick: Callable[[int], None] | None = None
     ) -> torch.Tensor | None:
-        """Block ``i`` of one image (3, H, W) with exact statistics over ``tile`` cores of
-        full-size maps on the device; None where this runner has no such path (the torch path,
-        or cuDNN convolutions chosen), and the engine's layer steps run instead."""
+        """Block ``i`` of one image (3, H, W) with exact statistics over ``cores`` (y0, y1, x0,
+        x1) of full-size maps on the device; None where this runner has no such path (the torch
+        path, or cuDNN convolutions chosen), and the engine's layer steps run instead."""
         if self.kernels is None:
             return None
         if self.kernels.conv == "auto":
             self.kernels.choose(x.shape[1], x.shape[2])
         if self.kernels.conv != "triton":
             return None
-        out = self.kernels.block_on_maps(i, self._in(x[None]), tile, tick)
+        out = self.kernels.block_on_maps(i, self._in(x[None]), cores, tick)
         return out[0].float().to(x.device)
 
     # ---- layer steps (exact statistics with maps in host memory) ---------------------------

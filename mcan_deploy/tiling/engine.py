@@ -30,7 +30,7 @@ from ..errors import MCANError
 from ..runners import LayerRunner, Runner
 from .config import TileConfig
 from .planner import LABELS, Choice, choose
-from .windows import map_pass, window_count
+from .windows import cores, map_pass, window_count
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,9 @@ def _run_plan(
             )
 
             def layers_block(r: LayerRunner, x: torch.Tensor = x, i: int = i) -> torch.Tensor:
+                # a runner that reads its tiles in place from full-size maps on its device
                 on_maps = getattr(r, "block_on_device_maps", None) if choice.plan == "layers" else None
-                out = on_maps(i, x, cfg.tile, progress) if on_maps is not None else None
+                out = on_maps(i, x, cores(h, w, cfg.tile), progress) if on_maps is not None else None
                 return out if out is not None else _global_block(r, i, x, cfg, choice.plan, progress)
 
             x = _guarded(runner, layers_block, report, f"block {i + 1}")

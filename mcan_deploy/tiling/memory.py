@@ -2,11 +2,14 @@
 
 Costs are counted in feature maps: one map is ``n_feats`` x pixels values of the runner's map
 dtype. The counts below were measured as peak RSS on a CPU (float32, PyTorch 2.13, 64 features,
-0.25-1 MP; ``tests/test_memory_model.py`` keeps them within 25%), and are the same tensors on a
-GPU, where ``benchmarks/gpu_check.sh`` records the CUDA allocator's peak beside the estimate.
+0.25-1 MP; ``test_memory_model_against_measured_peak_rss`` in ``tests/test_planner.py`` keeps them
+within 25%), and are the same tensors on a GPU, where ``benchmarks/gpu_check.sh`` records the CUDA
+allocator's peak beside the estimate.
 
 - whole image: the peak of one block on the whole image holds 5 maps (the running features, conv1's
-  output and its ReLU, conv2's output, the attention product), plus the 3-channel images;
+  output and its ReLU, conv2's output, the attention product), plus the 3-channel images; the fused
+  GPU path states its own 4 (``TritonRunner.whole_image_bytes``: the head's output for the long
+  skip, the running features, conv1's and conv2's outputs);
 - exact tiles (``layers``): 2 full-size maps (the running features and one RCAB's residual) and
   the 3-channel input and output, wherever the maps live, plus the working set of one window
   batch on the runner's device;

@@ -40,6 +40,11 @@ def spans(length: int, tile: int, margin: int) -> list[Span]:
     return out
 
 
+def cores(h: int, w: int, tile: int) -> list[tuple[int, int, int, int]]:
+    """The kept cores (y0, y1, x0, x1) of ``spans`` over an (h, w) image: they cover it once."""
+    return [(sy.lo, sy.hi, sx.lo, sx.hi) for sy in spans(h, tile, 0) for sx in spans(w, tile, 0)]
+
+
 def window_count(h: int, w: int, tile: int, margin: int) -> int:
     return len(spans(h, tile, margin)) * len(spans(w, tile, margin))
 

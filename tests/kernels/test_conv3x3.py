@@ -193,3 +193,24 @@ def test_bad_arguments_are_errors_not_wrong_numbers():
         conv3x3(x, packed, residual=x[:, :, :2])
     with pytest.raises(ValueError, match="biases"):
         bias_act(x, bias[:3])
+
+
+def test_int64_offsets_compute_the_same(monkeypatch):
+    """Maps whose offsets pass int32 (above ~33 MP at 64 channels) switch the kernels to int64
+    indices; forced here with a lowered limit, on an NCHW map, whose channel stride is the largest."""
+    from mcan_deploy.kernels import conv3x3 as K
+    from mcan_deploy.kernels import epilogue as E
+
+    weight, bias = _conv(16, 16, seed=11)
+    x = _x(2, 16, 9, 13, torch.float32, False, seed=12)
+    res = _x(2, 16, 9, 13, torch.float32, False, seed=13)
+    packed = K.pack(weight, bias, torch.float32, DEVICE)
+    want, want_sums = K.conv3x3(x, packed, relu=True, residual=res, sums=True)
+    monkeypatch.setattr(K, "MAX_OFFSET", 100)
+    monkeypatch.setattr(E, "MAX_OFFSET", 100)
+    got, got_sums = K.conv3x3(x, packed, relu=True, residual=res, sums=True)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(got_sums, want_sums, rtol=0, atol=0)
+    torch.testing.assert_close(
+        E.bias_act(x, bias, relu=True), torch.relu(x + bias[:, None, None]), rtol=1e-6, atol=1e-6
+    )

@@ -78,13 +78,14 @@ def test_exact_tiled_plan_on_device_maps_equals_the_whole_image(shape):
     """block_on_maps: cores of at most 16 px over full-size maps, sizes that are no multiple
     of a tile (16 cuts 37 into 13 + 12 + 12)."""
     from mcan_deploy.runners.fused import FusedBlocks
+    from mcan_deploy.tiling.windows import cores
 
     model = _model(n_blocks=1)
     fused = FusedBlocks(copy.deepcopy(model).to(DEVICE), DEVICE, torch.float32, "triton")
     x = torch.rand(1, 3, *shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
     ticks = []
     with torch.inference_mode():
-        tiled = fused.block_on_maps(0, x, 16, ticks.append)
+        tiled = fused.block_on_maps(0, x, cores(*shape, 16), ticks.append)
         whole = fused.block(0, x)
     torch.testing.assert_close(tiled, whole, rtol=2e-5, atol=2e-6)
     _close(tiled, _reference(model, x), torch.float32, "tiled vs float64")
@@ -135,7 +136,7 @@ def test_auto_times_the_candidates_and_logs_the_choice(caplog):
 
     fused = FusedBlocks(copy.deepcopy(_model()).to(DEVICE), DEVICE, torch.float32, "auto")
     with caplog.at_level(logging.INFO, logger="mcan_deploy.runners.fused"):
-        chosen = fused.choose(24, 20, side=16)
+        chosen = fused.choose(24, 20, side=16, again=True)  # on a CPU "auto" is the Triton kernel, untimed
     names = set(fused.timings)
     assert chosen in ("triton", "cudnn") and "cudnn" in names and any(n.startswith("triton m") for n in names)
     assert all(t > 0 for t in fused.timings.values())
@@ -157,7 +158,7 @@ def test_a_candidate_that_disagrees_is_not_chosen(monkeypatch, caplog):
     monkeypatch.setattr(K, "conv3x3", wrong)
     fused = FusedBlocks(copy.deepcopy(_model()).to(DEVICE), DEVICE, torch.float32, "auto")
     with caplog.at_level(logging.WARNING):
-        assert fused.choose(16, 16) == "cudnn"
+        assert fused.choose(16, 16, again=True) == "cudnn"
     assert "convolution disagrees" in caplog.text and "the triton m" in caplog.text
 
 
@@ -212,3 +213,19 @@ def test_the_hook_guard_sees_a_layer_that_outputs_inf():
     with OverflowGuard(seq) as guard:
         seq(x * 1e-4)
     assert not guard.tripped
+
+
+def test_each_thread_has_its_own_overflow_flag():
+    """Two threads sharing a runner: one's guard must not clear (or see) the other's overflow."""
+    import threading
+
+    from mcan_deploy.runners.fused import FusedBlocks
+
+    fused = FusedBlocks(copy.deepcopy(_model()).to(DEVICE, torch.float16), DEVICE, torch.float16, "triton")
+    mine = fused.flag
+    mine.fill_(1)
+    seen = []
+    t = threading.Thread(target=lambda: seen.append((fused.flag.item(), fused.flag is mine)))
+    t.start()
+    t.join()
+    assert seen == [(0, False)] and fused.flag is mine and mine.item() == 1

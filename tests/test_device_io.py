@@ -17,6 +17,10 @@ import torch
 from mcan_deploy.device_io import DeviceIO, Pending, device_decode, device_encode
 from mcan_deploy.io import decode_array, encode_array
 
+# on a GPU machine (gpu_check.sh) the conversions run on the GPU: CUDA's division differs from
+# the CPU's where it is not told to divide exactly
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 
 @pytest.mark.parametrize("order", ["bgr", "rgb"])
 @pytest.mark.parametrize("channels", [3, 4])
@@ -26,9 +30,9 @@ def test_decode_on_the_device_equals_the_host(dtype, channels, order):
     arr = np.random.default_rng(0).integers(0, peak + 1, (37, 29, channels)).astype(dtype)
     arr[0, :4, 0] = [0, 1, peak - 1, peak]  # the ends of the range
     host = decode_array(arr, "x", order).rgb.transpose(2, 0, 1)
-    dev = device_decode(torch.from_numpy(arr), order)
-    assert dev.dtype == torch.float32 and dev.shape == (3, 37, 29)
-    assert np.array_equal(dev.numpy(), host)
+    dev = device_decode(torch.from_numpy(arr).to(DEVICE), order)
+    assert dev.dtype == torch.float32 and dev.shape == (3, 37, 29) and dev.device.type == DEVICE.type
+    assert np.array_equal(dev.cpu().numpy(), host)
 
 
 def _ties(peak: float) -> np.ndarray:
@@ -49,7 +53,7 @@ def test_encode_on_the_device_equals_the_host_including_ties_and_out_of_range(de
     flat = y.view(-1)
     flat[: len(ties)] = torch.from_numpy(ties)
     host = encode_array(y.clamp(0, 1).permute(1, 2, 0).numpy(), None, depth, False, order)
-    dev = device_encode(y, depth, order)
+    dev = device_encode(y.to(DEVICE), depth, order).cpu()
     assert dev.dtype == (torch.uint8 if depth == 8 else torch.uint16) and dev.shape == (40, 50, 3)
     assert np.array_equal(dev.numpy(), host)
     # half to even, as numpy's rint: 0.5 -> 0, 1.5 -> 2
@@ -175,3 +179,23 @@ def test_the_pipeline_on_a_gpu_writes_the_host_paths_files(runner, tmp_path, mon
         assert (tmp_path / "gpu" / name).read_bytes() == (tmp_path / "host" / name).read_bytes(), name
     # colour inputs cross as integers (rgb8, rgba16, jpg, tif); gray goes up as float
     assert io.uploads == 5 and io.downloads == 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the streams and pinned copies need a CUDA device")
+def test_real_uploads_and_downloads_on_side_streams_equal_the_host_conversions():
+    """The real DeviceIO on a GPU (gpu_check.sh runs it): pinned memory, side streams, events."""
+    import threading
+
+    io = DeviceIO(torch.device("cuda"))
+    arr = np.random.default_rng(4).integers(0, 256, (300, 200, 3)).astype(np.uint8)
+    ups: list[Pending] = []
+    worker = threading.Thread(target=lambda: ups.append(io.upload(arr, "bgr")))  # as the decode pool does
+    worker.start()
+    worker.join()
+    x = io.ready(ups[0])
+    assert x.is_cuda and np.array_equal(x.cpu().numpy(), decode_array(arr, "x", "bgr").rgb.transpose(2, 0, 1))
+    y = (x * 1.1 - 0.05).contiguous()
+    pending = io.download(y, 8, "bgr")
+    host = encode_array(y.clamp(0, 1).permute(1, 2, 0).cpu().numpy(), None, 8, False, "bgr")
+    assert np.array_equal(pending.numpy(), host)
+    assert pending.result().is_pinned()

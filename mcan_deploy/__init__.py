@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
+from ._version import __version__
+
 __all__ = ["ModelInfo", "Upscaler", "__version__", "describe", "load"]
 
 if TYPE_CHECKING:

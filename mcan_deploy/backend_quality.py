@@ -43,8 +43,8 @@ def compare_backends(
             )
     if importlib.util.find_spec("openvino"):
         from .errors import OpenVINOError
-        from .export.onnx import file_sha256
         from .export.openvino import get_metadata, to_openvino
+        from .io import file_sha256
         from .runners.openvino_runner import OpenVINORunner, cpu_capabilities
 
         ov_model = to_openvino(model, source_hash=file_sha256(model_path))
@@ -53,7 +53,7 @@ def compare_backends(
         if "BF16" in cpu_capabilities():
             named["openvino bf16"] = outputs(OpenVINORunner(ov_model, meta, "bf16"), test, exact)
         if importlib.util.find_spec("nncf"):
-            from .export.quantize import quantize_int8
+            from .gate.int8 import quantize_int8
 
             try:
                 q_model, q = quantize_int8(

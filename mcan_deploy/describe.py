@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
-from .runners.select import installed
+from .extras import installed
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def describe(path: str | Path, trust_pickle: bool = False) -> ModelInfo:
     """Describe a model file: ``model.safetensors`` (or a block, or a training checkpoint) from
     ``mcan-train``, ``.onnx`` or OpenVINO ``.xml`` from ``mcan-export``. Bad files raise the same
     one-line errors as loading them does."""
-    from .export.onnx import file_sha256
+    from .io import file_sha256
 
     path = Path(path)
     suffix = path.suffix.lower()

@@ -35,6 +35,10 @@ class TrainingDiverged(MCANError):
     """Training hit non-finite values and the plan says stop (or its retries are used up)."""
 
 
+class TrainingInterrupted(MCANError):
+    """Training stopped on request (Ctrl-C, SIGTERM) after writing a checkpoint."""
+
+
 class StudyError(MCANError):
     """A study's run directory is missing or unfinished, or its runs cannot be compared."""
 

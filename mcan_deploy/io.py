@@ -310,6 +310,17 @@ def write_pixels(
     atomic_write_bytes(path, encode_pixels(pixels, path.suffix or ".png", meta, options, path))
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (model files, sources of a fine-tune), read in 1 MB pieces."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """Image files directly in ``folder``, sorted by name (hidden files skipped)."""
     folder = Path(folder)

@@ -14,6 +14,7 @@ import pytest
 import tomli_w
 import torch
 
+import mcan_deploy.train.kinds.training as training_mod
 import mcan_deploy.train.phases as phases_mod
 from mcan_deploy.checkpoint import load_model, load_tensors
 from mcan_deploy.config import plan_from_dict
@@ -38,7 +39,7 @@ def _same(a, b):
 def spied_run(monkeypatch):
     """Record, around every stage, which blocks changed and whether the forward clamps."""
     calls = []
-    real = phases_mod.run_stage
+    real = training_mod.run_stage
 
     def spy(forward, optimizer, sample, stage, start, log_every, callbacks, progress=None, **kw):
         model = spy.model
@@ -60,7 +61,7 @@ def spied_run(monkeypatch):
         spy.model = real_build(cfg)
         return spy.model
 
-    monkeypatch.setattr(phases_mod, "run_stage", spy)
+    monkeypatch.setattr(training_mod, "run_stage", spy)
     monkeypatch.setattr(phases_mod, "build_model", build)
     return calls
 

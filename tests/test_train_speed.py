@@ -26,8 +26,8 @@ from mcan_deploy.config import ModelConfig, StageConfig, TrainConfig, plan_from_
 from mcan_deploy.errors import ConfigError
 from mcan_deploy.model import build_model, init_block
 from mcan_deploy.train import TrainingInterrupted, train
-from mcan_deploy.train.phases import _batches
 from mcan_deploy.train.step import StepOptions, TrainStep, make_optimizer, resolve_precision, set_lr
+from mcan_deploy.train.validate import val_batches as _batches
 
 from .helpers import tiny_plan_dict
 

@@ -94,10 +94,10 @@ def _run(args: argparse.Namespace) -> int:
     siblings = [out.with_name(f"{out.stem}.N{i}{out.suffix or '.onnx'}") for i in range(1, 1000)]
     if any(o.resolve() == src for o in [out, out.with_suffix(".bin"), *siblings]):
         raise MCANError(f"-o {args.out}: would overwrite the model {args.model}; choose another output path")
-    from ..export.onnx import file_sha256
+    from ..io import file_sha256
 
     if fmt == "openvino":
-        from ..export.openvino_export import export_openvino
+        from ..gate.openvino import export_openvino
 
         if args.precision == "int8" and importlib.util.find_spec("nncf") is None:
             raise MCANError("--precision int8 needs NNCF: pip install 'mcan-deploy[openvino]'")

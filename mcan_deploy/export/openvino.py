@@ -260,9 +260,9 @@ def model_for_openvino(
 
     ov = import_openvino()
 
-    from .. import __version__
+    from .._version import __version__
     from ..checkpoint import load_model
-    from .onnx import file_sha256
+    from ..io import file_sha256
 
     path = Path(path)
     if path.suffix.lower() == ".xml":

@@ -36,8 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .rcab import MAX_OFFSET, max_offset
-from .rcab import _on as on_device
+from .launch import MAX_OFFSET, max_offset, on_device
 
 __all__ = ["Config", "PackedConv", "conv3x3", "default_config", "dtype_limit", "gpu_configs", "pack"]
 
@@ -85,8 +84,8 @@ def _conv3x3_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """OUT[b, n, p, q] = epilogue(BIAS[n] + sum_{tap, k} X[b, k, p+OY+dy, q+OX+dx] WP[tap, k, n])
-    for the region's pixels (p, q) in [0, HO) x [0, WO); X outside [0, HX) x [0, WX) is zero."""
+    """OUT[b, n, p, q] = epilogue(BIAS[n] + sum X[b, k, p+OY+dy, q+OX+dx] WP[tap, k, n]), region
+    (p, q) in [0, HO) x [0, WO); X outside [0, HX) x [0, WX) is zero."""
     pid_m = tl.program_id(0)  # pixel blocks on axis 0: CUDA caps grid axes 1 and 2 at 65535
     pid_b = tl.program_id(1)
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)

@@ -15,8 +15,7 @@ import triton
 import triton.language as tl
 
 from .conv3x3 import dtype_limit
-from .rcab import MAX_OFFSET, max_offset
-from .rcab import _on as on_device
+from .launch import MAX_OFFSET, max_offset, on_device
 
 __all__ = ["bias_act"]
 

@@ -23,12 +23,14 @@ installed; ``mcan_deploy.kernels.fused_available`` says whether it can run on a 
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
+
+from .launch import flat as _flat
+from .launch import max_offset
+from .launch import on_device as _on
 
 __all__ = [
     "MAX_OFFSET",
@@ -41,7 +43,7 @@ __all__ = [
     "scale_add",
 ]
 
-MAX_OFFSET = 2**31 - 1  # in-image offsets are int32; the batch offset is int64
+MAX_OFFSET = 2**31 - 1  # in-image offsets are int32; the batch offset is int64 (launch.MAX_OFFSET)
 
 
 @triton.jit
@@ -265,21 +267,6 @@ def _check(t: torch.Tensor, name: str) -> None:
             f"{name}: offsets within one image of shape {tuple(t.shape)} exceed int32; "
             "split it (rows) or tile the image"
         )
-
-
-def max_offset(t: torch.Tensor) -> int:
-    """Largest element offset within one image (B = 1) of a strided (B, C, H, W) view."""
-    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:]) if size)
-
-
-def _on(t: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Launch on the tensor's GPU, not on the current one (cuda:1 tensors with cuda:0 current)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
-def _flat(*ts: torch.Tensor) -> bool:
-    """Whether H and W of every tensor flatten to one pixel axis with stride s_w."""
-    return all(t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3) for t in ts)
 
 
 def _n_groups(batch: int, hw: int, block_p: int, device: torch.device) -> int:

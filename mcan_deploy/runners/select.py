@@ -9,21 +9,16 @@ with another. On CUDA, PyTorch model files run the fused inference RCAB (``Trito
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 
 from ..errors import MCANError
+from ..extras import installed
 from .base import Runner, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
-
-
-def installed(*modules: str) -> bool:
-    """Whether every one of ``modules`` can be imported here (found, not imported)."""
-    return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
 def choose_backend(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from .analyses import ANALYSES, analyse
 from .render import render
 from .runs import Data, collect_experiment, data_folders, run_experiment

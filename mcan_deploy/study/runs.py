@@ -128,7 +128,7 @@ def _start_from(exp: Experiment, label: str) -> str:
 def _check_source(run: Path, source: Path) -> None:
     """A fine-tuning run already started must have started from the source as it is now: a source
     retrained since would leave a run built from a model that no longer exists."""
-    from ..export.onnx import file_sha256
+    from ..io import file_sha256
 
     info = run / "run.json"
     if not info.exists() or not source.exists():
@@ -173,7 +173,8 @@ class RunData:
 
 def collect(path: Path, label: str, seed: int) -> RunData:
     """Read a finished run directory; an unfinished or missing one is a ``StudyError``."""
-    from ..train.report import read_metrics, stage_times
+    from ..train.report import stage_times
+    from ..train.rundir import read_metrics
 
     if not (path / "model.safetensors").exists():
         raise StudyError(

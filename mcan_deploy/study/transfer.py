@@ -43,7 +43,7 @@ def run_scores(r: RunData, test: dict[str, tuple[Path, Any]], max_size: int) -> 
     the run directory by folder, crop and model hash; the model is read once, and only when a
     folder is not cached yet."""
     from ..checkpoint import load_model
-    from ..export.onnx import file_sha256
+    from ..io import file_sha256
 
     model_path = r.path / "model.safetensors"
     sha = file_sha256(model_path)

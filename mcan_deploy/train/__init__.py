@@ -1,5 +1,9 @@
-"""Phased training: the phase runner (``phases``), one training loop (``loop``), the report."""
+"""Phased training: the phase runner (``phases``) over the run directory (``rundir``), the
+checkpoints (``checkpointer``), validation (``validate``), one unit per phase kind (``kinds``),
+one training loop (``loop``) and step (``step``), and the report."""
 
-from .phases import RunResult, TrainingInterrupted, train
+from ..errors import TrainingInterrupted
+from .phases import train
+from .rundir import RunResult
 
 __all__ = ["RunResult", "TrainingInterrupted", "train"]

@@ -41,7 +41,7 @@ class InitSource:
 def check_sources(phases: list[PhaseConfig], model: ModelConfig) -> list[InitSource]:
     """Every ``from:`` file of the plan read and checked before training starts, so that a missing,
     hostile or mismatched file stops the run at once with one line."""
-    from ..export.onnx import file_sha256
+    from ..io import file_sha256
 
     out = []
     for phase in phases:

@@ -15,16 +15,12 @@ import torch
 from ..config import Plan
 from ..data import PairedImages, center_crop
 from ..metrics import psnr
+from .rundir import RunPaths, read_metrics
 
 if TYPE_CHECKING:
     from ..model import MCAN
-    from .phases import RunPaths
 
 log = logging.getLogger(__name__)
-
-
-def read_metrics(path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def stage_times(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:

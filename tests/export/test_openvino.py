@@ -15,7 +15,7 @@ from mcan_deploy.cli.export import main as export_main
 from mcan_deploy.cli.upscale import main as upscale_main
 from mcan_deploy.errors import MCANError
 from mcan_deploy.export import openvino as ovx
-from mcan_deploy.export.openvino_export import export_openvino
+from mcan_deploy.gate.openvino import export_openvino
 from mcan_deploy.model import ModelConfig, build_model, init_block
 from mcan_deploy.runners import LayerRunner, OpenVINORunner, choose_backend, load_runner, openvino_runner, select
 from mcan_deploy.tiling import TileConfig, footprint, upscale_tensor

@@ -2,7 +2,8 @@
 the retention gate, and write the IR only when every check passed.
 
 Apart from ``export/openvino.py`` (conversion, IR files, metadata) because the checks run the
-model the way ``mcan-upscale`` does, through ``OpenVINORunner`` and the tiler.
+model the way ``mcan-upscale`` does, through ``OpenVINORunner`` and the tiler: this package sits
+above both.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import OpenVINOError
+from ..export.openvino import get_metadata, require_openvino, set_metadata, to_openvino, write_ir
 from ..model import MCAN
-from .openvino import get_metadata, require_openvino, set_metadata, to_openvino, write_ir
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -110,7 +111,7 @@ def export_openvino(
     err = verify_fp32(ov_model, meta, model, clamp, out)
     quality = None
     if precision == "int8":
-        from .quantize import quantize_int8
+        from .int8 import quantize_int8
 
         assert calibration is not None  # checked above: int8 needs --calibration
         ov_model, quality = quantize_int8(

@@ -54,8 +54,7 @@ def conv_variants() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
                 const.update(
                     CHECK=dtype == "float16",
                     LIMIT=3.0e38 if dtype != "float16" else 65504.0,
-                    IEEE=False,
-                    UPCAST=False,
+                    DOT=0,
                     I64=False,
                     K_CHUNKS=-(-cin // block_k),
                     BLOCK_M=cfg.block_m,

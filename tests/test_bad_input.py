@@ -195,7 +195,7 @@ def test_scale_beyond_the_pixel_limit_is_refused_before_resizing(tmp_path, model
 
 
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, model_file, capsys, monkeypatch):
-    import mcan_deploy.upscale as upscale_mod
+    import mcan_deploy.upscale.files as upscale_mod
 
     path, _ = model_file
     (tmp_path / "a.png").write_bytes(encoded(".png", rgb8()))

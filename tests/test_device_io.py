@@ -142,14 +142,15 @@ def _photos(folder):
 def test_the_pipeline_on_a_gpu_writes_the_host_paths_files(runner, tmp_path, monkeypatch, prefetch, suffix):
     """8- and 16-bit colour, alpha, gray, JPEG and TIFF inputs; PNG/TIFF or JPEG outputs (16-bit
     inputs to an 8-bit format): every file byte-identical to the host path's."""
-    from mcan_deploy import upscale as upscale_mod
     from mcan_deploy.tiling import TileConfig
+    from mcan_deploy.upscale import batch as upscale_mod
+    from mcan_deploy.upscale import plan_jobs
 
     _photos(tmp_path / "in")
     cfg = TileConfig(tile=16)
     host = upscale_mod.upscale_jobs(
         runner,
-        upscale_mod.plan_jobs([tmp_path / "in"], tmp_path / "host", suffix),
+        plan_jobs([tmp_path / "in"], tmp_path / "host", suffix),
         cfg,
         prefetch=prefetch,
         progress=False,
@@ -167,7 +168,7 @@ def test_the_pipeline_on_a_gpu_writes_the_host_paths_files(runner, tmp_path, mon
     )
     gpu = upscale_mod.upscale_jobs(
         runner,
-        upscale_mod.plan_jobs([tmp_path / "in"], tmp_path / "gpu", suffix),
+        plan_jobs([tmp_path / "in"], tmp_path / "gpu", suffix),
         cfg,
         prefetch=prefetch,
         progress=False,

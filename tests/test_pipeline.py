@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import mcan_deploy.upscale as upscale_mod
+import mcan_deploy.upscale.batch as upscale_mod
 from mcan_deploy.checkpoint import save_model
 from mcan_deploy.cli.upscale import main
 from mcan_deploy.errors import ImageReadError, MCANError

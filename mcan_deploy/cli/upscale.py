@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="resize the input bicubically by this factor first (1: input is at target size)",
     )
+    _engine_options(p)
+    _output_options(p)
+    return p
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    """How the model runs: tiles, statistics, back-end, device, precision, memory."""
     p.add_argument(
         "--tile",
         type=int,
@@ -114,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         "cuDNN's convolution with a one-pass epilogue (cudnn-fused: cuDNN's own conv-bias-ReLU "
         "for conv1); auto times them on the first image and logs the choice",
     )
+
+
+def _output_options(p: argparse.ArgumentParser) -> None:
+    """What is written and how: format, size limit, encoder quality, overwriting, logging."""
     p.add_argument("--suffix", help="output format, e.g. .png (default: the input's)")
     p.add_argument(
         "--max-pixels",
@@ -142,7 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(torch.load weights_only=True); refused without this flag",
     )
     p.add_argument("-v", "--verbose", action="store_true")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,8 +76,7 @@ def _conv3x3_kernel(
     SUMS: tl.constexpr,
     CHECK: tl.constexpr,
     LIMIT: tl.constexpr,
-    IEEE: tl.constexpr,
-    UPCAST: tl.constexpr,
+    DOT: tl.constexpr,
     I64: tl.constexpr,
     K_CHUNKS: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -112,9 +111,9 @@ def _conv3x3_kernel(
                 k = k.to(tl.int64)
             a = tl.load(x_base + pix[:, None] + k[None, :] * sx_c, mask=valid[:, None] & (k < CIN)[None, :], other=0.0)
             w = tl.load(WP + (tap * (K_CHUNKS * BLOCK_K) + k)[:, None] * BLOCK_N + n[None, :])
-            if UPCAST:  # the interpreter has no bfloat16 product: float32 operands there
+            if DOT == 2:  # the interpreter has no bfloat16 product: float32 operands there
                 acc += tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
-            elif IEEE:
+            elif DOT == 1:  # float32 without TF32
                 acc += tl.dot(a, w, input_precision="ieee")
             else:
                 acc += tl.dot(a, w)
@@ -224,6 +223,15 @@ def pack(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, de
     return PackedConv(wp, b, cin, cout, block_k)
 
 
+def _dot_mode(x: torch.Tensor) -> int:
+    """0: the dtype's own tensor-core product; 1: IEEE float32 (float32 where TF32 is off, as
+    for cuDNN's convolutions, and always on the CPU); 2: float32 operands (bfloat16 in the
+    interpreter, which has no bfloat16 product)."""
+    if x.dtype == torch.bfloat16 and not x.is_cuda:
+        return 2
+    return int(x.dtype == torch.float32 and not (x.is_cuda and torch.backends.cudnn.allow_tf32))
+
+
 def _check(t: torch.Tensor, name: str) -> None:
     if t.dim() != 4:
         raise ValueError(f"conv3x3: {name} must be (B, C, H, W), got shape {tuple(t.shape)}")
@@ -308,8 +316,7 @@ def conv3x3(
             SUMS=sums,
             CHECK=check,
             LIMIT=dtype_limit(out.dtype),
-            IEEE=x.dtype == torch.float32 and not (x.is_cuda and torch.backends.cudnn.allow_tf32),
-            UPCAST=x.dtype == torch.bfloat16 and not x.is_cuda,
+            DOT=_dot_mode(x),
             I64=max(max_offset(x), max_offset(res), max_offset(out)) > MAX_OFFSET,
             K_CHUNKS=conv.k_chunks,
             BLOCK_M=cfg.block_m,

@@ -4,16 +4,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from ..config import StageConfig
+from .kinds.phase_run import PhaseRun
 from .loop import LoopCallbacks
 from .rundir import Position
-
-if TYPE_CHECKING:
-    from .kinds.training import PhaseRun
 
 
 def stage_callbacks(run: PhaseRun, si: int, stage: StageConfig, optimizer: torch.optim.Optimizer) -> LoopCallbacks:

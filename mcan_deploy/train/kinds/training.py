@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,35 +28,9 @@ from ..rundir import Position
 from ..seeding import seeded
 from ..step import make_optimizer
 from .base import PhaseContext, PhaseData, Start
+from .phase_run import Forward, PhaseRun, Sample
 
 log = logging.getLogger(__name__)
-
-Forward = Callable[[torch.Tensor], torch.Tensor]
-Sample = Callable[[], tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass
-class PhaseRun:
-    """One training phase while it runs: what trains, on what, and how its forward clamps;
-    ``train_forward``, ``sample`` and ``no_sync`` are the DDP-wrapped ones under torchrun."""
-
-    ctx: PhaseContext
-    model: MCAN
-    module: torch.nn.Module
-    pi: int
-    phase: PhaseConfig
-    what: str
-    sampler: PatchSampler
-    val: PairedImages
-    lr_scale: float
-    train_forward: Callable[[bool], Forward] | None = None
-    sample: Sample | None = None
-    no_sync: Callable[[], Any] | None = None
-
-    def forward(self, clamp: bool) -> Forward:
-        """The module itself (validation, on rank 0), clamped or not."""
-        module = self.module
-        return lambda x: module(x, clamp=clamp)
 
 
 class TrainingKind:

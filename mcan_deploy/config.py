@@ -179,7 +179,7 @@ class TrainConfig:
     # how each step is computed, not what: a run resumes across a change of any of these.
     # "auto": bf16 autocast where the device computes bf16 natively (AVX-512 BF16 / AMX CPUs,
     # CUDA compute capability >= 8), float32 elsewhere; weights, optimiser state, loss, clamp
-    # and metrics stay float32 (README, "Training speed", for the measurements)
+    # and metrics stay float32 (docs/training.md, "Training speed", for the measurements)
     precision: Precision = "auto"
     channels_last: bool = True  # NHWC activations and weights while training (faster on CPU and GPU)
     # PyTorch's optimiser implementation: "auto" is fused Adam and foreach Adadelta

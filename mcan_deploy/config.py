@@ -352,16 +352,24 @@ def dump_plan(plan: Plan) -> str:
     return tomli_w.dumps(plan_to_dict(plan))
 
 
-def cap_iterations(plan: Plan, max_iters: int) -> Plan:
+def cap_iterations(plan: Plan, max_iters: int, max_batch: int | None = None) -> Plan:
     """The plan with every span of iterations cut to at most ``max_iters``: a smoke run (the
-    study's ``--max-iters`` and ``mcan-train --max-iters``)."""
+    study's ``--max-iters`` and ``mcan-train --max-iters``). With ``max_batch`` the batch is cut
+    to a divisor of both it and the plan's batch (and the micro-batches to one of the new
+    batch): a smoke run checks that a plan runs, not what it learns."""
     phases = [
         dataclasses.replace(
             p, stages=[dataclasses.replace(s, iters=[min(n, max_iters) for n in s.iters]) for s in p.stages]
         )
         for p in plan.phases
     ]
-    return dataclasses.replace(plan, phases=phases)
+    data = plan.data
+    if max_batch is not None and data.batch_size > max_batch:
+        import math
+
+        batch = math.gcd(data.batch_size, max_batch)
+        data = dataclasses.replace(data, batch_size=batch, micro_batches=math.gcd(data.micro_batches, batch))
+    return dataclasses.replace(plan, phases=phases, data=data)
 
 
 def with_init_from(plan: Plan, path: str) -> Plan:

@@ -37,16 +37,18 @@ pytestmark = pytest.mark.skipif(
 )
 
 SHORTEN = 20  # the demo plan's stages, 1/20 as long, to keep CI short (equality holds at any length)
+PATCH = 24  # and its patches half as wide (equality holds at any size)
 
 
 def demo_plan_dict(micro_batches: int = 1) -> dict:
-    """configs/demo.toml (3 blocks x 4 RCAB x 32 features, all four phases) with short stages."""
+    """configs/demo.toml (3 blocks x 4 RCAB x 32 features, all four phases) with short stages
+    and small patches."""
     data = tomllib.loads((REPO / "configs" / "demo.toml").read_text())
     for phase in data["phases"]:
         for stage in phase.get("stages", []):
             stage["iters"] = [max(2, n // SHORTEN) for n in stage["iters"]]
-    data["train"].update(log_every=2, val_every=4, checkpoint_every=3)
-    data["data"]["micro_batches"] = micro_batches
+    data["train"].update(log_every=2, val_every=10, checkpoint_every=3)
+    data["data"].update(micro_batches=micro_batches, patch_size=PATCH)
     return data
 
 

@@ -20,6 +20,7 @@ from mcan_deploy.errors import ConfigError
 from mcan_deploy.model import build_model
 from mcan_deploy.study import load_experiment, plan_for_seed
 from mcan_deploy.study.budget import backprops_per_block, block_forward_flops_per_pixel, step_flops
+from mcan_deploy.study.runs import SMOKE_BATCH
 from mcan_deploy.study.stats import paired, summary, t_critical, welch
 from mcan_deploy.train import train
 
@@ -68,9 +69,9 @@ def test_the_study_covers_every_experiment_of_the_issue():
 @pytest.mark.parametrize("plan_path", ALL_PLANS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_study_plan_trains_a_few_iterations(plan_path, tiny_pairs, tmp_path):
     """Every plan an experiment names, at both scales, with each span cut to one iteration and a
-    batch of two: the plans cannot rot."""
+    batch of two 16x16 patches: the plans cannot rot."""
     plan = plan_for_seed(load_plan(plan_path), 1, max_iters=1)
-    plan = dataclasses.replace(plan, data=dataclasses.replace(plan.data, batch_size=2))
+    plan = dataclasses.replace(plan, data=dataclasses.replace(plan.data, batch_size=2, patch_size=16))
     if any(p.init == "from:" for p in plan.phases):  # a fine-tuning plan: from a model of its shape
         save_model(tmp_path / "start.safetensors", build_model(plan.model))
         plan = with_init_from(plan, str(tmp_path / "start.safetensors"))
@@ -202,7 +203,8 @@ def test_mcan_study_end_to_end(tiny_pairs, tmp_path):
     # patch: ordered by patch size, pixels per update follow it
     pa = results["patch"]
     assert list(pa["finals"]) == ["p24", "p48", "p96"]
-    assert [pa["budgets"][k]["pixels_per_update"] for k in pa["finals"]] == [16 * 24**2, 16 * 48**2, 16 * 96**2]
+    b = SMOKE_BATCH  # the smoke run's batch (the plans' own is 16)
+    assert [pa["budgets"][k]["pixels_per_update"] for k in pa["finals"]] == [b * 24**2, b * 48**2, b * 96**2]
 
     # a rerun trains nothing and remakes the same numbers
     again = subprocess.run(

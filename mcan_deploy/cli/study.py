@@ -5,7 +5,8 @@ the seeds. Every (plan, seed) trains into ``RUNS/<scale>/<plan>/seed<k>`` (resum
 that share a plan share its runs; a transfer experiment's runs go to ``RUNS/<scale>/<name>/<label>/seed<k>``
 and train on the folders it names: ``--data nikon=DIR --data iphone=DIR``), then
 ``OUT/<experiment>/results.json``, ``table.md`` and the plots are written. ``--aggregate-only`` remakes them from finished runs without training;
-``--max-iters 2`` is a smoke run of every plan (kept apart from real runs).
+``--max-iters 2`` is a smoke run of every plan (spans of 2 iterations, batches of 4; kept apart
+from real runs).
 """
 
 from __future__ import annotations
@@ -84,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         "or <scale>-max<N> for a smoke run, so a smoke run never overwrites real results)",
     )
     p.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default: each experiment's own)")
-    p.add_argument("--max-iters", type=_positive, help="cut every span of iterations to this many: a smoke run")
+    p.add_argument(
+        "--max-iters",
+        type=_positive,
+        help="cut every span of iterations to this many and each batch to 4 pairs: a smoke run of every plan",
+    )
     p.add_argument("--aggregate-only", action="store_true", help="no training: tables and plots from finished runs")
     p.add_argument(
         "--threads",

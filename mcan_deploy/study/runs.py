@@ -46,11 +46,15 @@ def training_folders(exp: Experiment, label: str, data: Data) -> list[Path]:
     return [folders[n] for n in (exp.conditions[label].train_on if exp.kind == "transfer" else [""])]
 
 
+SMOKE_BATCH = 4  # a smoke run's batch: its runs check that each plan runs, not what it learns
+
+
 def plan_for_seed(plan: Plan, seed: int, max_iters: int | None = None) -> Plan:
     """The plan with ``train.seed`` set (initialisation and patch draws follow it); with
-    ``max_iters``, every span of iterations is cut to at most that many (a smoke run)."""
+    ``max_iters``, every span of iterations is cut to at most that many and the batch to
+    ``SMOKE_BATCH`` pairs (a smoke run)."""
     plan = dataclasses.replace(plan, train=dataclasses.replace(plan.train, seed=seed))
-    return plan if max_iters is None else cap_iterations(plan, max_iters)
+    return plan if max_iters is None else cap_iterations(plan, max_iters, max_batch=SMOKE_BATCH)
 
 
 def scale_dir(scale: str, max_iters: int | None = None) -> str:

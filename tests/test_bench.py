@@ -65,7 +65,7 @@ def test_tiny_bench_writes_consistent_outputs(tmp_path):
         model=ModelConfig(n_blocks=2, n_resblocks=1, n_feats=8),
         sizes=(32, 48),
         repeat=2,
-        tile=16,
+        tile=24,  # two tiles a side at both sizes (the interpreter pays per launch)
         backends=backends,
         compile_sizes=(),
         train_steps=2,

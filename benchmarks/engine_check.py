@@ -39,9 +39,9 @@ import torch
 from mcan_deploy.model import MCAN, ModelConfig, build_model, init_block
 
 try:  # run as a script (python benchmarks/engine_check.py) or imported from the package
-    from gpu_results import Results
+    from gpu_results import Results, start
 except ImportError:
-    from benchmarks.gpu_results import Results
+    from benchmarks.gpu_results import Results, start
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "samples" / "photo" / "city100_001_LR.png"
@@ -325,15 +325,9 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks the script only")
     p.add_argument("--seconds", type=float, default=150, help="start no new case after this long")
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    device = torch.device("cpu" if args.smoke else "cuda")
-    if not args.smoke and not torch.cuda.is_available():
-        raise SystemExit("engine_check: no CUDA device visible (use --smoke on a CPU)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    os.environ.setdefault("MCAN_DEPLOY_CACHE", str(out / ".cache"))
-    {"engine": engine, "folder": folder, "train": train}[args.section](args, device, Results(out, device, args.smoke))
+    device, res = start("engine_check", args)
+    os.environ.setdefault("MCAN_DEPLOY_CACHE", str(Path(args.out) / ".cache"))
+    {"engine": engine, "folder": folder, "train": train}[args.section](args, device, res)
 
 
 if __name__ == "__main__":

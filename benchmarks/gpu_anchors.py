@@ -30,10 +30,10 @@ import torch.nn.functional as F
 
 try:  # run as a script (python benchmarks/gpu_anchors.py) or imported from the package
     from engine_check import paper_model, sync
-    from gpu_results import Results
+    from gpu_results import Results, start
 except ImportError:
     from benchmarks.engine_check import paper_model, sync
-    from benchmarks.gpu_results import Results
+    from benchmarks.gpu_results import Results, start
 
 log = logging.getLogger("gpu_anchors")
 CONVS_64 = 99  # 3 blocks x (16 RCAB x 2 + the body convolution)
@@ -148,14 +148,8 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks the script only")
     p.add_argument("--seconds", type=float, default=60, help="start no new anchor after this long")
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    device = torch.device("cpu" if args.smoke else "cuda")
-    if not args.smoke and not torch.cuda.is_available():
-        raise SystemExit("gpu_anchors: no CUDA device visible (use --smoke on a CPU)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    anchors(args, device, Results(out, device, args.smoke))
+    device, res = start("gpu_anchors", args)
+    anchors(args, device, res)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,10 @@ import torch
 
 try:  # run as a script (python benchmarks/gpu_io.py) or imported from the package
     from engine_check import REPO, paper_model, photo
-    from gpu_results import Results
+    from gpu_results import Results, start
 except ImportError:
     from benchmarks.engine_check import REPO, paper_model, photo
-    from benchmarks.gpu_results import Results
+    from benchmarks.gpu_results import Results, start
 
 log = logging.getLogger("gpu_io")
 
@@ -114,14 +114,8 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks the script only")
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    device = torch.device("cpu" if args.smoke else "cuda")
-    if not args.smoke and not torch.cuda.is_available():
-        raise SystemExit("gpu_io: no CUDA device visible (use --smoke on a CPU)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    {"api": api, "startup": startup}[args.section](args, device, Results(out, device, args.smoke))
+    device, res = start("gpu_io", args)
+    {"api": api, "startup": startup}[args.section](args, device, res)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,10 @@ import torch
 
 try:  # run as a script (python benchmarks/gpu_quality.py) or imported from the package
     from engine_check import REPO
-    from gpu_results import Results
+    from gpu_results import Results, start
 except ImportError:
     from benchmarks.engine_check import REPO
-    from benchmarks.gpu_results import Results
+    from benchmarks.gpu_results import Results, start
 
 log = logging.getLogger("gpu_quality")
 
@@ -129,14 +129,8 @@ def main() -> None:
         "--seconds", type=float, default=30, help="start no new measurement after this long (after training)"
     )
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    device = torch.device("cpu" if args.smoke else "cuda")
-    if not args.smoke and not torch.cuda.is_available():
-        raise SystemExit("gpu_quality: no CUDA device visible (use --smoke on a CPU)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    quality(args, device, Results(out, device, args.smoke))
+    device, res = start("gpu_quality", args)
+    quality(args, device, res)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,21 @@ class Results:
         self.path.with_suffix(".md").write_text(render(self.data))
 
 
+def start(script: str, args: Any) -> tuple[torch.device, Results]:
+    """A GPU script's common start: logging, the device (the CPU with ``--smoke``, else CUDA or
+    a one-line exit), the output folder, seed 0, and its Results file."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    device = torch.device("cpu" if args.smoke else "cuda")
+    if not args.smoke and not torch.cuda.is_available():
+        raise SystemExit(f"{script}: no CUDA device visible (use --smoke on a CPU)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    return device, Results(out, device, args.smoke)
+
+
 def gb(n: int | None) -> str:
     return "" if n is None else f"{n / 1e9:.2f}"
 

@@ -18,10 +18,10 @@ from mcan_deploy.checkpoint import save_model
 from mcan_deploy.config import load_plan, with_init_from
 from mcan_deploy.errors import ConfigError
 from mcan_deploy.model import build_model
+from mcan_deploy.stats import paired, summary, t_critical, welch
 from mcan_deploy.study import load_experiment, plan_for_seed
 from mcan_deploy.study.budget import backprops_per_block, block_forward_flops_per_pixel, step_flops
 from mcan_deploy.study.runs import SMOKE_BATCH
-from mcan_deploy.study.stats import paired, summary, t_critical, welch
 from mcan_deploy.train import train
 
 from .helpers import REPO, SAMPLE

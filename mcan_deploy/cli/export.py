@@ -31,18 +31,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=["fp32", "int8"],
+        choices=["fp32", "int8", "auto"],
         default="fp32",
-        help="openvino: fp32, or int8 calibrated on --calibration's training pairs and refused "
-        "unless it keeps --min-retention of fp32's PSNR gain on its test pairs",
+        help="openvino: auto times fp32, bf16 (where the CPU computes it natively) and int8 on this "
+        "CPU and takes the fastest that passes the gate (bf16 at a 97%% bound, int8 at --min-retention); "
+        "fp32; or int8: calibrated on some of --calibration's training pairs, its "
+        "recipe chosen on others, and refused unless it keeps --min-retention of fp32's PSNR gain "
+        "(lower confidence bound) on all the rest and the test pairs, no image below its identity",
     )
-    p.add_argument("--calibration", help="int8: dataset folder with train/ (calibration) and test/ (quality check)")
+    p.add_argument(
+        "--calibration",
+        help="int8: dataset folder with train/ (split into calibration, recipe choice and verdict) and test/ (verdict)",
+    )
+    p.add_argument(
+        "--calibration-crops",
+        type=int,
+        default=32,
+        help="int8: 128-pixel crops of the calibration pairs' LR images that NNCF calibrates on (default 32)",
+    )
     p.add_argument(
         "--min-retention",
         type=float,
         default=0.9,
-        help="int8: share of the fp32 model's PSNR gain over the identity that int8 must keep "
-        "on the test pairs (default 0.9)",
+        help="int8: share of the fp32 model's PSNR gain over the identity that int8 must keep, "
+        "at the lower confidence bound over the verdict pairs (default 0.9)",
     )
     p.add_argument(
         "--force",
@@ -89,6 +101,8 @@ def _run(args: argparse.Namespace) -> int:
             "--fp16/--blocks apply to --format onnx; an OpenVINO file holds every block and "
             "runs bf16 at run time (mcan-upscale --precision bf16)"
         )
+    if args.calibration_crops < 1:
+        raise MCANError(f"--calibration-crops {args.calibration_crops}: at least 1 (default 32)")
     if not math.isfinite(args.min_retention):
         raise MCANError(f"--min-retention {args.min_retention}: a share of the gain such as 0.9")
     siblings = [out.with_name(f"{out.stem}.N{i}{out.suffix or '.onnx'}") for i in range(1, 1000)]
@@ -99,8 +113,8 @@ def _run(args: argparse.Namespace) -> int:
     if fmt == "openvino":
         from ..gate.openvino import export_openvino
 
-        if args.precision == "int8" and importlib.util.find_spec("nncf") is None:
-            raise MCANError("--precision int8 needs NNCF: pip install 'mcan-deploy[openvino]'")
+        if args.precision in ("int8", "auto") and importlib.util.find_spec("nncf") is None:
+            raise MCANError(f"--precision {args.precision} needs NNCF: pip install 'mcan-deploy[openvino]'")
         model = load_model(args.model, trust_pickle=args.trust_pickle)
         ir = export_openvino(
             model,
@@ -110,18 +124,26 @@ def _run(args: argparse.Namespace) -> int:
             clamp=not args.no_clamp,
             source_hash=file_sha256(args.model),
             min_retention=None if args.force else args.min_retention,
+            calibration_size=args.calibration_crops,
         )
+        if ir.why:
+            print(f"mcan-export: --precision auto chose {ir.why}")
         if ir.quality:
             q = ir.quality
             print(
-                f"mcan-export: {ir.path} (int8): PSNR {q['psnr_int8']:.3f} dB against fp32 {q['psnr_fp32']:.3f} dB "
-                f"and identity {q['psnr_identity']:.3f} dB on {q['pairs']} test pairs: keeps "
-                f"{100 * q['retention']:.1f}% of the gain (bar {100 * args.min_retention:.0f}%"
-                f"{', forced' if args.force else ''}), recipe '{q['recipe']}', {q['int8_convolutions']} of "
-                f"{q['convolutions']} convolutions int8"
+                f"mcan-export: {ir.path} (int8, recipe '{q['recipe']}', {q['int8_convolutions']} of "
+                f"{q['convolutions']} convolutions int8): on {q['pairs']} pairs the gate did not tune on, PSNR "
+                f"{q['psnr_int8']:.3f} dB against fp32 {q['psnr_fp32']:.3f} dB and identity "
+                f"{q['psnr_identity']:.3f} dB: keeps {100 * q['retention']:.1f}% of the gain, lower bound "
+                f"{100 * q['bound']:.1f}% (bar {100 * args.min_retention:.0f}%{', forced' if args.force else ''}), "
+                f"worst image {q['worst_image']} {100 * q['worst_retention']:.1f}%"
             )
         else:
             print(f"mcan-export: {ir.path} (fp32), OpenVINO vs PyTorch max abs error {ir.max_abs_error:.2g}")
+            if ir.why:
+                print(
+                    f"mcan-export: mcan-upscale --precision auto runs it as {ir.why.split(':')[0]} on a CPU that has it"
+                )
         return 0
     missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:

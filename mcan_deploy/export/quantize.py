@@ -84,16 +84,34 @@ RECIPES = (
 )
 
 
+CACHE_BYTES = 1 << 30  # the layer inputs of every crop are kept for the next recipe up to this size
+
+
 @dataclass
 class CalibrationSet:
-    """Crops of training LR images and the model whose layer inputs they produce."""
+    """Crops of training LR images and the model whose layer inputs they produce. Each recipe
+    feeds every crop: the inputs are computed once and kept where they fit in ``CACHE_BYTES``."""
 
     model: MCAN
     crops: list[torch.Tensor] = field(default_factory=list)  # (1, 3, s, s)
     clamp: bool = True
+    _cache: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    _cached_bytes: int = 0
+
+    def feed(self, crop: torch.Tensor) -> dict[str, np.ndarray]:
+        """``inputs`` for one crop, from the cache where it has been computed before."""
+        key = id(crop)
+        if key in self._cache:
+            return self._cache[key]
+        item = self.inputs(crop)
+        size = sum(a.nbytes for a in item.values())
+        if self._cached_bytes + size <= CACHE_BYTES and any(c is crop for c in self.crops):
+            self._cache[key] = item
+            self._cached_bytes += size
+        return item
 
     @torch.no_grad()
-    def feed(self, crop: torch.Tensor) -> dict[str, np.ndarray]:
+    def inputs(self, crop: torch.Tensor) -> dict[str, np.ndarray]:
         """Every input of the OpenVINO model for one crop, as PyTorch computes them: the block
         inputs, every RCAB's input and its residual's channel means, and the body's output."""
         item: dict[str, np.ndarray] = {}

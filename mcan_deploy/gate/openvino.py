@@ -69,6 +69,7 @@ class ExportedIR:
     precision: str
     max_abs_error: float | None  # float32: against PyTorch
     quality: dict[str, Any] | None  # int8: PSNR of float32 and int8, retention of the gain
+    why: str = ""  # --precision auto: the precision chosen and why
 
 
 def export_openvino(
@@ -89,15 +90,16 @@ def export_openvino(
     out = Path(out)
     if out.suffix.lower() != ".xml":
         raise OpenVINOError(f"-o {out}: an OpenVINO IR file ends in .xml")
-    if precision not in ("fp32", "int8"):
+    if precision not in ("fp32", "int8", "auto"):
         raise OpenVINOError(
-            f"--precision {precision}: an IR file is fp32 or int8 (bf16 is a run-time "
-            "choice: mcan-upscale model.xml --precision bf16)"
+            f"--precision {precision}: an IR file is fp32 or int8, or auto to choose by speed and quality "
+            "(bf16 is a run-time choice: mcan-upscale model.xml --precision bf16)"
         )
-    if precision == "int8" and calibration is None:
+    if precision in ("int8", "auto") and calibration is None:
         raise OpenVINOError(
-            "--precision int8 needs --calibration DATA: a folder of LR/HR pairs with train/ "
-            "and test/ (training pairs calibrate, test pairs check the quality)"
+            f"--precision {precision} needs --calibration DATA: a folder of LR/HR pairs with train/ "
+            "and test/ (some training pairs calibrate, others choose the recipe, the rest and the "
+            "test pairs judge the quality)"
         )
     if precision == "fp32" and calibration is not None:
         raise OpenVINOError("--calibration applies to --precision int8 only")
@@ -109,8 +111,15 @@ def export_openvino(
     ov_model = to_openvino(model, clamp, source_hash)
     meta = get_metadata(ov_model, out)
     err = verify_fp32(ov_model, meta, model, clamp, out)
-    quality = None
-    if precision == "int8":
+    quality, why = None, ""
+    if precision == "auto":
+        assert calibration is not None  # checked above
+        ov_model, meta, quality, why = choose_auto(
+            ov_model, meta, model, Path(calibration), clamp, min_retention, out, calibration_size
+        )
+        precision = str(meta["precision"])
+        set_metadata(ov_model, meta)
+    elif precision == "int8":
         from .int8 import quantize_int8
 
         assert calibration is not None  # checked above: int8 needs --calibration
@@ -128,4 +137,69 @@ def export_openvino(
         set_metadata(ov_model, meta)
     write_ir(ov_model, out)
     log.info("wrote %s (%s, blocks 1..%d)", out, precision, meta["n_blocks"])
-    return ExportedIR(out, precision, err, quality)
+    return ExportedIR(out, precision, err, quality, why)
+
+
+def choose_auto(
+    ov_model: ov.Model,
+    meta: dict[str, Any],
+    model: MCAN,
+    data: Path,
+    clamp: bool,
+    min_retention: float | None,
+    shown: str | Path,
+    n_crops: int = 0,
+) -> tuple[ov.Model, dict[str, Any], dict[str, Any] | None, str]:
+    """``--precision auto``: bf16 (where the CPU computes it natively) and int8 judged by the same
+    gate, each precision timed on one verdict image on this CPU, and the rule of
+    ``precision.choose_cpu_precision``. An int8 choice is an int8 file; fp32 and bf16 are a
+    float32 file whose metadata says how ``--precision auto`` runs it (``auto_precision``)."""
+    from ..hardware import native_bf16
+    from ..runners.openvino_runner import OpenVINORunner, cpu_capabilities
+    from .int8 import GateRun, int8_candidate
+    from .precision import BF16_BAR, choose_cpu_precision
+    from .verdict import Verdict, judge
+
+    gate = GateRun.prepare(ov_model, meta, data, shown)
+    native, how = native_bf16(torch.device("cpu"))
+    if native and "BF16" not in cpu_capabilities():
+        native, how = False, f"{how}, but OpenVINO's CPU plugin offers no BF16 here"
+    runners = {"fp32": OpenVINORunner(ov_model, meta, "fp32")}
+    verdicts: dict[str, Verdict] = {}
+    if native:
+        runners["bf16"] = OpenVINORunner(ov_model, meta, "bf16")
+        verdicts["bf16"] = judge(gate.scores(runners["bf16"], "verdict"), BF16_BAR)
+        log.info("bf16 on the %d verdict pairs: %s", verdicts["bf16"].pairs, verdicts["bf16"].describe())
+    bar = 0.9 if min_retention is None else min_retention
+    q_model, q_result, verdicts["int8"] = int8_candidate(gate, ov_model, meta, model, clamp, bar, n_crops)
+    runners["int8"] = OpenVINORunner(q_model, {**meta, "precision": "int8"}, "int8")
+    probe = gate.roles["verdict"].inputs[0]
+    seconds = {p: _seconds(r, probe, gate.cfg) for p, r in runners.items()}
+    choice = choose_cpu_precision((native, how), seconds, verdicts)
+    log.info("--precision auto: %s", choice.why)
+    auto = {
+        "precision": choice.precision,
+        "why": choice.why,
+        "seconds": seconds,
+        "probe": f"{probe.shape[2]}x{probe.shape[1]}",
+        "verdicts": {p: v.as_dict() for p, v in verdicts.items()},
+    }
+    if choice.precision == "int8":
+        return q_model, {**meta, "precision": "int8", "int8": q_result, "auto": auto}, q_result, choice.why
+    return ov_model, {**meta, "auto_precision": choice.precision, "auto": auto}, None, choice.why
+
+
+def _seconds(runner: Any, x: torch.Tensor, cfg: Any, repeat: int = 3) -> float:
+    """Median seconds of the tiled path on ``x`` after a warm-up run."""
+    import statistics
+    import time
+
+    from ..tiling import upscale_tensor
+
+    upscale_tensor(runner, x, cfg)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        upscale_tensor(runner, x, cfg)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

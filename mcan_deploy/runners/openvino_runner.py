@@ -40,10 +40,14 @@ def cpu_capabilities(core: ov.Core | None = None) -> list[str]:
     return [str(c) for c in (core or ov.Core()).get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
 
 
-def resolve_precision(asked: str, file_precision: str, capabilities: list[str], source: str | Path) -> str:
-    """The precision to run: ``auto`` is the file's own; bad combinations are one-line errors."""
+def resolve_precision(
+    asked: str, file_precision: str, capabilities: list[str], source: str | Path, preferred: str | None = None
+) -> str:
+    """The precision to run: ``auto`` is what ``mcan-export --precision auto`` chose for the file
+    (``preferred``, where this CPU has it), else the file's own; bad combinations are one-line
+    errors."""
     if asked == "auto":
-        asked = file_precision
+        asked = preferred if preferred == "bf16" and "BF16" in capabilities else file_precision
     if asked not in HINTS:
         raise MCANError(f"--precision {asked}: choose fp32, bf16, int8 or auto")
     if asked == "int8" and file_precision != "int8":
@@ -87,7 +91,9 @@ class OpenVINORunner:
 
         self.core = ov.Core()
         self.capabilities = cpu_capabilities(self.core)
-        self.precision = resolve_precision(precision, str(meta["precision"]), self.capabilities, source)
+        self.precision = resolve_precision(
+            precision, str(meta["precision"]), self.capabilities, source, meta.get("auto_precision")
+        )
         hint = HINTS[self.precision] if "BF16" in self.capabilities else "f32"  # bf16 asked: refused above
         self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if threads:

@@ -16,11 +16,11 @@ import torch
 
 from ..config import Plan
 from ..errors import StudyError
+from ..stats import paired, summary, welch
 from ..train.report import chain_name, draw_panels, strip_panels
 from .budget import block_forward_flops_per_pixel, dataset_pixels, plan_budget, step_flops
 from .runs import RunData
 from .spec import Experiment
-from .stats import paired, summary, welch
 
 METRICS = ("psnr", "psnr_y", "ssim", "ssim_y")
 

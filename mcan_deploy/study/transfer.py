@@ -16,10 +16,10 @@ from typing import Any
 
 from ..errors import StudyError
 from ..io import atomic_write_bytes
+from ..stats import summary
 from .analyses import METRICS, _budget, _compared, _dots, _plt, chain_scores, image_scores
 from .runs import Data, RunData, named_folders
 from .spec import Experiment
-from .stats import summary
 
 log = logging.getLogger(__name__)
 

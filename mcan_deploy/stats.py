@@ -1,4 +1,5 @@
-"""Mean, spread and whether a difference exceeds it: the few statistics a seed study needs.
+"""Mean, spread and whether a difference exceeds it: the few statistics a seed study and the
+reduced-precision gate need.
 
 With three seeds a difference is only worth reporting against its uncertainty, so every
 comparison carries the Welch t statistic (unpaired runs) or a paired t (phases of one run) and the

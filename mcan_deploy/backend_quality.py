@@ -17,7 +17,7 @@ def compare_backends(
 ) -> dict[str, Any]:
     """Every back-end and precision of a trained model on ``data``'s test pairs (int8 calibrated
     on its training pairs, as ``mcan-export`` does): rows of PSNR, gain and retention of the
-    PyTorch float32 gain."""
+    PyTorch float32 gain, with the gate's lower bound and worst image for each."""
     import importlib.util
 
     from .checkpoint import load_model
@@ -64,13 +64,43 @@ def compare_backends(
                 )
             except OpenVINOError as exc:
                 notes.append(f"openvino int8: {exc}")
-    rows = measure(named, test, "torch fp32")
+    rows = [r.as_dict() for r in measure(named, test, "torch fp32")]
+    for row in rows:  # the gate's figures beside the mean: the bound and the worst image
+        if row["name"] in named and row["name"] != "torch fp32":
+            row.update(_spread(test, named["torch fp32"], named[row["name"]], min_retention))
     return {
         "model": str(model_path),
         "data": str(data),
         "pairs": len(test),
         "max_size": max_size,
-        "rows": [r.as_dict() for r in rows],
+        "rows": rows,
         "notes": notes,
-        "table": render(rows, "torch fp32"),
+        "table": render(measure(named, test, "torch fp32"), "torch fp32") + "\n\n" + _spread_table(rows),
     }
+
+
+def _spread(pairs: Any, reference: list[torch.Tensor], outs: list[torch.Tensor], bar: float) -> dict[str, Any]:
+    """The gate's verdict for one back-end's outputs: the lower bound on the share kept, the worst
+    image, the images below their identity (empty where float32 gains nothing to judge)."""
+    from .errors import MCANError
+    from .gate.int8 import image_scores
+    from .gate.verdict import judge
+
+    try:
+        v = judge(image_scores(pairs, reference, outs), bar)
+    except MCANError:
+        return {}
+    return {k: v.as_dict()[k] for k in ("bound", "worst_image", "worst_retention", "below_identity", "passed")}
+
+
+def _spread_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| back-end / precision | lower bound of the share kept | worst image | below the identity |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        if "bound" in r:
+            below = ", ".join(r["below_identity"]) or "none"
+            worst = f"{r['worst_image']} {100 * r['worst_retention']:.1f}%"
+            lines.append(f"| {r['name']} | {100 * r['bound']:.1f}% | {worst} | {below} |")
+    return "\n".join(lines)

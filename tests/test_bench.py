@@ -120,6 +120,9 @@ def test_tiny_bench_writes_consistent_outputs(tmp_path):
         assert r["gain"] == pytest.approx(r["psnr"] - by["identity"]["psnr"])
         if by["torch fp32"]["gain"] > 0:
             assert r["retention"] == pytest.approx(r["gain"] / by["torch fp32"]["gain"])
+            assert r["bound"] <= r["retention"] + 1e-9 and r["worst_retention"] <= r["retention"] + 1e-9
+        else:  # nothing to keep: no bound to give
+            assert "bound" not in r
     if openvino:  # same weights in float32: OpenVINO equals PyTorch; int8 is a row, or a note saying why not
         assert by["openvino fp32"]["psnr"] == pytest.approx(by["torch fp32"]["psnr"], abs=1e-4)
         assert any("int8" in n for n in q["notes"]) or any("int8" in name for name in by)

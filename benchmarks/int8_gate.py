@@ -23,7 +23,7 @@ import torch
 
 from mcan_deploy.checkpoint import load_model
 from mcan_deploy.data import PairedImages, load_images, split_dirs
-from mcan_deploy.errors import MCANError
+from mcan_deploy.errors import MCANError, OpenVINOError
 from mcan_deploy.export.openvino import get_metadata, to_openvino
 from mcan_deploy.export.quantize import RECIPES, CalibrationSet, calibration_crops, quantize
 from mcan_deploy.gate.int8 import GateRun, image_scores
@@ -73,12 +73,19 @@ def main() -> None:
         rows.append(_row("bf16 (run time)", runners["bf16"], gate, unseen, ref_unseen, args.bar, None))
     for recipe in RECIPES:
         t0 = time.perf_counter()
-        q = quantize(ov_model, calib, recipe)
+        try:
+            q = quantize(ov_model, calib, recipe)
+        except OpenVINOError as exc:
+            rows.append({"name": recipe.name, "error": str(exc)})
+            continue
         runner = OpenVINORunner(q, {**meta, "precision": "int8"}, "int8")
         rows.append(_row(recipe.name, runner, gate, unseen, ref_unseen, args.bar, time.perf_counter() - t0))
         runners[recipe.name] = runner
         log.info("%s", rows[-1])
-    chosen = max((r for r in rows if r["name"] != "bf16 (run time)"), key=lambda r: r["selection_bound"])
+    chosen = max(
+        (r for r in rows if "selection_bound" in r and not r["name"].startswith("bf16")),
+        key=lambda r: r["selection_bound"],
+    )
     chosen["chosen"] = True
     probe = gate.roles["verdict"].inputs[0]
     seconds = {"fp32": _seconds(fp32, probe, gate.cfg)}
@@ -140,6 +147,9 @@ def render(res: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---|---|---|---:|---:|---|---|",
     ]
     for r in res["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['name']} | failed: {r['error'][:120]} |" + " |" * 9)
+            continue
         v, u = r["verdict"], r.get("unseen")
         cells = [
             r["name"] + (" (chosen)" if r.get("chosen") else ""),

@@ -225,12 +225,14 @@ def _quality(q: dict[str, Any]) -> list[str]:
         f"## Quality of the demo model trained on this GPU ({q.get('train_s', 0):.0f} s to train; "
         f"{q['pairs']} sample test pairs)",
         "",
-        "| runner, dtype, plan | PSNR dB | gain dB | share of the float32 gain |",
-        "|---|---:|---:|---:|",
+        "| runner, dtype, plan | PSNR dB | gain dB | share of the float32 gain | lower bound (97% bar) | worst image |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     for r in q["rows"]:
         kept = "-" if r.get("retention") is None else f"{100 * r['retention']:.2f}%"
-        lines.append(f"| {r['name']} | {r['psnr']:.3f} | {r['gain']:+.3f} | {kept} |")
+        bound = f"{100 * r['bound']:.2f}%" if "bound" in r else "-"
+        worst = f"{r['worst_image']} {100 * r['worst_retention']:.1f}%" if "bound" in r else "-"
+        lines.append(f"| {r['name']} | {r['psnr']:.3f} | {r['gain']:+.3f} | {kept} | {bound} | {worst} |")
     return lines
 
 

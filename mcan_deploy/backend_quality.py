@@ -67,7 +67,7 @@ def compare_backends(
     rows = [r.as_dict() for r in measure(named, test, "torch fp32")]
     for row in rows:  # the gate's figures beside the mean: the bound and the worst image
         if row["name"] in named and row["name"] != "torch fp32":
-            row.update(_spread(test, named["torch fp32"], named[row["name"]], min_retention))
+            row.update(gate_figures(test, named["torch fp32"], named[row["name"]], min_retention))
     return {
         "model": str(model_path),
         "data": str(data),
@@ -79,7 +79,7 @@ def compare_backends(
     }
 
 
-def _spread(pairs: Any, reference: list[torch.Tensor], outs: list[torch.Tensor], bar: float) -> dict[str, Any]:
+def gate_figures(pairs: Any, reference: list[torch.Tensor], outs: list[torch.Tensor], bar: float) -> dict[str, Any]:
     """The gate's verdict for one back-end's outputs: the lower bound on the share kept, the worst
     image, the images below their identity (empty where float32 gains nothing to judge)."""
     from .errors import MCANError

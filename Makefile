@@ -38,7 +38,7 @@ test: install
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -n auto --dist worksteal
+	$(BIN)/python -m pytest -n auto --dist worksteal --durations=15
 
 bench: install
 	$(BIN)/mcan-bench --quick --out benchmarks/results/bench-quick-cpu-$$(date +%Y%m%d)

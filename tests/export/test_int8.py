@@ -21,7 +21,7 @@ from mcan_deploy.runners import OpenVINORunner
 from mcan_deploy.tiling import TileConfig, upscale_tensor
 
 scipy = pytest.importorskip("scipy")  # the independent t quantile (NNCF depends on it)
-CROPS = ("--calibration-crops", "8")  # of the 3 calibration pairs: enough for a model of 8 features
+CROPS = ("--calibration-crops", "4")  # of the 3 calibration pairs: enough for a model of 8 features
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,9 @@ def _loaded(folder):
 
 def test_auto_precision_on_a_cpu_without_bf16_takes_the_fastest_that_passes(trained, sample_dir, tmp_path, monkeypatch):
     """The detection stubbed to a CPU without bf16 units: only fp32 and int8 are timed, and the
-    file follows the rule applied to what was measured (stored in its metadata)."""
+    file follows the rule applied to what was measured (stored in its metadata): with a bar int8
+    cannot reach, a float32 file that records why (the int8 file of a passing gate is the forced
+    test's)."""
     from mcan_deploy import hardware
     from mcan_deploy.gate.precision import choose_cpu_precision
     from mcan_deploy.gate.verdict import Verdict
@@ -149,17 +151,13 @@ def test_auto_precision_on_a_cpu_without_bf16_takes_the_fastest_that_passes(trai
     path, _ = trained
     out = tmp_path / "m.xml"
     args = [str(path), "-o", str(out), "--precision", "auto", "--calibration", str(sample_dir), *CROPS]
-    assert export_main([*args, "--min-retention", "0.2"]) == 0
+    assert export_main([*args, "--min-retention", "10"]) == 0  # an unreachable bar: int8 fails
     _, meta = ovx.read_ir(out)
     auto = meta["auto"]
     assert set(auto["seconds"]) == {"fp32", "int8"} and set(auto["verdicts"]) == {"int8"}
     verdict = Verdict(**{k: v for k, v in auto["verdicts"]["int8"].items() if k != "confidence"})
     want = choose_cpu_precision((False, "stubbed: no bf16 units"), auto["seconds"], {"int8": verdict})
     assert (auto["precision"], auto["why"]) == (want.precision, want.why)
-    assert meta["precision"] == ("int8" if want.precision == "int8" else "fp32")
-    assert "bf16 not native here (stubbed: no bf16 units)" in auto["why"]
-    # an unreachable bar: int8 is ruled out and the file is float32
-    assert export_main([*args, "-o", str(tmp_path / "f.xml"), "--min-retention", "10"]) == 0
-    _, meta = ovx.read_ir(tmp_path / "f.xml")
-    assert meta["precision"] == "fp32" and meta["auto"]["precision"] == "fp32"
-    assert "int8 fails the gate" in meta["auto"]["why"]
+    assert want.precision == "fp32" and meta["precision"] == "fp32" and meta["auto_precision"] == "fp32"
+    assert "int8 fails the gate" in auto["why"] and "bf16 not native here (stubbed: no bf16 units)" in auto["why"]
+    assert not verdict.passed and verdict.min_retention == 10

@@ -212,5 +212,5 @@ def test_int64_offsets_compute_the_same(monkeypatch):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     torch.testing.assert_close(got_sums, want_sums, rtol=0, atol=0)
     torch.testing.assert_close(
-        E.bias_act(x, bias, relu=True), torch.relu(x + bias[:, None, None]), rtol=1e-6, atol=1e-6
+        E.bias_act(x, bias.to(DEVICE), relu=True), torch.relu(x + bias.to(DEVICE)[:, None, None]), rtol=1e-6, atol=1e-6
     )

@@ -27,7 +27,7 @@ from mcan_deploy.errors import MCANError, OpenVINOError
 from mcan_deploy.export.openvino import get_metadata, to_openvino
 from mcan_deploy.export.quantize import RECIPES, CalibrationSet, calibration_crops, quantize
 from mcan_deploy.gate.int8 import GateRun, image_scores
-from mcan_deploy.gate.openvino import _seconds
+from mcan_deploy.gate.openvino import seconds_per_image
 from mcan_deploy.gate.verdict import judge
 from mcan_deploy.hardware import native_bf16
 from mcan_deploy.io import file_sha256
@@ -88,10 +88,10 @@ def main() -> None:
     )
     chosen["chosen"] = True
     probe = gate.roles["verdict"].inputs[0]
-    seconds = {"fp32": _seconds(fp32, probe, gate.cfg)}
+    seconds = {"fp32": seconds_per_image(fp32, probe, gate.cfg)}
     if "bf16" in runners:
-        seconds["bf16"] = _seconds(runners["bf16"], probe, gate.cfg)
-    seconds[f"int8 ({chosen['name']})"] = _seconds(runners[chosen["name"]], probe, gate.cfg)
+        seconds["bf16"] = seconds_per_image(runners["bf16"], probe, gate.cfg)
+    seconds[f"int8 ({chosen['name']})"] = seconds_per_image(runners[chosen["name"]], probe, gate.cfg)
     res = {
         "model": args.model,
         "calibration": args.calibration,

@@ -64,7 +64,8 @@ def compare_backends(
                 )
             except OpenVINOError as exc:
                 notes.append(f"openvino int8: {exc}")
-    rows = [r.as_dict() for r in measure(named, test, "torch fp32")]
+    measured = measure(named, test, "torch fp32")
+    rows = [r.as_dict() for r in measured]
     for row in rows:  # the gate's figures beside the mean: the bound and the worst image
         if row["name"] in named and row["name"] != "torch fp32":
             row.update(gate_figures(test, named["torch fp32"], named[row["name"]], min_retention))
@@ -75,7 +76,7 @@ def compare_backends(
         "max_size": max_size,
         "rows": rows,
         "notes": notes,
-        "table": render(measure(named, test, "torch fp32"), "torch fp32") + "\n\n" + _spread_table(rows),
+        "table": render(measured, "torch fp32") + "\n\n" + _spread_table(rows),
     }
 
 

@@ -95,17 +95,7 @@ def describe(path: str | Path, trust_pickle: bool = False) -> ModelInfo:
 
         _, meta = read_ir(path)
         radii = [int(r) for r in meta["block_radii"]]
-        ir_notes: dict[str, Any] = {k: meta[k] for k in ("precision", "source_sha256") if k in meta}
-        if "int8" in meta:  # the gate's verdict, on pairs it did not tune on
-            q = meta["int8"]
-            ir_notes["int8 gate"] = f"keeps {100 * q['retention']:.1f}% of the gain on {q['pairs']} pairs" + (
-                f", lower bound {100 * q['bound']:.1f}%, worst image {q['worst_image']} "
-                f"{100 * q['worst_retention']:.1f}% (recipe '{q['recipe']}', bar {q['min_retention']})"
-                if "bound" in q
-                else " it was tuned on (an earlier gate: no bound; export it again)"
-            )
-        if "auto" in meta:
-            ir_notes["precision auto"] = meta["auto"]["why"]
+        ir_notes = _ir_notes(meta)
         return ModelInfo(
             str(path),
             "openvino",
@@ -163,3 +153,20 @@ def describe(path: str | Path, trust_pickle: bool = False) -> ModelInfo:
         ["float32", "bfloat16", "float16"],
         notes,
     )
+
+
+def _ir_notes(meta: dict[str, Any]) -> dict[str, Any]:
+    """What an IR file's metadata says beyond its shape: precision, source, the int8 gate's
+    verdict and what ``--precision auto`` chose."""
+    ir_notes: dict[str, Any] = {k: meta[k] for k in ("precision", "source_sha256") if k in meta}
+    if "int8" in meta:  # the gate's verdict, on pairs it did not tune on
+        q = meta["int8"]
+        ir_notes["int8 gate"] = f"keeps {100 * q['retention']:.1f}% of the gain on {q['pairs']} pairs" + (
+            f", lower bound {100 * q['bound']:.1f}%, worst image {q['worst_image']} "
+            f"{100 * q['worst_retention']:.1f}% (recipe '{q['recipe']}', bar {q['min_retention']})"
+            if "bound" in q
+            else " it was tuned on (an earlier gate: no bound; export it again)"
+        )
+    if "auto" in meta:
+        ir_notes["precision auto"] = meta["auto"]["why"]
+    return ir_notes

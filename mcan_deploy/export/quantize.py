@@ -4,12 +4,10 @@ Plain post-training int8 (NNCF or ONNX Runtime defaults) keeps two thirds of thi
 gain or less (66% on the demo plan trained on City100 Nikon; none on an earlier checkpoint): NNCF rounds both inputs of every residual add, so the skip side of the feature stream
 is re-quantized to 8 bits at every RCAB and the error builds up along the block, while the
 restoration it carries is a small correction. So only the convolutions are quantized, every
-element-wise op stays in float, and the result is *measured*: recipes are
-tried from the fastest to the most careful, each calibrated on crops of the training pairs and
-judged on the test pairs through the same exact tiled path ``mcan-upscale`` runs; the first that
-keeps ``min_retention`` of the float32 gain over the identity wins (``gate.int8``, which runs
-the tiler). If none does, the export fails naming the best retention reached, and nothing is
-written.
+element-wise op stays in float, and the result is *measured*: every recipe is calibrated on
+crops of some training pairs, ranked on others and the best judged on the rest and the test
+pairs, through the same exact tiled path ``mcan-upscale`` runs (``gate.int8``, which runs the
+tiler). If it fails, the export fails naming its figures, and nothing is written.
 """
 
 from __future__ import annotations
@@ -178,7 +176,7 @@ def quantize(ov_model: ov.Model, calib: CalibrationSet, recipe: Recipe) -> ov.Mo
         quiet.setLevel(level)
 
 
-# The recipe that kept the gain on City100 Nikon (90.6%): what speed benchmarks quantize with
+# What speed benchmarks quantize with (random weights have no gain to rank recipes by)
 SPEED_RECIPE = RECIPES[1]
 
 

@@ -174,7 +174,7 @@ def choose_auto(
     q_model, q_result, verdicts["int8"] = int8_candidate(gate, ov_model, meta, model, clamp, bar, n_crops)
     runners["int8"] = OpenVINORunner(q_model, {**meta, "precision": "int8"}, "int8")
     probe = gate.roles["verdict"].inputs[0]
-    seconds = {p: _seconds(r, probe, gate.cfg) for p, r in runners.items()}
+    seconds = {p: seconds_per_image(r, probe, gate.cfg) for p, r in runners.items()}
     choice = choose_cpu_precision((native, how), seconds, verdicts)
     log.info("--precision auto: %s", choice.why)
     auto = {
@@ -189,7 +189,7 @@ def choose_auto(
     return ov_model, {**meta, "auto_precision": choice.precision, "auto": auto}, None, choice.why
 
 
-def _seconds(runner: Any, x: torch.Tensor, cfg: Any, repeat: int = 3) -> float:
+def seconds_per_image(runner: Any, x: torch.Tensor, cfg: Any, repeat: int = 3) -> float:
     """Median seconds of the tiled path on ``x`` after a warm-up run."""
     import statistics
     import time

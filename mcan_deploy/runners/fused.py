@@ -125,6 +125,8 @@ class FusedBlocks:
     blocks: list[BlockWeights] = field(init=False)
     timings: dict[str, float] = field(init=False, default_factory=dict)  # ms per RCAB, from choose
     config: Config | None = field(init=False, default=None)  # the 64-channel convolutions' launch
+    maps_config: Config | None = field(init=False, default=None)  # the fastest Triton launch, for the maps
+    asked: str = field(init=False, default="auto")  # what conv was before "auto" was decided
     _local: threading.local = field(init=False, default_factory=threading.local, repr=False)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock, repr=False)
 
@@ -133,6 +135,7 @@ class FusedBlocks:
             raise MCANError(f"fused convolution '{self.conv}': choose one of {', '.join(CONV_IMPLS)}")
         if not all(isinstance(b, MCANBlock) for b in self.model.blocks):
             raise MCANError("the fused path runs MCAN blocks; the toy block has no channel attention to fuse")
+        self.asked = self.conv
         self.blocks = [block_weights(cast(MCANBlock, b), self.dtype, self.device) for b in self.model.blocks]
         self.check = self.dtype == torch.float16  # float16 can overflow; bf16 and float32 cannot
         if self.conv == "auto" and self.device.type != "cuda":
@@ -260,9 +263,15 @@ class FusedBlocks:
         by core (``cores``: (y0, y1, x0, x1) that cover the image) over two full-size maps
         (features and one residual) instead of four: each core's convolutions read the full map
         around it, so no window is gathered and only a one-pixel ring of conv1 is computed twice.
-        Triton convolutions only (output regions)."""
+        Triton convolutions only (output regions): where cuDNN was chosen for whole maps, the
+        fastest Triton launch that agreed with it runs here (on an H200 that beat cuDNN's layer
+        steps, 0.46 against 0.61 s for 12 MP)."""
         if self.conv != "triton":
-            raise MCANError(f"block_on_maps runs the Triton convolution, not '{self.conv}'")
+            if self.asked != "auto":
+                raise MCANError(f"block_on_maps runs the Triton convolution; '{self.asked}' was asked for")
+            maps = copy.copy(self)  # shares the weights and the flags
+            maps.conv, maps.config = "triton", self.maps_config
+            return maps.block_on_maps(i, x, cores, tick)
         bw = self.blocks[i]
         hmap = self.conv3x3(x, bw.head)
         side = max(y1 - y0 for y0, y1, _, _ in cores) + 2, max(x1 - x0 for _, _, x0, x1 in cores) + 2
@@ -341,10 +350,12 @@ class FusedBlocks:
             out.append(("cudnn-fused", None))
         return out
 
-    def choose(self, h: int, w: int, side: int = 1024, again: bool = False) -> str:
-        """Time one RCAB in every candidate on a (1, C, min(h, side), min(w, side)) map; keep
-        the candidates whose result agrees with cuDNN's and take the fastest. Once per runner
-        (the first thread to ask decides; the others wait for it), unless ``again``."""
+    def choose(self, h: int, w: int, side: int | None = None, again: bool = False) -> str:
+        """Time one RCAB in every candidate on a (1, C, h, w) map, the size the block runs at
+        (``side`` caps each side, for tests); keep the candidates whose result agrees with
+        cuDNN's and take the fastest. The size matters: on an H200 the Triton convolution
+        looked as fast as cuDNN's on a 1024x1024 map and was 3x slower at 12 MP. Once per
+        runner (the first thread to ask decides; the others wait for it), unless ``again``."""
         with self._lock:
             if self.conv != "auto" and not again:
                 return self.conv
@@ -354,13 +365,16 @@ class FusedBlocks:
                 return self.conv
             g = torch.Generator(device=self.device).manual_seed(0)
             c = rc.conv1.weight.shape[0]
-            hmap = torch.rand(1, c, min(h, side), min(w, side), generator=g, device=self.device, dtype=self.dtype)
+            size = (h, w) if side is None else (min(h, side), min(w, side))
+            hmap = torch.rand(1, c, *size, generator=g, device=self.device, dtype=self.dtype)
             hmap = hmap.contiguous(memory_format=torch.channels_last)
             ok = self._trials(hmap, rc)
             if not ok:
                 raise MCANError("no fused convolution ran on this device; use --rcab torch")
             best = min(ok, key=lambda n: self.timings[n])
             self.conv, self.config = ok[best]
+            tritons = [n for n in ok if ok[n][0] == "triton"]
+            self.maps_config = ok[min(tritons, key=lambda n: self.timings[n])][1] if tritons else None
             log.info(
                 "fused RCAB convolutions on %dx%d %s, ms per RCAB: %s; using %s",
                 hmap.shape[3],
@@ -385,7 +399,7 @@ class FusedBlocks:
             try:
                 out = torch.empty_like(hmap)
                 trial.rcab(hmap, rc, out, {})  # warm-up: compiles, cuDNN's plan for this shape
-                self.timings[name] = _time_ms(partial(trial.rcab, hmap, rc, torch.empty_like(hmap), {}), self.device)
+                self.timings[name] = _time_ms(partial(trial.rcab, hmap, rc, out, {}), self.device)
             except torch.OutOfMemoryError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a candidate that cannot run is not chosen
@@ -415,20 +429,21 @@ def _agree(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:
     return bool(err <= tol * max(b.float().abs().max().item(), 1.0))
 
 
-def _time_ms(fn: Callable[[], object], device: torch.device, reps: int = 3) -> float:
-    """Milliseconds per call. Off CUDA once: there Triton runs in its interpreter, which is only
-    a stand-in for tests and never the faster candidate."""
+def _time_ms(fn: Callable[[], object], device: torch.device, reps: int = 5) -> float:
+    """Milliseconds per call: the fastest of ``reps`` calls each timed on its own, so that one
+    call slowed by a clock change or a plan search does not decide. Off CUDA once: there Triton
+    runs in its interpreter, which is only a stand-in for tests and never the faster candidate."""
     if device.type != "cuda":
         t0 = time.perf_counter()
         fn()
         return 1000 * (time.perf_counter() - t0)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in events:
+        start.record()
         fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / reps
+        end.record()
+    events[-1][1].synchronize()
+    return min(start.elapsed_time(end) for start, end in events)
 
 
 def _pieces(t: torch.Tensor) -> int:

@@ -190,14 +190,15 @@ class TritonRunner(TorchRunner):
         self, i: int, x: torch.Tensor, cores: list[Core], tick: Callable[[int], None] | None = None
     ) -> torch.Tensor | None:
         """Block ``i`` of one image (3, H, W) with exact statistics over ``cores`` (y0, y1, x0,
-        x1) of full-size maps on the device; None where this runner has no such path (the torch
-        path, or cuDNN convolutions chosen), and the engine's layer steps run instead."""
+        x1) of full-size maps on the device (the Triton convolution, whichever was chosen for
+        whole maps); None where this runner has no such path (the torch path), and the
+        engine's layer steps run instead."""
         if self.kernels is None:
             return None
         if self.kernels.conv == "auto":
             self.kernels.choose(x.shape[1], x.shape[2])
-        if self.kernels.conv != "triton":
-            return None
+        if self.kernels.conv != "triton" and self.kernels.asked != "auto":
+            return None  # the cuDNN convolution asked for: the engine's layer steps run it
         out = self.kernels.block_on_maps(i, self._in(x[None]), cores, tick)
         return out[0].float().to(x.device)
 

@@ -93,6 +93,27 @@ def test_exact_tiled_plan_on_device_maps_equals_the_whole_image(shape):
     assert ticks == [cells] * (model.config.n_resblocks + 2), "head, every RCAB and the finish each tick once"
 
 
+def test_maps_run_triton_where_auto_chose_cudnn_and_refuse_where_cudnn_was_asked():
+    """The exact layer plan needs output regions, which only the Triton convolution has: where
+    "auto" chose cuDNN for whole maps, the maps still run (Triton, its fastest agreeing launch);
+    where the user named cuDNN, they are refused and the engine's layer steps run cuDNN."""
+    from mcan_deploy.errors import MCANError
+    from mcan_deploy.runners.fused import FusedBlocks
+    from mcan_deploy.tiling.windows import cores
+
+    model = _model(n_blocks=1)
+    x = torch.rand(1, 3, 19, 23, generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    auto = FusedBlocks(copy.deepcopy(model).to(DEVICE), DEVICE, torch.float32, "auto")
+    auto.conv = "cudnn"  # as if timed the fastest on whole maps
+    asked = FusedBlocks(copy.deepcopy(model).to(DEVICE), DEVICE, torch.float32, "cudnn")
+    with torch.inference_mode():
+        tiled = auto.block_on_maps(0, x, cores(19, 23, 16))
+        with pytest.raises(MCANError, match="'cudnn' was asked for"):
+            asked.block_on_maps(0, x, cores(19, 23, 16))
+    assert auto.conv == "cudnn", "the whole-map choice stays"
+    _close(tiled, _reference(model, x), torch.float32, "maps vs float64")
+
+
 @pytest.mark.parametrize(
     ("plan", "ca_stats"),
     [("whole", "global"), ("layers", "global"), ("block", "tile"), ("all", "tile")],
@@ -180,23 +201,32 @@ def _relu_hidden_overflow_model():
 @pytest.mark.parametrize("runner_kind", ["torch", "fused"])
 @pytest.mark.parametrize("plan", ["whole", "layers", "block"])
 def test_float16_overflow_that_a_relu_hides_is_found_and_redone(runner_kind, plan, caplog):
+    """The fused kind runs the Triton convolution (its flag is what is tested). The torch kind's
+    convolution is the device's: on a CPU it overflows to -inf as IEEE says; cuDNN's float16
+    convolution (an H200, cuDNN 9.19) gave a finite value there instead, which the ReLU turns
+    into the right 0 with nothing to flag. Either way the output must equal float32's."""
     from mcan_deploy.runners import TorchRunner, TritonRunner
     from mcan_deploy.tiling import TileConfig, upscale_tensor
 
     model = _relu_hidden_overflow_model()
     x = torch.rand(3, 21, 26, generator=torch.Generator().manual_seed(5))
     ref = TorchRunner(copy.deepcopy(model), DEVICE).run_blocks(x[None], 0, 2)[0]
-    cls = TritonRunner if runner_kind == "fused" else TorchRunner
-    half = cls(copy.deepcopy(model), DEVICE, torch.float16)
+    if runner_kind == "fused":
+        half = TritonRunner(copy.deepcopy(model), DEVICE, torch.float16, conv="triton")
+    else:
+        half = TorchRunner(copy.deepcopy(model), DEVICE, torch.float16)
     with torch.inference_mode():  # the premise: unguarded float16 ends finite, so only the guard sees it
         feats = half.model.blocks[0].head(x[None].to(DEVICE, torch.float16))
-        assert torch.isinf(half.model.blocks[0].body[0].conv1(feats)).any()
+        overflows = bool(torch.isinf(half.model.blocks[0].body[0].conv1(feats)).any())
         assert torch.isfinite(half.model(x[None].to(DEVICE, torch.float16))).all()
+    if DEVICE.type == "cpu":
+        assert overflows, "the premise: this convolution overflows to -inf in float16"
     cfg = TileConfig(16, plan=plan, ca_stats="tile" if plan == "block" else "global")
     with caplog.at_level(logging.WARNING):
         out, report = upscale_tensor(half, x, cfg)
-    assert report.overflows == 1, "block 1 overflowed and was redone; block 2 did not"
-    assert caplog.text.count("float16 overflowed") == 1
+    expected = 1 if runner_kind == "fused" or overflows else 0
+    assert report.overflows == expected, "block 1 overflowed and was redone; block 2 did not"
+    assert caplog.text.count("float16 overflowed") == expected
     torch.testing.assert_close(out.cpu(), ref.cpu(), rtol=0, atol=4e-3)
 
 

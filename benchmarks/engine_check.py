@@ -31,7 +31,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -159,7 +159,10 @@ def engine(args: argparse.Namespace, device: torch.device, res: Results) -> None
     section = {"size": f"{w}x{h}", "tile": tile, "rows": rows}
     ref = None
     runners: dict[tuple[str, str, str], Any] = {}
-    for plan, dtype, rcab, conv in SMOKE_CASES if args.smoke else ENGINE_CASES:
+    cases = SMOKE_CASES if args.smoke else ENGINE_CASES
+    if args.only:
+        cases = [cast(tuple[str, str, str, str], tuple(c.split(":"))) for c in args.only.split(",")] * 2
+    for plan, dtype, rcab, conv in cases:
         row: dict[str, Any] = {"plan": plan, "dtype": dtype, "rcab": rcab, "conv": conv}
         rows.append(row)
         if time.monotonic() > deadline:
@@ -333,6 +336,11 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks the script only")
     p.add_argument("--seconds", type=float, default=150, help="start no new case after this long")
+    p.add_argument(
+        "--only",
+        default="",
+        help="engine cases to run, comma-separated plan:dtype:rcab:conv (a re-run of some rows; each is run twice)",
+    )
     args = p.parse_args()
     device, res = start("engine_check", args)
     os.environ.setdefault("MCAN_DEPLOY_CACHE", str(Path(args.out) / ".cache"))

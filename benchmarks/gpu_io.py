@@ -6,7 +6,7 @@
   (convolution choice, compiles, cuDNN plans for the size) and the second; and whether the
   result equals the host-conversion path's array bit for bit (the same model on the same input).
 - ``startup``: one 12 MP PNG through ``mcan-upscale`` in a fresh process, with an empty Triton
-  cache (a first run on a machine) and again with it filled: wall time, and the process's own
+  cache and convolution choice (a first run on a machine) and again with them filled: wall time, and the process's own
   split (model ready, decode, model, encode); imports and interpreter start-up are the rest.
 """
 
@@ -100,7 +100,12 @@ def startup(args: argparse.Namespace, device: torch.device, res: Results) -> Non
         path = _model_file(folder, args.smoke)
         src = folder / "photo.png"
         cv2.imwrite(str(src), np.rint(photo(h, w)[:, :, ::-1] * 255).astype(np.uint8))
-        env = {**os.environ, "TRITON_CACHE_DIR": str(folder / "triton-cache"), "PYTHONPATH": str(REPO)}
+        env = {
+            **os.environ,
+            "TRITON_CACHE_DIR": str(folder / "triton-cache"),  # compiled kernels
+            "MCAN_DEPLOY_CACHE": str(folder / "mcan-cache"),  # the convolution choice
+            "PYTHONPATH": str(REPO),
+        }
         for cache in ("empty", "filled"):
             row = {"cache": cache, **_run_cli(path, src, folder / "out", device, env)}
             rows.append(row)

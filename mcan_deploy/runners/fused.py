@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ..errors import MCANError
 from ..model import MCAN, RCAB, MCANBlock
+from .conv_choice import ChoiceCache, choice_key
 
 if TYPE_CHECKING:
     from ..kernels.conv3x3 import Config, PackedConv
@@ -107,6 +108,13 @@ def block_weights(block: MCANBlock, dtype: torch.dtype, device: torch.device) ->
     )
 
 
+CUDNN_FLOAT16_NOTE = (
+    "cuDNN's float16 convolution returned 0 where the exact value was -72000 (an H200, cuDNN 9.19, "
+    "benchmarks/fp16_overflow_probe.py), a finite wrong value that no check of the output can see; "
+    "'auto' times only the Triton convolution in float16 on CUDA, whose overflow flag sees it"
+)
+
+
 def _cudnn_fused_available(device: torch.device) -> bool:
     return device.type == "cuda" and hasattr(torch.ops.aten, "cudnn_convolution_relu")
 
@@ -122,6 +130,7 @@ class FusedBlocks:
     device: torch.device
     dtype: torch.dtype
     conv: str = "auto"
+    cache: ChoiceCache | None = None  # choices kept between processes (None: time in each)
     blocks: list[BlockWeights] = field(init=False)
     timings: dict[str, float] = field(init=False, default_factory=dict)  # ms per RCAB, from choose
     config: Config | None = field(init=False, default=None)  # the 64-channel convolutions' launch
@@ -142,6 +151,8 @@ class FusedBlocks:
             self.conv = "triton"  # the interpreter (tests): cuDNN is a GPU library
         if self.conv == "cudnn-fused" and (self.check or not _cudnn_fused_available(self.device)):
             raise MCANError("fused convolution 'cudnn-fused' needs CUDA and a dtype other than float16; use cudnn")
+        if self.conv == "cudnn" and self.check and self.device.type == "cuda":
+            log.warning("float16 with the cuDNN convolution asked for: %s", CUDNN_FLOAT16_NOTE)
 
     @property
     def flag(self) -> torch.Tensor:
@@ -345,6 +356,8 @@ class FusedBlocks:
 
         configs = gpu_configs(self.dtype) if self.device.type == "cuda" else (default_config(self.device),)
         out: list[tuple[str, Config | None]] = [("triton", c) for c in configs]
+        if self.check and self.device.type == "cuda":
+            return out  # cuDNN's float16 overflow can be a finite 0 (CUDNN_FLOAT16_NOTE)
         out.append(("cudnn", None))
         if not self.check and _cudnn_fused_available(self.device):
             out.append(("cudnn-fused", None))
@@ -363,9 +376,12 @@ class FusedBlocks:
             if rc is None:
                 self.conv = "triton"
                 return self.conv
-            g = torch.Generator(device=self.device).manual_seed(0)
             c = rc.conv1.weight.shape[0]
             size = (h, w) if side is None else (min(h, side), min(w, side))
+            key = choice_key(self.device, self.dtype, c, *size)
+            if self._from_cache(key):
+                return self.conv
+            g = torch.Generator(device=self.device).manual_seed(0)
             hmap = torch.rand(1, c, *size, generator=g, device=self.device, dtype=self.dtype)
             hmap = hmap.contiguous(memory_format=torch.channels_last)
             ok = self._trials(hmap, rc)
@@ -374,7 +390,8 @@ class FusedBlocks:
             best = min(ok, key=lambda n: self.timings[n])
             self.conv, self.config = ok[best]
             tritons = [n for n in ok if ok[n][0] == "triton"]
-            self.maps_config = ok[min(tritons, key=lambda n: self.timings[n])][1] if tritons else None
+            maps = min(tritons, key=lambda n: self.timings[n]) if tritons else None
+            self.maps_config = ok[maps][1] if maps else None
             log.info(
                 "fused RCAB convolutions on %dx%d %s, ms per RCAB: %s; using %s",
                 hmap.shape[3],
@@ -383,7 +400,24 @@ class FusedBlocks:
                 ", ".join(f"{n} {t:.3f}" for n, t in self.timings.items()),
                 best,
             )
+            if self.cache is not None:
+                self.cache.put(key, best, maps)
             return self.conv
+
+    def _from_cache(self, key: str) -> bool:
+        """Take the choice an earlier process made for ``key``, where it is still a candidate."""
+        entry = self.cache.get(key) if self.cache is not None else None
+        if entry is None:
+            return False
+        names = {(impl if cfg is None else f"{impl} {cfg.describe()}"): (impl, cfg) for impl, cfg in self.candidates()}
+        choice, maps = entry.get("choice"), entry.get("maps")
+        if choice not in names or (maps is not None and maps not in names):
+            return False
+        self.conv, self.config = names[choice]
+        self.maps_config = names[maps][1] if maps else None
+        assert self.cache is not None
+        log.info("fused RCAB convolution for %s: %s, as timed before (kept in %s)", key, choice, self.cache.path)
+        return True
 
     def _trials(self, hmap: torch.Tensor, rc: RCABWeights) -> dict[str, tuple[str, Config | None]]:
         """Run and time each candidate on a copy of this object (this one is left as it is),

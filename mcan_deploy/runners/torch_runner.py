@@ -154,7 +154,13 @@ class TritonRunner(TorchRunner):
         if self.fused and self.has_channel_attention:
             from .fused import FusedBlocks
 
-            self.kernels = FusedBlocks(self.model, self.device, self.dtype, self.conv)
+            cache = None
+            if self.device.type == "cuda":
+                from ..export.openvino import default_cache_dir
+                from .conv_choice import ChoiceCache
+
+                cache = ChoiceCache(default_cache_dir())
+            self.kernels = FusedBlocks(self.model, self.device, self.dtype, self.conv, cache)
 
     def overflow_guard(self) -> OverflowGuard | FlagGuard:  # type: ignore[override]
         """The kernels' own overflow flag (no pass of its own), or the hooks on the torch path."""

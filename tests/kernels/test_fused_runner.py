@@ -260,3 +260,49 @@ def test_each_thread_has_its_own_overflow_flag():
     t.start()
     t.join()
     assert seen == [(0, False)] and fused.flag is mine and mine.item() == 1
+
+
+def test_a_choice_is_kept_for_the_next_process_and_timed_again_when_stale(tmp_path, caplog):
+    """The second runner (as a new process would) takes the first one's choice without timing;
+    a kept name that is no longer a candidate, or an unreadable file, means timing again."""
+    from mcan_deploy.runners.conv_choice import ChoiceCache, choice_key
+    from mcan_deploy.runners.fused import FusedBlocks
+
+    cache = ChoiceCache(tmp_path / "cache")
+
+    def runner() -> FusedBlocks:
+        return FusedBlocks(copy.deepcopy(_model()).to(DEVICE), DEVICE, torch.float32, "auto", cache)
+
+    first = runner()
+    chosen = first.choose(18, 20, again=True)
+    key = choice_key(DEVICE, torch.float32, 16, 18, 20)
+    entry = cache.get(key)
+    assert entry is not None and entry["choice"] in first.timings and entry["choice"].split()[0] == chosen
+    assert entry["maps"] == min((n for n in first.timings if n.startswith("triton")), key=first.timings.__getitem__)
+    second = runner()
+    with caplog.at_level(logging.INFO, logger="mcan_deploy.runners.fused"):
+        assert second.choose(18, 20, again=True) == chosen
+    assert second.timings == {} and second.config == first.config and "as timed before" in caplog.text
+    assert runner().choose(18, 21, again=True) and cache.get(choice_key(DEVICE, torch.float32, 16, 18, 21)), (
+        "another size is another key"
+    )
+
+    cache.put(key, "triton m999 w1 s1", None)  # a launch this version no longer has
+    stale = runner()
+    stale.choose(18, 20, again=True)
+    assert stale.timings, "timed again"
+    cache.path.write_text("{not json")
+    with caplog.at_level(logging.WARNING):
+        assert cache.get(key) is None
+    assert "unreadable" in caplog.text
+
+
+def test_a_cache_that_cannot_be_written_costs_nothing_but_a_warning(tmp_path, caplog):
+    from mcan_deploy.runners.conv_choice import ChoiceCache
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cache = ChoiceCache(blocker / "sub")  # a directory under a file cannot be made
+    with caplog.at_level(logging.WARNING):
+        cache.put("k", "cudnn", None)
+    assert cache.get("k") is None and "cannot keep the convolution choice" in caplog.text

@@ -175,7 +175,9 @@ def test_a_run_resumes_across_a_precision_change(sample_dir, tmp_path):
     used = [r["precision"] for r in lines if r["kind"] == "train"]
     assert used[0] == "fp32" and used[-1] == "bf16", used
     assert "bf16" in (out / "plan.toml").read_text(), "the run records the plan it went on with"
-    assert "bf16" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "bf16" in report
+    assert "CUDA graphs: train.cuda_graphs = 'auto': off, it needs a CUDA device, not cpu." in report
 
 
 def test_refused_combinations_say_so_in_one_line(sample_dir, tmp_path, capsys):
@@ -212,6 +214,38 @@ def test_refused_combinations_say_so_in_one_line(sample_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code != 0 and "cuda_graphs = true needs a CUDA device" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "r").exists(), "refused before the run directory is made"
+
+
+def test_cuda_graphs_auto_is_on_where_a_step_qualifies_and_says_why_elsewhere(monkeypatch):
+    """The auto rule, each refusal reason, and true/false unchanged (a CUDA device object needs
+    no GPU: nothing here calls CUDA; native bf16 is stubbed)."""
+    import mcan_deploy.train.step as step
+
+    monkeypatch.setattr(step, "native_bf16", lambda device: (True, "stub"))
+    cuda = torch.device("cuda")
+
+    def graphs(device, micro_batches=1, distributed=False, **train):
+        opts, _ = StepOptions.for_run(TrainConfig(**train), device, micro_batches, distributed)
+        return opts.cuda_graphs, opts.graphs_why
+
+    assert TrainConfig().cuda_graphs == "auto", "the default"
+    on, why = graphs(cuda)
+    assert on and why.startswith("train.cuda_graphs = 'auto': on")
+    for args, kw, reason in [
+        ((torch.device("cpu"),), {}, "needs a CUDA device, not cpu"),
+        ((cuda, 2), {}, "not with data.micro_batches = 2"),
+        ((cuda, 1, True), {}, "not with torchrun (DistributedDataParallel)"),
+        ((cuda,), {"optimizer_impl": "for_loop"}, "reads its learning rate on the device"),
+    ]:
+        on, why = graphs(*args, **kw)
+        assert not on and why.startswith("train.cuda_graphs = 'auto': off, it ") and reason in why, why
+        with pytest.raises(ConfigError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+            graphs(*args, cuda_graphs=True, **kw)  # true still refuses what auto turns off
+        assert graphs(*args, cuda_graphs=False, **kw) == (False, "train.cuda_graphs = false")
+    assert graphs(cuda, cuda_graphs=True) == (True, "train.cuda_graphs = true")
+    assert graphs(cuda, cuda_graphs=False) == (False, "train.cuda_graphs = false")
+    with pytest.raises(ConfigError, match="train.cuda_graphs = 'yes' is not one of"):
+        TrainConfig(cuda_graphs="yes")  # type: ignore[arg-type]
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch):

@@ -13,10 +13,10 @@ from ..model import ModelConfig
 TRAIN_OPTIONS: dict[str, dict[str, Any]] = {
     "fp32": dict(precision="fp32", channels_last=False, optimizer_impl="for_loop"),
     "fp32 channels_last": dict(precision="fp32", channels_last=True, optimizer_impl="for_loop"),
-    "fp32 fused optimiser": dict(precision="fp32", channels_last=False, optimizer_impl="auto"),
+    "fp32 fused optimiser": dict(precision="fp32", channels_last=False, optimizer_impl="auto", cuda_graphs=False),
     "bf16": dict(precision="bf16", channels_last=False, optimizer_impl="for_loop"),
     "bf16 channels_last": dict(precision="bf16", channels_last=True, optimizer_impl="for_loop"),
-    "default": {},  # TrainConfig()'s defaults, resolved on the device
+    "default": {},  # TrainConfig()'s defaults, resolved on the device (CUDA graphs where a step qualifies)
     "bf16 CUDA graphs": dict(precision="bf16", channels_last=True, optimizer_impl="auto", cuda_graphs=True),
 }
 CUDA_ONLY_OPTIONS = ("bf16 CUDA graphs",)

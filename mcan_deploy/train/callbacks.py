@@ -30,6 +30,8 @@ def stage_callbacks(run: PhaseRun, si: int, stage: StageConfig, optimizer: torch
             sec_per_iter=sec,
             data_share=data_share,
             precision=ctx.step_options.precision,
+            cuda_graphs=ctx.step_options.cuda_graphs,
+            cuda_graphs_why=ctx.step_options.graphs_why,
         )
 
     def on_iter_end(it: int) -> None:

@@ -79,7 +79,12 @@ class PhaseRunner:
         self.step_options, why = StepOptions.for_run(
             plan.train, self.device, plan.data.micro_batches, self.dist.enabled
         )
-        log.info("training steps: %s (precision: %s)", self.step_options.describe(), why)
+        log.info(
+            "training steps: %s (precision: %s; CUDA graphs: %s)",
+            self.step_options.describe(),
+            why,
+            self.step_options.graphs_why,
+        )
         if plan.data.batch_size % (self.dist.world * plan.data.micro_batches):
             raise MCANError(
                 f"data.batch_size = {plan.data.batch_size} does not split over {self.dist.world} "

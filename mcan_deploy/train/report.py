@@ -122,6 +122,10 @@ def write_report(paths: RunPaths, plan: Plan, model: MCAN, val: PairedImages | N
     precisions = [p for i, p in enumerate(used) if i == 0 or used[i - 1] != p]  # in order, each change
     if precisions:  # train.precision, resolved on the device (a resumed run may change it)
         lines += [f"Training steps ran in {' then '.join(precisions)} (train.precision).", ""]
+    graphs = [r["cuda_graphs_why"] for r in records if r["kind"] == "train" and "cuda_graphs_why" in r]
+    graphs = [g for i, g in enumerate(graphs) if i == 0 or graphs[i - 1] != g]
+    if graphs:  # train.cuda_graphs, resolved on the device (a resumed run may change it too)
+        lines += [f"CUDA graphs: {' then '.join(graphs)}.", ""]
     val_s = sum(r.get("val_seconds", 0.0) for r in records if r["kind"] in ("identity", "val", "phase"))
     wall_s = sum(r.get("seconds", 0.0) for r in phases) + (identity or {}).get("val_seconds", 0.0)
     if val_s and wall_s:

@@ -50,6 +50,7 @@ class StepOptions:
     optimizer_impl: OptimizerImpl = "for_loop"
     cuda_graphs: bool = False
     device_type: str = "cpu"
+    graphs_why: str = ""  # why CUDA graphs are on or off (train.cuda_graphs, resolved)
 
     @classmethod
     def for_run(
@@ -57,21 +58,9 @@ class StepOptions:
     ) -> tuple[StepOptions, str]:
         """The plan's options on ``device``; refuses combinations that cannot run, each with one
         line naming the key and the fix. Returns the options and why the precision is what it is."""
-        if train.cuda_graphs and device.type != "cuda":
-            raise ConfigError(
-                f"train.cuda_graphs = true needs a CUDA device, not {device}: set it to false (or drop "
-                "--cuda-graphs) on this machine"
-            )
-        if train.cuda_graphs and (micro_batches > 1 or distributed):
-            what = "torchrun (DistributedDataParallel)" if distributed else f"data.micro_batches = {micro_batches}"
-            raise ConfigError(f"train.cuda_graphs = true captures one whole step: not with {what}; set one of them off")
-        if train.cuda_graphs and train.optimizer_impl == "for_loop":  # for-loop Adadelta reads its rate with .item()
-            raise ConfigError(
-                "train.cuda_graphs = true needs an optimiser that reads its learning rate on the device: "
-                "set train.optimizer_impl to 'auto' (fused Adam, foreach Adadelta), not 'for_loop'"
-            )
+        graphs, graphs_why = resolve_cuda_graphs(train, device, micro_batches, distributed)
         precision, why = resolve_precision(train.precision, device)
-        return cls(precision, train.channels_last, train.optimizer_impl, train.cuda_graphs, device.type), why
+        return cls(precision, train.channels_last, train.optimizer_impl, graphs, device.type, graphs_why), why
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast of the forward pass (the loss is computed in float32 after it)."""
@@ -87,6 +76,37 @@ class StepOptions:
             f"{self.precision}, {'channels_last' if self.channels_last else 'NCHW'}, "
             f"{self.optimizer_impl} optimiser{', CUDA graphs' if self.cuda_graphs else ''}"
         )
+
+
+def resolve_cuda_graphs(
+    train: TrainConfig, device: torch.device, micro_batches: int = 1, distributed: bool = False
+) -> tuple[bool, str]:
+    """Whether each step is captured in a CUDA graph, and why. A step qualifies where it is one
+    fixed sequence of device work: on a CUDA device, in one pass (no micro-batches), without
+    DDP's gradient exchange, with an optimiser that reads its learning rate on the device.
+    ``true`` refuses what does not qualify (one line naming the key and the fix); ``auto``
+    turns it off and says why."""
+    if device.type != "cuda":
+        why = f"needs a CUDA device, not {device}"
+        fix = "set it to false (or drop --cuda-graphs) on this machine"
+    elif micro_batches > 1 or distributed:
+        what = "torchrun (DistributedDataParallel)" if distributed else f"data.micro_batches = {micro_batches}"
+        why = f"captures one whole step: not with {what}"
+        fix = "set one of them off"
+    elif train.optimizer_impl == "for_loop":  # for-loop Adadelta reads its rate with .item()
+        why = "needs an optimiser that reads its learning rate on the device"
+        fix = "set train.optimizer_impl to 'auto' (fused Adam, foreach Adadelta), not 'for_loop'"
+    else:
+        if train.cuda_graphs is False:
+            return False, "train.cuda_graphs = false"
+        if train.cuda_graphs is True:
+            return True, "train.cuda_graphs = true"
+        return True, "train.cuda_graphs = 'auto': on (a CUDA device, one pass per step, a device-side optimiser)"
+    if train.cuda_graphs is True:
+        raise ConfigError(f"train.cuda_graphs = true {why}: {fix}")
+    if train.cuda_graphs is False:
+        return False, "train.cuda_graphs = false"
+    return False, f"train.cuda_graphs = 'auto': off, it {why}"
 
 
 def optimizer_kwargs(name: str, impl: OptimizerImpl, capturable: bool = False) -> dict[str, Any]:

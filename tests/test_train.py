@@ -122,6 +122,9 @@ def test_report_and_run_directory(sample_dir, tmp_path):
         assert cv2.imread(str(run / png)) is not None
     report = (run / "report.md").read_text()
     assert "| identity | LR |" in report
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    gen_s = sum(r["seconds"] for r in lines if r["kind"] == "phase" and r["stage"] == "generate")
+    assert gen_s > 0 and f"Generate phases took {gen_s:.1f} s of it (" in report
     for name in ("1-1", "1-2", "2-1", "4"):
         assert f"| {name} |" in report
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

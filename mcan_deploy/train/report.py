@@ -130,6 +130,9 @@ def write_report(paths: RunPaths, plan: Plan, model: MCAN, val: PairedImages | N
     wall_s = sum(r.get("seconds", 0.0) for r in phases) + (identity or {}).get("val_seconds", 0.0)
     if val_s and wall_s:
         lines += [f"Validation took {val_s:.1f} s of the wall time {wall_s:.1f} s ({100 * val_s / wall_s:.1f}%).", ""]
+    gen_s = sum(r.get("seconds", 0.0) for r in phases if r.get("stage") == "generate")
+    if gen_s and wall_s:
+        lines += [f"Generate phases took {gen_s:.1f} s of it ({100 * gen_s / wall_s:.1f}%).", ""]
     if paths.events.exists():  # NaN/inf restarts (train.on_nonfinite): say so beside the numbers
         events = read_metrics(paths.events)
         lines += (

@@ -1,5 +1,6 @@
 """``kind = "generate"``: LR_i = N_i+(LR_(i-1)) over the training and validation inputs, the
-next block's training data (report sec. 4.2), cached in ``generated/`` for resuming."""
+next block's training data (report sec. 4.2), cached in ``generated/`` for resuming. Batched
+by size, in float32: a lower precision would change what the next block trains on."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from ...checkpoint import check_finite, save_tensors
 from ...config import PhaseConfig
 from ...model import MCAN
+from ..validate import val_batches
 from .base import PhaseContext, PhaseData, Start
 
 log = logging.getLogger(__name__)
@@ -30,14 +32,22 @@ class Generate:
         t_phase = time.perf_counter()
 
         def run(xs: list[torch.Tensor], split: str) -> list[torch.Tensor]:
-            # image i is made by rank i % world, then broadcast from it to every rank
-            out = [
-                block(x[None], clamp=True)[0] if i % d.world == d.rank else torch.empty_like(x)
-                for i, x in enumerate(
-                    tqdm(xs, desc=f"{phase.name} {split}", unit="img", leave=False, disable=not ctx.progress)
-                )
-            ]
-            return [d.broadcast_(t, i % d.world) for i, t in enumerate(out)]
+            # float32 (LR_i is the next block's data), images of one size in batches of at most
+            # data.val_batch_pixels; batch b is made by rank b % world, then each image is
+            # broadcast from it to every rank
+            out = [torch.empty_like(x) for x in xs]
+            owner = [0] * len(xs)
+            with tqdm(
+                total=len(xs), desc=f"{phase.name} {split}", unit="img", leave=False, disable=not ctx.progress
+            ) as bar:
+                for b, idx in enumerate(val_batches(xs, ctx.plan.data.val_batch_pixels)):
+                    for i in idx:
+                        owner[i] = b % d.world
+                    if b % d.world == d.rank:
+                        for i, y in zip(idx, block(torch.stack([xs[i] for i in idx]), clamp=True)):
+                            out[i] = y.contiguous()
+                    bar.update(len(idx))
+            return [d.broadcast_(t, owner[i]) for i, t in enumerate(out)]
 
         train, val = (
             data.train.with_inputs(run(data.train.inputs, "train")),

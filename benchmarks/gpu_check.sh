@@ -4,7 +4,7 @@
 # gpu-<device>-<date>.json/.md as it goes (a step cut off keeps what it measured; the next
 # steps still run). The .md opens with the GPU issue's targets, each judged against anchors
 # measured in this same run.
-#   1. gpu-tests: the fused kernels' tests, compiled natively                       (70 s)
+#   1. gpu-tests: the fused kernels' tests, compiled natively, float16's guard first   (20 + 50 s)
 #      fp16-probe: what each float16 convolution returns beyond float16's range        (10 s)
 #   2. anchors: torch.compile of the bare model, cuDNN's convolution floor, the fused
 #      convolution alone, one memory pass                                          (50 s)
@@ -72,7 +72,10 @@ PY
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$RESULTS/gpu-info.csv" 2>&1 || true
     # the fused inference path's tests (the training tail's, tests/kernels/test_rcab.py, passed
     # compiled in the first GPU run; its kernels run here inside the fused path's tests)
-    step 70 gpu-tests "$PY" -m pytest -q --maxfail=10 -p no:cacheprovider tests/kernels/test_conv3x3.py \
+    # the float16 guard's tests first: the whole set does not fit its limit (compiles dominate)
+    step 20 gpu-tests-fp16 "$PY" -m pytest -q -p no:cacheprovider tests/kernels/test_fused_runner.py \
+        -k overflow
+    step 50 gpu-tests "$PY" -m pytest -q --maxfail=10 -p no:cacheprovider tests/kernels/test_conv3x3.py \
         tests/kernels/test_fused_runner.py tests/test_device_io.py
     step 10 fp16-probe "$PY" benchmarks/fp16_overflow_probe.py --out "$WORK"
     step 50 anchors "$PY" benchmarks/gpu_anchors.py --seconds 35 --out "$WORK"

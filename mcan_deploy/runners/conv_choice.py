@@ -1,4 +1,5 @@
-"""The fused path's convolution choice, kept on disk between processes.
+"""The fused path's convolution choice: how candidates are named, timed and compared, and the
+choice kept on disk between processes.
 
 Timing every candidate at a 12 MP photo's own size takes about 0.8 s on an H200 (seven
 candidates, each warmed up and timed five times), paid by every new process: one photo through
@@ -14,14 +15,49 @@ import json
 import logging
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from ..kernels.conv3x3 import Config
 
 log = logging.getLogger(__name__)
 
 FILE = "conv-choice.json"
+
+
+def candidate_name(impl: str, cfg: Config | None) -> str:
+    """A candidate as the log, ``FusedBlocks.timings`` and the kept choices name it."""
+    return impl if cfg is None else f"{impl} {cfg.describe()}"
+
+
+def agree(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether two implementations' RCAB outputs agree to the dtype's rounding."""
+    tol = {torch.float16: 2e-2, torch.bfloat16: 1e-1}.get(dtype, 1e-2)  # float32 may run as TF32
+    err = (a.float() - b.float()).abs().max().item()
+    return bool(err <= tol * max(b.float().abs().max().item(), 1.0))
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, reps: int = 5) -> float:
+    """Milliseconds per call: the fastest of ``reps`` calls each timed on its own, so that one
+    call slowed by a clock change or a plan search does not decide. Off CUDA once: there Triton
+    runs in its interpreter, which is only a stand-in for tests and never the faster candidate."""
+    if device.type != "cuda":
+        t0 = time.perf_counter()
+        fn()
+        return 1000 * (time.perf_counter() - t0)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in events:
+        start.record()
+        fn()
+        end.record()
+    events[-1][1].synchronize()
+    return min(start.elapsed_time(end) for start, end in events)
 
 
 def choice_key(device: torch.device, dtype: torch.dtype, channels: int, h: int, w: int) -> str:

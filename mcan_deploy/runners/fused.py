@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 
 from ..errors import MCANError
 from ..model import MCAN, RCAB, MCANBlock
-from .conv_choice import ChoiceCache, choice_key
+from .conv_choice import ChoiceCache, agree, candidate_name, choice_key, time_ms
 
 if TYPE_CHECKING:
     from ..kernels.conv3x3 import Config, PackedConv
@@ -409,7 +408,7 @@ class FusedBlocks:
         entry = self.cache.get(key) if self.cache is not None else None
         if entry is None:
             return False
-        names = {(impl if cfg is None else f"{impl} {cfg.describe()}"): (impl, cfg) for impl, cfg in self.candidates()}
+        names = {candidate_name(impl, cfg): (impl, cfg) for impl, cfg in self.candidates()}
         choice, maps = entry.get("choice"), entry.get("maps")
         if choice not in names or (maps is not None and maps not in names):
             return False
@@ -427,13 +426,13 @@ class FusedBlocks:
         ok: dict[str, tuple[str, Config | None]] = {}
         order = sorted(self.candidates(), key=lambda c: c[0] != "cudnn")
         for impl, cfg in order:
-            name = impl if cfg is None else f"{impl} {cfg.describe()}"
+            name = candidate_name(impl, cfg)
             trial = copy.copy(self)  # shares the weights and the flags
             trial.conv, trial.config = impl, cfg
             try:
                 out = torch.empty_like(hmap)
                 trial.rcab(hmap, rc, out, {})  # warm-up: compiles, cuDNN's plan for this shape
-                self.timings[name] = _time_ms(partial(trial.rcab, hmap, rc, out, {}), self.device)
+                self.timings[name] = time_ms(partial(trial.rcab, hmap, rc, out, {}), self.device)
             except torch.OutOfMemoryError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a candidate that cannot run is not chosen
@@ -441,7 +440,7 @@ class FusedBlocks:
                 continue
             if impl == "cudnn":
                 ref = out
-            elif ref is not None and not _agree(out, ref, self.dtype):
+            elif ref is not None and not agree(out, ref, self.dtype):
                 log.warning("fused RCAB: the %s convolution disagrees with cuDNN's here; not used", name)
                 self.timings.pop(name)
                 continue
@@ -454,30 +453,6 @@ def _ring(core: Core, h: int, w: int) -> Core:
     """A core grown by one pixel each side, inside the (h, w) image."""
     y0, y1, x0, x1 = core
     return max(y0 - 1, 0), min(y1 + 1, h), max(x0 - 1, 0), min(x1 + 1, w)
-
-
-def _agree(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Whether two implementations' RCAB outputs agree to the dtype's rounding."""
-    tol = {torch.float16: 2e-2, torch.bfloat16: 1e-1}.get(dtype, 1e-2)  # float32 may run as TF32
-    err = (a.float() - b.float()).abs().max().item()
-    return bool(err <= tol * max(b.float().abs().max().item(), 1.0))
-
-
-def _time_ms(fn: Callable[[], object], device: torch.device, reps: int = 5) -> float:
-    """Milliseconds per call: the fastest of ``reps`` calls each timed on its own, so that one
-    call slowed by a clock change or a plan search does not decide. Off CUDA once: there Triton
-    runs in its interpreter, which is only a stand-in for tests and never the faster candidate."""
-    if device.type != "cuda":
-        t0 = time.perf_counter()
-        fn()
-        return 1000 * (time.perf_counter() - t0)
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for start, end in events:
-        start.record()
-        fn()
-        end.record()
-    events[-1][1].synchronize()
-    return min(start.elapsed_time(end) for start, end in events)
 
 
 def _pieces(t: torch.Tensor) -> int:

@@ -69,6 +69,12 @@ def _per_folder(info: dict[str, Any], identity: dict[str, Any] | None, phases: l
     return out
 
 
+def _changes(records: list[dict[str, Any]], key: str) -> list[Any]:
+    """The training records' values of ``key`` in order, each change once."""
+    used = [r[key] for r in records if r["kind"] == "train" and key in r]
+    return [v for i, v in enumerate(used) if i == 0 or used[i - 1] != v]
+
+
 def write_report(paths: RunPaths, plan: Plan, model: MCAN, val: PairedImages | None) -> None:
     """Write ``report.md``, ``curves.png`` and (when test images are given) ``strip.png``."""
     records = read_metrics(paths.metrics)
@@ -118,13 +124,12 @@ def write_report(paths: RunPaths, plan: Plan, model: MCAN, val: PairedImages | N
         f"iterations; {100 * data_s / total_s if total_s else 0:.1f}% of it waiting for data.",
         "",
     ]
-    used = [r["precision"] for r in records if r["kind"] == "train" and "precision" in r]
-    precisions = [p for i, p in enumerate(used) if i == 0 or used[i - 1] != p]  # in order, each change
-    if precisions:  # train.precision, resolved on the device (a resumed run may change it)
+    # train.precision and train.cuda_graphs, resolved on the device (a resumed run may change them)
+    precisions = _changes(records, "precision")
+    if precisions:
         lines += [f"Training steps ran in {' then '.join(precisions)} (train.precision).", ""]
-    graphs = [r["cuda_graphs_why"] for r in records if r["kind"] == "train" and "cuda_graphs_why" in r]
-    graphs = [g for i, g in enumerate(graphs) if i == 0 or graphs[i - 1] != g]
-    if graphs:  # train.cuda_graphs, resolved on the device (a resumed run may change it too)
+    graphs = _changes(records, "cuda_graphs_why")
+    if graphs:
         lines += [f"CUDA graphs: {' then '.join(graphs)}.", ""]
     val_s = sum(r.get("val_seconds", 0.0) for r in records if r["kind"] in ("identity", "val", "phase"))
     wall_s = sum(r.get("seconds", 0.0) for r in phases) + (identity or {}).get("val_seconds", 0.0)

@@ -86,6 +86,8 @@ def resolve_cuda_graphs(
     DDP's gradient exchange, with an optimiser that reads its learning rate on the device.
     ``true`` refuses what does not qualify (one line naming the key and the fix); ``auto``
     turns it off and says why."""
+    if train.cuda_graphs is False:
+        return False, "train.cuda_graphs = false"
     if device.type != "cuda":
         why = f"needs a CUDA device, not {device}"
         fix = "set it to false (or drop --cuda-graphs) on this machine"
@@ -96,16 +98,12 @@ def resolve_cuda_graphs(
     elif train.optimizer_impl == "for_loop":  # for-loop Adadelta reads its rate with .item()
         why = "needs an optimiser that reads its learning rate on the device"
         fix = "set train.optimizer_impl to 'auto' (fused Adam, foreach Adadelta), not 'for_loop'"
+    elif train.cuda_graphs is True:
+        return True, "train.cuda_graphs = true"
     else:
-        if train.cuda_graphs is False:
-            return False, "train.cuda_graphs = false"
-        if train.cuda_graphs is True:
-            return True, "train.cuda_graphs = true"
         return True, "train.cuda_graphs = 'auto': on (a CUDA device, one pass per step, a device-side optimiser)"
     if train.cuda_graphs is True:
         raise ConfigError(f"train.cuda_graphs = true {why}: {fix}")
-    if train.cuda_graphs is False:
-        return False, "train.cuda_graphs = false"
     return False, f"train.cuda_graphs = 'auto': off, it {why}"
 
 

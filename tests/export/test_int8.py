@@ -47,23 +47,16 @@ def trained(sample_dir, tmp_path_factory):
     return path, model
 
 
+def _int8_at_1000_percent(path, out, sample_dir, *extra: str) -> list[str]:
+    """mcan-export to int8 with a bar no int8 model reaches (--min-retention 10, i.e. 1000%)."""
+    bar = ["--min-retention", "10"]
+    return [str(path), "-o", str(out), "--precision", "int8", "--calibration", str(sample_dir), *bar, *extra, *CROPS]
+
+
 def test_an_int8_export_below_the_bar_writes_nothing(trained, sample_dir, tmp_path, capsys):
     path, _ = trained
     out = tmp_path / "m.xml"
-    rc = export_main(
-        [
-            str(path),
-            "-o",
-            str(out),
-            "--precision",
-            "int8",
-            "--calibration",
-            str(sample_dir),
-            "--min-retention",
-            "10",
-            *CROPS,
-        ]
-    )
+    rc = export_main(_int8_at_1000_percent(path, out, sample_dir))
     err = capsys.readouterr().err
     assert rc == 1 and "on pairs it was not tuned on" in err and "selection pairs" in err, err
     assert "lower bound of at least 1000% (--min-retention 10)" in err and "nothing was written" in err
@@ -73,24 +66,7 @@ def test_an_int8_export_below_the_bar_writes_nothing(trained, sample_dir, tmp_pa
 def test_a_forced_int8_export_is_written_with_its_measured_retention(trained, sample_dir, tmp_path, capsys):
     path, model = trained
     out = tmp_path / "m.xml"
-    assert (
-        export_main(
-            [
-                str(path),
-                "-o",
-                str(out),
-                "--precision",
-                "int8",
-                "--calibration",
-                str(sample_dir),
-                "--min-retention",
-                "10",
-                "--force",
-                *CROPS,
-            ]
-        )
-        == 0
-    )
+    assert export_main(_int8_at_1000_percent(path, out, sample_dir, "--force")) == 0
     assert "forced" in capsys.readouterr().out
     ov_model, meta = ovx.read_ir(out)
     q = meta["int8"]

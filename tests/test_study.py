@@ -149,6 +149,8 @@ def test_mcan_study_end_to_end(tiny_pairs, tmp_path):
         "--no-progress",
         "--threads",
         "1",
+        "--pack",  # two runs at a time, taking turns (as on a GPU): the same numbers as one by one
+        "2",
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -67,7 +67,8 @@ def test_camera_experiment_end_to_end(two_cameras, tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     data = [f"--data={n}={p}" for n, p in two_cameras.items()]
     common = [*data, "--runs", str(runs), "--out", str(out), "--max-iters", "2", "--seeds", "0,1", "--no-progress"]
-    proc = _study(str(CAMERA), *common, "--threads", "1")
+    # three runs at a time, taking turns (as on a GPU): fine-tuning runs after their sources
+    proc = _study(str(CAMERA), *common, "--threads", "1", "--pack", "3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((out / "camera" / "results.json").read_text())
     exp = load_experiment(CAMERA)

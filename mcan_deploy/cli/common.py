@@ -11,6 +11,38 @@ from ..errors import MCANError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+RUN_THREAD = "mcan-run:"  # train/packed.py names each packed run's thread so (its THREAD_PREFIX)
+
+
+class _Formatter(logging.Formatter):
+    """``%(run)s``: "[name] " on the log lines of a packed run's thread, else nothing (a formatter,
+    not a filter: tqdm's logging redirect keeps a handler's formatter but not its filters)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        name = record.threadName or ""
+        record.run = f"[{name.removeprefix(RUN_THREAD)}] " if name.startswith(RUN_THREAD) else ""
+        return super().format(record)
+
+
+def seed_list(text: str) -> list[int]:
+    """``--seeds 0,1,2``: distinct integers >= 0."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: give integers separated by commas, e.g. 0,1,2") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: give distinct integers >= 0, e.g. 0,1,2")
+    return seeds
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an integer >= 1")
+    return value
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -23,7 +55,9 @@ def setup_logging(verbose: bool = False) -> None:
     if world != "1" and rank != "0":
         level = max(level, logging.WARNING)
     tag = f"[rank {rank}] " if world != "1" else ""
-    logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {tag}%(message)s", datefmt="%H:%M:%S")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Formatter(f"%(asctime)s %(levelname)s {tag}%(run)s%(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler])
     if not verbose:  # OpenCV's own decoder warnings ("PNG input buffer is incomplete") would add a
         try:  # second line to our one-line error for the same file
             import cv2

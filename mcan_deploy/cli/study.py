@@ -15,17 +15,7 @@ import argparse
 import shlex
 import sys
 
-from .common import EXIT_INTERRUPTED, cli_main
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds {text!r}: give integers separated by commas, e.g. 0,1,2") from None
-    if not seeds or any(s < 0 for s in seeds):
-        raise argparse.ArgumentTypeError(f"--seeds {text!r}: give integers >= 0, e.g. 0,1,2")
-    return seeds
+from .common import EXIT_INTERRUPTED, cli_main, positive_int, seed_list
 
 
 def _data(text: str) -> tuple[str, str]:
@@ -46,16 +36,6 @@ def _folders(pairs: list[tuple[str, str]]) -> dict[str, str]:
             raise MCANError(f"{what} given twice ({folders[name]} and {folder}); give each once")
         folders[name] = folder
     return folders
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give an integer >= 1")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,19 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="where results.json, table.md and plots go (default docs/experiments/<scale>, "
         "or <scale>-max<N> for a smoke run, so a smoke run never overwrites real results)",
     )
-    p.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default: each experiment's own)")
+    p.add_argument("--seeds", type=seed_list, help="comma-separated seeds (default: each experiment's own)")
     p.add_argument(
         "--max-iters",
-        type=_positive,
+        type=positive_int,
         help="cut every span of iterations to this many and each batch to 4 pairs: a smoke run of every plan",
     )
     p.add_argument("--aggregate-only", action="store_true", help="no training: tables and plots from finished runs")
     p.add_argument(
         "--threads",
-        type=_positive,
+        type=positive_int,
         help="CPU threads for torch (timings are comparable only at equal threads; the committed CPU results used 1)",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    p.add_argument(
+        "--pack",
+        type=positive_int,
+        help="runs trained together on the device, each on its own CUDA stream, taking turns step by "
+        "step (each gives what it gives alone; default 3 on CUDA, 1 on a CPU)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -113,6 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..study import load_experiment, run_study
     from ..study.runs import scale_dir, training_folders
     from ..train import TrainingInterrupted
+    from ..train.packed import resolve_pack
     from .train import StopFlag
 
     experiments = [load_experiment(p) for p in args.experiments]  # every file checked before any training
@@ -145,6 +132,7 @@ def _run(args: argparse.Namespace) -> int:
                     train=not args.aggregate_only,
                     command=args.command,
                     should_stop=stop,
+                    pack=resolve_pack(args.pack, args.device),
                 )
                 print(f"mcan-study: {exp.name}: {out}/{exp.name}/results.json, table.md, " + ", ".join(r["plots"]))
     except TrainingInterrupted as exc:

@@ -16,8 +16,13 @@ import argparse
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
 
-from .common import EXIT_INTERRUPTED, cli_main
+from .common import EXIT_INTERRUPTED, cli_main, positive_int, seed_list
+
+if TYPE_CHECKING:
+    from ..config import Plan
+    from ..train import RunResult
 
 
 class StopFlag:
@@ -104,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="CUDA only: capture each stage's whole step once and replay it (default: the plan's train.cuda_graphs)",
     )
+    p.add_argument(
+        "--seeds",
+        type=seed_list,
+        help="comma-separated seeds: one run of the plan per seed, in OUT/seed<k>, trained together "
+        "on the device (see --pack); each gives what a run with train.seed = k gives alone",
+    )
+    p.add_argument(
+        "--pack",
+        type=positive_int,
+        help="with --seeds: runs trained at once, each on its own CUDA stream, taking turns step by step "
+        "(default 3 on CUDA, 1 on a CPU)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -173,11 +190,25 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     dist, device = distributed.init(args.device)
+    if args.seeds and dist.enabled:
+        distributed.shutdown()
+        raise MCANError("--seeds trains several runs in one process; under torchrun train one seed per command")
     try:
         with logging_redirect_tqdm():  # log lines print above the progress bars
-            result = train(
-                plan, args.data, args.out, device=device, progress=not args.no_progress, should_stop=stop, dist=dist
-            )
+            if args.seeds:
+                results = _train_seeds(plan, args, device, stop)
+            else:
+                results = [
+                    train(
+                        plan,
+                        args.data,
+                        args.out,
+                        device=device,
+                        progress=not args.no_progress,
+                        should_stop=stop,
+                        dist=dist,
+                    )
+                ]
     except TrainingInterrupted as exc:
         if dist.is_main:
             print(f"mcan-train: {exc}", file=sys.stderr)
@@ -186,6 +217,27 @@ def _run(args: argparse.Namespace) -> int:
         distributed.shutdown()
     if not dist.is_main:
         return 0
+    for result in results:
+        _print_result(result)
+    return 0
+
+
+def _train_seeds(plan: Plan, args: argparse.Namespace, device: str, stop: StopFlag) -> list[RunResult]:
+    """One run per seed in OUT/seed<k>, ``--pack`` at a time trained together."""
+    from pathlib import Path
+
+    from ..study.runs import plan_for_seed
+    from ..train.packed import PackedRun, resolve_pack, train_packed
+
+    runs = [PackedRun(plan_for_seed(plan, s), args.data, Path(args.out) / f"seed{s}", f"seed{s}") for s in args.seeds]
+    pack = resolve_pack(args.pack, device)
+    results = []
+    for i in range(0, len(runs), pack):
+        results += train_packed(runs[i : i + pack], device, not args.no_progress, stop)
+    return results
+
+
+def _print_result(result: RunResult) -> None:
     state = "already finished" if result.already_finished else "finished"
     ident = result.identity.get("psnr", float("nan"))
     print(f"mcan-train: run {state}: {result.paths.root}")
@@ -196,7 +248,6 @@ def _run(args: argparse.Namespace) -> int:
             f"({r['psnr'] - ident:+.3f} dB), Y {r['psnr_y']:.3f} dB"
         )
     print(f"  model: {result.paths.model}\n  report: {result.paths.report}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -74,13 +74,14 @@ def run_study(
     train: bool = True,
     command: str = "",
     should_stop: Callable[[], bool] = lambda: False,
+    pack: int = 1,
 ) -> dict[str, Any]:
-    """Train what is missing (unless ``train`` is False), then write ``OUT/<name>/results.json``,
+    """Train what is missing (unless ``train`` is False; ``pack`` runs at a time together), then write ``OUT/<name>/results.json``,
     ``table.md`` and the plots; returns the results."""
     exp = exp if isinstance(exp, Experiment) else load_experiment(exp)
     seeds = seeds if seeds is not None else exp.seeds
     if train:
-        run_experiment(exp, scale, data, runs_root, seeds, device, progress, max_iters, should_stop)
+        run_experiment(exp, scale, data, runs_root, seeds, device, progress, max_iters, should_stop, pack)
     runs = collect_experiment(exp, scale, runs_root, seeds, max_iters)
     out = Path(out_root) / exp.name
     t0 = time.perf_counter()

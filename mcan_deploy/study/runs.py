@@ -77,6 +77,39 @@ def label_dir(
     return run_dir(runs_root, scale, exp.plan_paths(scale)[label], seed, max_iters)
 
 
+@dataclass(frozen=True)
+class Job:
+    """One (label, seed) run of an experiment, ready to train: its plan, folders and directory,
+    and the label whose model of the same seed it fine-tunes (``after``), if any."""
+
+    label: str
+    seed: int
+    out: Path
+    plan: Plan
+    roots: tuple[Path, ...]
+    after: str = ""
+    source: Path | None = None
+
+    @property
+    def data_root(self) -> Path | list[Path]:
+        """What ``train`` takes: the folder, or the list of folders."""
+        return self.roots[0] if len(self.roots) == 1 else list(self.roots)
+
+
+def job_groups(jobs: list[Job], pack: int) -> list[list[Job]]:
+    """``jobs`` in groups of at most ``pack`` trained together, in their order, a fine-tuning run
+    in a later group than the run it starts from. ``pack = 1`` keeps the order as it is."""
+    groups, pending = [], list(jobs)
+    while pending:
+        waiting = {(j.label, j.seed) for j in pending}
+        group = [j for j in pending if not (j.after and (j.after, j.seed) in waiting)][:pack]
+        if not group:
+            raise StudyError(f"start_from labels form a circle: {', '.join(sorted({j.label for j in pending}))}")
+        groups.append(group)
+        pending = [j for j in pending if j not in group]
+    return groups
+
+
 def run_experiment(
     exp: Experiment,
     scale: str,
@@ -87,11 +120,14 @@ def run_experiment(
     progress: bool = True,
     max_iters: int | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    pack: int = 1,
 ) -> None:
     """Train every (plan, seed) of the experiment that is not finished yet, seed by seed, so that an
-    interrupted study has whole seeds. A finished run is found and skipped by the trainer."""
+    interrupted study has whole seeds; with ``pack`` > 1, that many runs at a time train together
+    on the device (``train.packed``). A finished run is found and skipped by the trainer."""
     from ..data import split_dirs
     from ..train import train
+    from ..train.packed import PackedRun, train_packed
 
     paths = exp.plan_paths(scale)
     folders = {label: training_folders(exp, label, data) for label in paths}
@@ -104,25 +140,26 @@ def run_experiment(
                 f"{paths[label]}: a fine-tuning plan (init = 'from:'); give label '{label}' a start_from in "
                 f"[conditions.{label}] of {exp.source}"
             )
+    jobs = []
     for seed in seeds if seeds is not None else exp.seeds:
         for label in paths:
-            out = label_dir(exp, runs_root, scale, label, seed, max_iters)
-            plan = plan_for_seed(plans[label], seed, max_iters)
-            start = _start_from(exp, label)
+            plan, start, source = plan_for_seed(plans[label], seed, max_iters), _start_from(exp, label), None
             if start:  # fine-tuning: the same seed's model of another label
                 source = label_dir(exp, runs_root, scale, start, seed, max_iters) / "model.safetensors"
-                _check_source(out, source)
                 plan = with_init_from(plan, str(source))
-            log.info("%s: %s, seed %d -> %s", exp.name, label, seed, out)
-            roots = folders[label]
-            train(
-                plan,
-                roots[0] if len(roots) == 1 else roots,
-                out,
-                device=device,
-                progress=progress,
-                should_stop=should_stop,
-            )
+            out = label_dir(exp, runs_root, scale, label, seed, max_iters)
+            jobs.append(Job(label, seed, out, plan, tuple(folders[label]), start, source))
+    for group in job_groups(jobs, pack):
+        for job in group:
+            if job.source is not None:
+                _check_source(job.out, job.source)
+            log.info("%s: %s, seed %d -> %s", exp.name, job.label, job.seed, job.out)
+        if len(group) == 1:
+            job = group[0]
+            train(job.plan, job.data_root, job.out, device=device, progress=progress, should_stop=should_stop)
+        else:
+            runs = [PackedRun(j.plan, j.data_root, j.out, f"{j.label}/seed{j.seed}") for j in group]
+            train_packed(runs, device, progress, should_stop)
 
 
 def _start_from(exp: Experiment, label: str) -> str:

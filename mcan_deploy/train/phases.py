@@ -52,8 +52,10 @@ class PhaseRunner:
         progress: bool = True,
         should_stop: Callable[[], bool] = lambda: False,
         dist: Dist | None = None,
+        label: str = "",
     ) -> None:
         self.plan = plan
+        self.label = label  # a packed run's name: its progress bars say which run they are
         roots = [data_root] if isinstance(data_root, (str, Path)) else list(data_root)
         if not roots:
             raise MCANError("no data folder given: pass --data (one or more) or set data.dirs in the plan")
@@ -202,6 +204,7 @@ class PhaseRunner:
             metrics,
             self.stage_offsets(),
             self.should_stop,
+            f"{self.label} " if self.label else "",
         )
 
     def _result(self, metrics: MetricsLog, already_finished: bool) -> RunResult:

@@ -35,6 +35,7 @@ class PhaseContext:
     metrics: MetricsLog
     stage_offsets: dict[tuple[int, int], int]  # global step at which each (phase, stage) starts
     should_stop: Callable[[], bool]
+    label: str = ""  # prefixes progress bars: a packed run's name and a space, else nothing
 
 
 @dataclass

@@ -38,7 +38,11 @@ class Generate:
             out = [torch.empty_like(x) for x in xs]
             owner = [0] * len(xs)
             with tqdm(
-                total=len(xs), desc=f"{phase.name} {split}", unit="img", leave=False, disable=not ctx.progress
+                total=len(xs),
+                desc=f"{ctx.label}{phase.name} {split}",
+                unit="img",
+                leave=False,
+                disable=not ctx.progress,
             ) as bar:
                 for b, idx in enumerate(val_batches(xs, ctx.plan.data.val_batch_pixels)):
                     for i in idx:

@@ -152,7 +152,7 @@ def _train_stage(run: PhaseRun, si: int, start: int, resume: Resume | None) -> N
         start,
         ctx.plan.train.log_every,
         callbacks,
-        progress=f"{phase.name} {stage.name}" if ctx.progress else None,
+        progress=f"{ctx.label}{phase.name} {stage.name}" if ctx.progress else None,
         lr_scale=run.lr_scale,
         micro_batches=ctx.plan.data.micro_batches,
         no_sync=run.no_sync,

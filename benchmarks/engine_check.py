@@ -1,6 +1,6 @@
 """The product path on one machine, for ``benchmarks/gpu_check.sh``: what a user's photo meets.
 
-    python benchmarks/engine_check.py engine|folder|train --out DIR [--smoke] [--seconds S]
+    python benchmarks/engine_check.py engine|folder|train|packed --out DIR [--smoke] [--seconds S]
 
 Sections (each run as its own command, each with a time limit, each writing its part of
 ``DIR/gpu-<device>-<date>.json`` through ``gpu_results.Results`` as soon as it has a row):
@@ -16,6 +16,10 @@ Sections (each run as its own command, each with a time limit, each writing its 
 - ``train``: mcan-bench's training rows (the trainer's step, L1, Adam, batch 16 of 48x48) of one
   block and of N in float32, at ``[train]``'s defaults and in bf16 captured in a CUDA graph, and
   the hours the report's whole plan would take at each rate.
+- ``packed``: one paper-size block phase (batch 16 of 48x48, Adam, ``[train]``'s defaults: CUDA
+  graphs on a GPU) trained alone, then three seeds of it trained together (``train.packed``):
+  each run's seconds per iteration over its last log window, and the packed rate against the
+  solo one (issue 30's target: three runs in at most 1.5x the time of one).
 
 ``--smoke`` runs the same code on a CPU at tiny sizes (Triton in its interpreter), so CI keeps the
 script working between GPU sessions; its timings mean nothing. Cases that would start after the
@@ -330,9 +334,52 @@ def train(args: argparse.Namespace, device: torch.device, res: Results) -> None:
     res.put("train", rows)
 
 
+def packed(args: argparse.Namespace, device: torch.device, res: Results) -> None:
+    """One block phase alone, then three seeds of it packed (see the module docstring)."""
+    from mcan_deploy.config import plan_from_dict
+    from mcan_deploy.train import train as train_run
+    from mcan_deploy.train.packed import PackedRun, train_packed
+
+    iters = 4 if args.smoke else 600
+    stage = {"name": "adam", "optimizer": "adam", "iters": [iters], "lr": [1e-4], "clamp": True}
+    plan_dict = {
+        "model": {"n_blocks": 1, **({"n_resblocks": 2, "n_feats": 16} if args.smoke else {})},
+        "data": {"patch_size": 48, "batch_size": 4 if args.smoke else 16},
+        "train": {"log_every": iters // 4, "val_every": 0, "checkpoint_every": 0},
+        "phases": [{"name": "1", "kind": "train_block", "block": 1, "init": "orthogonal", "stages": [stage]}],
+    }
+    sample = REPO / "samples" / "city100"
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in (1, 3):
+            plans = [plan_from_dict({**plan_dict, "train": {**plan_dict["train"], "seed": s}}) for s in range(k)]
+            runs = [PackedRun(p, sample, Path(tmp) / f"k{k}-seed{i}", f"seed{i}") for i, p in enumerate(plans)]
+            t0 = time.perf_counter()
+            if k == 1:
+                train_run(runs[0].plan, sample, runs[0].out_dir, device=str(device), progress=False)
+            else:
+                train_packed(runs, str(device), progress=False)
+            wall = time.perf_counter() - t0
+            rates = [_last_rate(r.out_dir) for r in runs]
+            row: dict[str, Any] = {"runs": k, "iters": iters, "wall_s": wall, "s_per_iter": max(rates)}
+            if k > 1:
+                row["ratio_to_one"] = row["s_per_iter"] / rows[0]["s_per_iter"]
+            rows.append(row)
+            log.info("packed %d: %.1f ms/iteration, wall %.1f s", k, 1000 * row["s_per_iter"], wall)
+            res.put("packed", rows)
+
+
+def _last_rate(run: Path) -> float:
+    """Seconds per iteration over a run's last log window (the first holds the graph capture)."""
+    import json
+
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return float([r for r in lines if r["kind"] == "train"][-1]["sec_per_iter"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("section", choices=["engine", "folder", "train"])
+    p.add_argument("section", choices=["engine", "folder", "train", "packed"])
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks the script only")
     p.add_argument("--seconds", type=float, default=150, help="start no new case after this long")
@@ -344,7 +391,7 @@ def main() -> None:
     args = p.parse_args()
     device, res = start("engine_check", args)
     os.environ.setdefault("MCAN_DEPLOY_CACHE", str(Path(args.out) / ".cache"))
-    {"engine": engine, "folder": folder, "train": train}[args.section](args, device, res)
+    {"engine": engine, "folder": folder, "train": train, "packed": packed}[args.section](args, device, res)
 
 
 if __name__ == "__main__":

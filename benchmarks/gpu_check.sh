@@ -7,16 +7,17 @@
 #   1. gpu-tests: the fused kernels' tests, compiled natively, float16's guard first   (20 + 50 s)
 #      fp16-probe: what each float16 convolution returns beyond float16's range        (10 s)
 #   2. anchors: torch.compile of the bare model, cuDNN's convolution floor, the fused
-#      convolution alone, one memory pass                                          (50 s)
+#      convolution alone, one memory pass                                          (45 s)
 #   3. engine: paper-size N on a 12 MP photo, every plan x dtype on the fused path (each
-#      convolution), the eager path's main rows: time, peak vs memory model, difference (140 s)
-#   4. api: mcan_deploy.load(...).upscale(uint8 12 MP array), first and second call      (25 s)
-#   5. startup: one photo through mcan-upscale in a fresh process, Triton cache empty and filled (50 s)
+#      convolution), the eager path's main rows: time, peak vs memory model, difference (130 s)
+#   4. api: mcan_deploy.load(...).upscale(uint8 12 MP array), first and second call      (20 s)
+#   5. startup: one photo through mcan-upscale in a fresh process, Triton cache empty and filled (45 s)
 #   6. folder: mcan-upscale on four 12 MP photos vs the model time alone, one PNG's decode
 #      and encode (the pipeline's fill and drain)                                       (45 s)
 #   7. quality: the demo plan trained on the GPU, each dtype's and plan's share of the
-#      float32 gain on the sample test pairs                                           (65 s)
+#      float32 gain on the sample test pairs                                           (60 s)
 #   8. train: the trainer's step in fp32, at the defaults, bf16 with CUDA graphs         (25 s)
+#   9. packed: one paper-size block phase alone, then three seeds of it trained together (30 s)
 # At the end everything but the summary (.md, .json) and nvidia-smi's line is packed into one
 # archive, so that at most 8 files come back from the device tool's $OUT.
 #
@@ -61,6 +62,7 @@ if [[ -n "$SMOKE" ]]; then
     step 60 fp16-probe "$PY" benchmarks/fp16_overflow_probe.py --device cpu --out "$WORK"
     step 120 quality "$PY" benchmarks/gpu_quality.py --smoke --seconds 60 --out "$WORK"
     step 60 train "$PY" benchmarks/engine_check.py train --smoke --out "$WORK"
+    step 60 packed "$PY" benchmarks/engine_check.py packed --smoke --out "$WORK"
 else
     unset TRITON_INTERPRET  # compiled kernels, not the interpreter
     "$PY" - <<'PY' || exit 1
@@ -78,13 +80,14 @@ PY
     step 50 gpu-tests "$PY" -m pytest -q --maxfail=10 -p no:cacheprovider tests/kernels/test_conv3x3.py \
         tests/kernels/test_fused_runner.py tests/test_device_io.py
     step 10 fp16-probe "$PY" benchmarks/fp16_overflow_probe.py --out "$WORK"
-    step 50 anchors "$PY" benchmarks/gpu_anchors.py --seconds 35 --out "$WORK"
-    step 140 engine "$PY" benchmarks/engine_check.py engine --seconds 120 --out "$WORK"
-    step 25 api "$PY" benchmarks/gpu_io.py api --out "$WORK"
-    step 50 startup "$PY" benchmarks/gpu_io.py startup --out "$WORK"
+    step 45 anchors "$PY" benchmarks/gpu_anchors.py --seconds 30 --out "$WORK"
+    step 130 engine "$PY" benchmarks/engine_check.py engine --seconds 110 --out "$WORK"
+    step 20 api "$PY" benchmarks/gpu_io.py api --out "$WORK"
+    step 45 startup "$PY" benchmarks/gpu_io.py startup --out "$WORK"
     step 45 folder "$PY" benchmarks/engine_check.py folder --out "$WORK"
-    step 65 quality "$PY" benchmarks/gpu_quality.py --seconds 15 --out "$WORK"
+    step 60 quality "$PY" benchmarks/gpu_quality.py --seconds 15 --out "$WORK"
     step 25 train "$PY" benchmarks/engine_check.py train --out "$WORK"
+    step 30 packed "$PY" benchmarks/engine_check.py packed --out "$WORK"
 fi
 # the summary stays beside the archive; everything else goes into it
 for f in "$WORK"/gpu-*.json "$WORK"/gpu-*.md; do

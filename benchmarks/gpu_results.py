@@ -117,6 +117,12 @@ def targets(d: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{100 * kept:.2f}%" if kept is not None else None,
             kept >= 0.99 if kept is not None else None,
         )
+    pk = next((r for r in d.get("packed", []) if r["runs"] == 3), None)
+    judge(
+        "three paper-size runs packed in <= 1.5x the time of one (train.packed)",
+        f"{pk['ratio_to_one']:.2f}x" if pk else None,
+        pk["ratio_to_one"] <= 1.5 if pk else None,
+    )
     return out
 
 
@@ -151,6 +157,7 @@ def render(d: dict[str, Any]) -> str:
         ("folder", _folder),
         ("quality", _quality),
         ("train", _train),
+        ("packed", _packed),
     ):
         if section in d:
             lines += [*fn(d[section]), ""]
@@ -268,4 +275,17 @@ def _train(rows: list[dict[str, Any]]) -> list[str]:
             f"| {r['what']} | {r['options']} | {r['describe']} | {1000 * r['step_s']:.1f} | "
             f"{r['speedup_vs_fp32']:.2f} | {hours} |"
         )
+    return lines
+
+
+def _packed(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Runs trained together (one paper-size block phase, batch 16 of 48x48, [train] defaults)",
+        "",
+        "| runs | iterations each | ms/iteration (last window, slowest run) | x one run | wall s |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ratio = f"{r['ratio_to_one']:.2f}" if "ratio_to_one" in r else "1.00"
+        lines.append(f"| {r['runs']} | {r['iters']} | {1000 * r['s_per_iter']:.2f} | {ratio} | {r['wall_s']:.1f} |")
     return lines

@@ -34,7 +34,7 @@ def test_smoke_run_covers_every_section_plan_and_dtype_and_packs_its_files(tmp_p
     (archive,) = tmp_path.glob("gpu-check-*.tar.gz")
     with tarfile.open(archive) as tar:
         packed = {os.path.basename(n) for n in tar.getnames()}
-    assert {"engine.log", "anchors.log", "quality.log", "startup.log"} <= packed
+    assert {"engine.log", "anchors.log", "quality.log", "startup.log", "packed.log"} <= packed
     (js,) = tmp_path.glob("gpu-smoke-*.json")
     data = json.loads(js.read_text())
     rows = data["engine"]["rows"]
@@ -64,6 +64,10 @@ def test_smoke_run_covers_every_section_plan_and_dtype_and_packs_its_files(tmp_p
         (w, o) for o in ("fp32", "default") for w in ("block", "N")
     ] + [("-", "bf16 CUDA graphs")]
     assert "CUDA device" in data["train"][-1]["skipped"]
+    # one run alone, then three packed: the ratio is of the rates measured here
+    solo, three = data["packed"]
+    assert (solo["runs"], three["runs"]) == (1, 3)
+    assert three["ratio_to_one"] == three["s_per_iter"] / solo["s_per_iter"]
     md = js.with_suffix(".md").read_text()
     for heading in (
         "## Targets",
@@ -72,5 +76,7 @@ def test_smoke_run_covers_every_section_plan_and_dtype_and_packs_its_files(tmp_p
         "mcan-upscale on a folder",
         "## Quality",
         "Training step",
+        "## Runs trained together",
+        "| three paper-size runs packed in <= 1.5x the time of one",
     ):
         assert heading in md, heading

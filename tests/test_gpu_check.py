@@ -80,3 +80,26 @@ def test_smoke_run_covers_every_section_plan_and_dtype_and_packs_its_files(tmp_p
         "| three paper-size runs packed in <= 1.5x the time of one",
     ):
         assert heading in md, heading
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
+def test_paper_plan_job_brings_back_the_report_metrics_and_curves_and_resumes(sample_dir, tmp_path):
+    """benchmarks/gpu_train_paper.sh --smoke with a tiny plan: the files the device tool brings back
+    (at most 8), and a second call that finds the run finished and copies them again."""
+    import tomli_w
+
+    from .helpers import tiny_plan_dict
+
+    plan = tmp_path / "tiny.toml"
+    plan.write_text(tomli_w.dumps(tiny_plan_dict()))
+    out, run = tmp_path / "out", tmp_path / "run"
+    env = {**os.environ, "OUT": str(out), "RUN": str(run), "PLAN": str(plan), "PYTHON": sys.executable}
+    script = ["bash", str(REPO / "benchmarks" / "gpu_train_paper.sh"), "--smoke"]
+    first = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout[-3000:]
+    names = sorted(p.name.split("-", 3)[-1] for p in out.iterdir())
+    assert names == ["curves.png", "metrics.jsonl", "report.md", "run.json", "strip.png", "train.log"]
+    (metrics,) = out.glob("*-metrics.jsonl")
+    assert metrics.read_bytes() == (run / "metrics.jsonl").read_bytes()
+    again = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stdout[-2000:]

@@ -38,12 +38,14 @@ pytestmark = pytest.mark.skipif(
 
 SHORTEN = 20  # the demo plan's stages, 1/20 as long, to keep CI short (equality holds at any length)
 PATCH = 24  # and its patches half as wide (equality holds at any size)
+BLOCK = {"n_resblocks": 2, "n_feats": 16}  # and its blocks narrower (equality holds at any width)
 
 
 def demo_plan_dict(micro_batches: int = 1) -> dict:
-    """configs/demo.toml (3 blocks x 4 RCAB x 32 features, all four phases) with short stages
-    and small patches."""
+    """configs/demo.toml (3 blocks, all four phases) with short stages, small patches and
+    blocks of 2 RCAB x 16 features."""
     data = tomllib.loads((REPO / "configs" / "demo.toml").read_text())
+    data["model"].update(BLOCK)
     for phase in data["phases"]:
         for stage in phase.get("stages", []):
             stage["iters"] = [max(2, n // SHORTEN) for n in stage["iters"]]

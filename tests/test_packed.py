@@ -15,6 +15,7 @@ from mcan_deploy.study.runs import plan_for_seed
 from mcan_deploy.train import train
 from mcan_deploy.train.packed import PackedRun, Turns, train_packed
 
+from .conftest import THREADS
 from .helpers import TINY_MODEL, tiny_plan
 
 
@@ -44,11 +45,17 @@ def _assert_same_run(got, want):
 
 @pytest.fixture(scope="module")
 def solo(sample_dir, tmp_path_factory):
-    """The three runs trained one at a time (the reference)."""
+    """The three runs trained one at a time (the reference), at the tests' thread count (a module
+    fixture is set up before conftest's per-test one sets it)."""
     root = tmp_path_factory.mktemp("solo")
     runs = _runs(root, sample_dir)
-    for r in runs:
-        train(r.plan, r.data_root, r.out_dir, device="cpu", progress=False)
+    n = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        for r in runs:
+            train(r.plan, r.data_root, r.out_dir, device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(n)
     return runs
 
 

@@ -79,7 +79,7 @@ def test_installed_wheel_trains_describes_and_upscales_outside_the_checkout(tmp_
             "--out",
             "run",
             "--max-iters",
-            "3",
+            "1",
             "--no-progress",
         ],
         user,

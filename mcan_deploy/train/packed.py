@@ -122,11 +122,13 @@ def train_packed(
     turns = Turns(len(runs))
     results: list[RunResult | None] = [None] * len(runs)
     errors: list[BaseException | None] = [None] * len(runs)
+    threads_per_op = torch.get_num_threads()  # OpenMP's setting is per thread: a new one has the default
 
     def body(k: int) -> None:
         run = runs[k]
         turns.take(k)
         try:
+            torch.set_num_threads(threads_per_op)  # the caller's, as a solo run would compute with
 
             def stop() -> bool:
                 turns.pass_on(k)

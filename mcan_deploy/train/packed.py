@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,14 +95,13 @@ def _stream(device: torch.device) -> contextlib.AbstractContextManager[object]:
     return torch.cuda.stream(torch.cuda.Stream(device))
 
 
-@contextlib.contextmanager
-def _joined(threads: list[threading.Thread]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for t in threads:  # a timeout, so that the main thread still takes signals (Ctrl-C)
-            while t.is_alive():
-                t.join(timeout=0.5)
+def _join(threads: list[threading.Thread]) -> None:
+    """Wait for every run, with a timeout so that the main thread still takes signals: the first
+    Ctrl-C asks each run to stop at a checkpoint; a second raises KeyboardInterrupt here, and the
+    runs' threads (daemons) end with the process, as one run does."""
+    for t in threads:
+        while t.is_alive():
+            t.join(timeout=0.5)
 
 
 def train_packed(
@@ -144,11 +143,13 @@ def train_packed(
         finally:
             turns.leave(k)
 
-    threads = [threading.Thread(target=body, args=(k,), name=THREAD_PREFIX + r.name) for k, r in enumerate(runs)]
+    threads = [
+        threading.Thread(target=body, args=(k,), name=THREAD_PREFIX + r.name, daemon=True) for k, r in enumerate(runs)
+    ]
     log.info("training %d runs together on %s: %s", len(runs), dev, ", ".join(names))
-    with _joined(threads):
-        for t in threads:
-            t.start()
+    for t in threads:
+        t.start()
+    _join(threads)
     failed = [e for e in errors if e is not None and not isinstance(e, TrainingInterrupted)]
     if failed:
         raise failed[0]

@@ -53,6 +53,24 @@ def _study(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     )
 
 
+def _study_here(capsys, *args: str) -> tuple[int, str]:
+    """mcan-study in this process, for errors raised before any training (a subprocess costs
+    seconds of imports); an unexpected exception would show as the one-line 'unexpected' form."""
+    import signal
+
+    from mcan_deploy.cli.study import main
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rc = main(list(args))
+    finally:  # the command installs its stop handlers; this process keeps its own
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    err = capsys.readouterr().err
+    assert "unexpected" not in err and "Traceback" not in err, err
+    return rc, err
+
+
 def _psnr_np(a: np.ndarray, b: np.ndarray) -> float:
     return float(-10 * np.log10(np.mean((a - b) ** 2, dtype=np.float64)))
 
@@ -145,7 +163,7 @@ def test_camera_experiment_end_to_end(two_cameras, tmp_path):
     assert stale.returncode == 1 and "started from an earlier" in stale.stderr and "Traceback" not in stale.stderr
 
 
-def test_transfer_errors_are_one_line(tmp_path, two_cameras):
+def test_transfer_errors_are_one_line(tmp_path, two_cameras, capsys):
     text = CAMERA.read_text().replace('"cpu/', f'"{STUDY}/cpu/').replace('"../', f'"{STUDY}/../')
     bad = tmp_path / "bad.toml"
     cases = {
@@ -179,19 +197,27 @@ def test_transfer_errors_are_one_line(tmp_path, two_cameras):
         load_experiment(bad)
 
     # the command: a missing named folder, an unnamed one for a transfer experiment, one given twice
-    proc = _study(str(CAMERA), f"--data=nikon={two_cameras['nikon']}", "--runs", str(tmp_path / "r"))
-    assert proc.returncode == 1 and "needs --data iphone=DIR" in proc.stderr and "Traceback" not in proc.stderr
-    proc = _study(str(STUDY / "budget.toml"), f"--data=nikon={two_cameras['nikon']}", "--runs", str(tmp_path / "r"))
-    assert proc.returncode == 1 and "needs --data DIR" in proc.stderr
+    # (in this process: these fail before any training)
+    rc, err = _study_here(capsys, str(CAMERA), f"--data=nikon={two_cameras['nikon']}", "--runs", str(tmp_path / "r"))
+    assert rc == 1 and "needs --data iphone=DIR" in err
+    rc, err = _study_here(
+        capsys, str(STUDY / "budget.toml"), f"--data=nikon={two_cameras['nikon']}", "--runs", str(tmp_path / "r")
+    )
+    assert rc == 1 and "needs --data DIR" in err
     # a fine-tuning plan for a label that names no start_from, before anything trains
     bad.write_text(text.replace('start_from = "nikon"', ""))
     proc = _study(str(bad), *(f"--data={n}={p}" for n, p in two_cameras.items()), "--runs", str(tmp_path / "r1"))
     assert proc.returncode == 1 and "give label 'finetune' a start_from" in proc.stderr
     assert not (tmp_path / "r1").exists()
     runs = tmp_path / "r2"  # a wrong folder fails before anything trains
-    proc = _study(
-        str(CAMERA), f"--data=nikon={two_cameras['nikon']}", f"--data=iphone={tmp_path / 'no'}", "--runs", str(runs)
+    rc, err = _study_here(
+        capsys,
+        str(CAMERA),
+        f"--data=nikon={two_cameras['nikon']}",
+        f"--data=iphone={tmp_path / 'no'}",
+        "--runs",
+        str(runs),
     )
-    assert proc.returncode == 1 and "expected a train/ and a test/ folder" in proc.stderr and not runs.exists()
-    proc = _study(str(CAMERA), "--data=nikon=a", "--data=nikon=b")
-    assert proc.returncode == 1 and "--data nikon=DIR given twice" in proc.stderr
+    assert rc == 1 and "expected a train/ and a test/ folder" in err and not runs.exists()
+    rc, err = _study_here(capsys, str(CAMERA), "--data=nikon=a", "--data=nikon=b")
+    assert rc == 1 and "--data nikon=DIR given twice" in err

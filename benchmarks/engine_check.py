@@ -340,7 +340,7 @@ def packed(args: argparse.Namespace, device: torch.device, res: Results) -> None
     from mcan_deploy.train import train as train_run
     from mcan_deploy.train.packed import PackedRun, train_packed
 
-    iters = 4 if args.smoke else 600
+    iters = 4 if args.smoke else 400
     stage = {"name": "adam", "optimizer": "adam", "iters": [iters], "lr": [1e-4], "clamp": True}
     plan_dict = {
         "model": {"n_blocks": 1, **({"n_resblocks": 2, "n_feats": 16} if args.smoke else {})},

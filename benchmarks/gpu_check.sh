@@ -11,13 +11,13 @@
 #   3. engine: paper-size N on a 12 MP photo, every plan x dtype on the fused path (each
 #      convolution), the eager path's main rows: time, peak vs memory model, difference (130 s)
 #   4. api: mcan_deploy.load(...).upscale(uint8 12 MP array), first and second call      (20 s)
-#   5. startup: one photo through mcan-upscale in a fresh process, Triton cache empty and filled (45 s)
+#   5. startup: one photo through mcan-upscale in a fresh process, Triton cache empty and filled (40 s)
 #   6. folder: mcan-upscale on four 12 MP photos vs the model time alone, one PNG's decode
 #      and encode (the pipeline's fill and drain)                                       (45 s)
 #   7. quality: the demo plan trained on the GPU, each dtype's and plan's share of the
-#      float32 gain on the sample test pairs                                           (60 s)
+#      float32 gain on the sample test pairs                                           (55 s)
 #   8. train: the trainer's step in fp32, at the defaults, bf16 with CUDA graphs         (25 s)
-#   9. packed: one paper-size block phase alone, then three seeds of it trained together (30 s)
+#   9. packed: one paper-size block phase alone, then three seeds of it trained together (40 s)
 # At the end everything but the summary (.md, .json) and nvidia-smi's line is packed into one
 # archive, so that at most 8 files come back from the device tool's $OUT.
 #
@@ -83,11 +83,11 @@ PY
     step 45 anchors "$PY" benchmarks/gpu_anchors.py --seconds 30 --out "$WORK"
     step 130 engine "$PY" benchmarks/engine_check.py engine --seconds 110 --out "$WORK"
     step 20 api "$PY" benchmarks/gpu_io.py api --out "$WORK"
-    step 45 startup "$PY" benchmarks/gpu_io.py startup --out "$WORK"
+    step 40 startup "$PY" benchmarks/gpu_io.py startup --out "$WORK"
     step 45 folder "$PY" benchmarks/engine_check.py folder --out "$WORK"
-    step 60 quality "$PY" benchmarks/gpu_quality.py --seconds 15 --out "$WORK"
+    step 55 quality "$PY" benchmarks/gpu_quality.py --seconds 12 --out "$WORK"
     step 25 train "$PY" benchmarks/engine_check.py train --out "$WORK"
-    step 30 packed "$PY" benchmarks/engine_check.py packed --out "$WORK"
+    step 40 packed "$PY" benchmarks/engine_check.py packed --out "$WORK"
 fi
 # the summary stays beside the archive; everything else goes into it
 for f in "$WORK"/gpu-*.json "$WORK"/gpu-*.md; do

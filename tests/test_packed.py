@@ -28,19 +28,25 @@ def _runs(root, sample_dir):
 
 def _losses(run_dir):
     """Every metrics line without its timings: the losses, rates, validation scores, in order."""
-    timing = {"seconds", "val_seconds", "sec_per_iter", "data_share"}
+    timing = {"seconds", "val_seconds", "sec_per_iter", "data_share", "packed"}
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert lines and all("loss" in r for r in lines)
     return [{k: v for k, v in r.items() if k not in timing} for r in lines]
 
 
-def _assert_same_run(got, want):
+def _assert_same_run(got, want, resumed=False):
+    """Bitwise the same weights and metrics lines; after a resume, a train line's loss is the mean
+    over the iterations of its log window since the resume (as for a solo run resumed), so there
+    only the validation lines and the train lines' positions are compared."""
     a, _ = load_tensors(got / "model.safetensors")
     b, _ = load_tensors(want / "model.safetensors")
     assert a.keys() == b.keys()
     for k in b:
         assert torch.equal(a[k], b[k]), f"{got.name}: {k} differs from the solo run"
-    assert _losses(got) == _losses(want)
+    la, lb = _losses(got), _losses(want)
+    if resumed:
+        la, lb = ([r if r["kind"] != "train" else (r["phase"], r["stage"], r["iter"]) for r in x] for x in (la, lb))
+    assert la == lb
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +76,9 @@ def test_packed_runs_equal_solo_runs_bitwise(solo, sample_dir, tmp_path):
         _assert_same_run(got.out_dir, want.out_dir)
     # the runs took turns, one iteration each, round robin: not one after another
     assert order[:6] == ["mcan-run:run0", "mcan-run:run1", "mcan-run:run2"] * 2
+    # each train line says its time per iteration was shared by three runs
+    lines = [json.loads(x) for x in (runs[0].out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {r.get("packed") for r in lines if r["kind"] == "train"} == {3}
 
 
 def test_packed_runs_stop_together_and_resume_to_the_solo_result(solo, sample_dir, tmp_path):
@@ -88,7 +97,7 @@ def test_packed_runs_stop_together_and_resume_to_the_solo_result(solo, sample_di
         assert not (r.out_dir / "model.safetensors").exists()
     train_packed(runs, device="cpu", progress=False)
     for got, want in zip(runs, solo):
-        _assert_same_run(got.out_dir, want.out_dir)
+        _assert_same_run(got.out_dir, want.out_dir, resumed=True)
 
 
 def test_a_failing_run_leaves_the_others_to_finish(solo, sample_dir, tmp_path):
@@ -104,6 +113,20 @@ def test_packed_runs_need_distinct_names_and_folders(sample_dir, tmp_path):
     runs = _runs(tmp_path, sample_dir)
     with pytest.raises(MCANError, match="distinct"):
         train_packed([runs[0], runs[0]], device="cpu", progress=False)
+
+
+def test_a_stop_before_a_run_starts_leaves_it_unstarted(sample_dir, tmp_path):
+    runs = _runs(tmp_path, sample_dir)
+    with pytest.raises(TrainingInterrupted, match="run0, run1, run2"):
+        train_packed(runs, device="cpu", progress=False, should_stop=lambda: True)
+    assert not any(r.out_dir.exists() for r in runs)
+
+
+def test_log_lines_name_the_run_by_its_thread():
+    from mcan_deploy.cli.common import RUN_THREAD
+    from mcan_deploy.train.packed import THREAD_PREFIX
+
+    assert RUN_THREAD == THREAD_PREFIX, "cli/common.py names a packed run's log lines by this prefix"
 
 
 def test_turns_go_round_robin_and_skip_a_run_that_left():
@@ -141,7 +164,7 @@ def test_job_groups_keep_a_fine_tuning_run_after_its_source():
     assert name(job_groups(jobs, 10)) == [["base0", "other0", "base1", "other1"], ["tuned0", "tuned1"]]
 
 
-def test_train_cli_seeds_make_one_run_directory_each_and_log_which_run(sample_dir, tmp_path):
+def test_train_cli_seeds_make_one_run_directory_each_and_log_which_run(sample_dir, tmp_path, capsys):
     import subprocess
     import sys
 
@@ -162,5 +185,9 @@ def test_train_cli_seeds_make_one_run_directory_each_and_log_which_run(sample_di
         assert json.loads((run / "run.json").read_text())["sampler_seed"] == seed
         assert f"run finished: {run}" in proc.stdout
         assert f"[seed{seed}] " in proc.stderr, "each packed run's log lines name it"
-    bad = subprocess.run([*cmd, "--seeds", "1,1"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "distinct" in bad.stderr
+    from mcan_deploy.cli.train import main  # the two refusals, in this process
+
+    with pytest.raises(SystemExit) as exc:
+        main([*cmd[3:], "--seeds", "1,1"])
+    assert exc.value.code == 2 and "distinct" in capsys.readouterr().err
+    assert main([*cmd[3:], "--pack", "2"]) == 1 and "--pack applies to --seeds" in capsys.readouterr().err

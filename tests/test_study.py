@@ -176,6 +176,11 @@ def test_mcan_study_end_to_end(tiny_pairs, tmp_path):
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
         table = (out / r["experiment"]["name"] / "table.md").read_text()
         assert "identity" in table and r["experiment"]["title"] in table
+    # trained two at a time: the budget table says its times were shared
+    assert (
+        "± " in (out / "budget" / "table.md").read_text()
+        and "† trained together" in (out / "budget" / "table.md").read_text()
+    )
 
     # the identity baseline: LR against HR of the test image, by numpy
     name = next((tiny_pairs / "test" / "HR").iterdir()).name

@@ -189,6 +189,8 @@ def _run(args: argparse.Namespace) -> int:
     stop.install()
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    if args.pack is not None and not args.seeds:
+        raise MCANError("--pack applies to --seeds (runs trained together); give --seeds 0,1,2 or drop --pack")
     dist, device = distributed.init(args.device)
     if args.seeds and dist.enabled:
         distributed.shutdown()

@@ -68,11 +68,12 @@ def _compared(a: list[float], b: list[float]) -> dict[str, Any]:
 
 
 def _finals(rs: list[RunData]) -> dict[str, Any]:
-    out = {m: summary([r.final[m] for r in rs]) for m in METRICS}
+    out: dict[str, Any] = {m: summary([r.final[m] for r in rs]) for m in METRICS}
     out["best_psnr"] = summary([r.best_psnr() for r in rs])
     out["train_seconds"] = summary([r.train_seconds for r in rs])
     out["generate_seconds"] = summary([r.generate_seconds for r in rs])
     out["wall_seconds"] = summary([r.train_seconds + r.generate_seconds for r in rs])
+    out["packed"] = max(r.packed for r in rs)  # > 1: the times are shared with other runs
     return out
 
 

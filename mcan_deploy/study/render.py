@@ -59,17 +59,21 @@ def _budget_table(budgets: dict[str, dict[str, Any]], finals: dict[str, dict[str
         "generation TFLOPs | total TFLOPs | training time (s) | generation time (s) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    shared = False
     for label, b in budgets.items():
         per = sorted(set(b["backprops_per_block"]))
         bp = str(per[0]) if len(per) == 1 else f"{per[0]}-{per[-1]}"
         times = "- | -"
         if finals and label in finals:
-            t = finals[label]["train_seconds"]
-            times = f"{t['mean']:.0f} ± {t['std']:.0f} | {finals[label]['generate_seconds']['mean']:.0f}"
+            t, mark = finals[label]["train_seconds"], " †" if finals[label].get("packed", 1) > 1 else ""
+            shared = shared or bool(mark)
+            times = f"{t['mean']:.0f} ± {t['std']:.0f}{mark} | {finals[label]['generate_seconds']['mean']:.0f}"
         lines.append(
             f"| {label} | {b['iterations']} | {bp} | {b['pixels_per_update']} | {b['train_flops'] / 1e12:.2f} | "
             f"{b['generate_flops'] / 1e12:.2f} | {b['total_flops'] / 1e12:.2f} | {times} |"
         )
+    if shared:
+        lines += ["", "† trained together with other runs on one device (`--pack`): the time is shared, not its own."]
     return lines
 
 

@@ -98,7 +98,9 @@ class Job:
 
 def job_groups(jobs: list[Job], pack: int) -> list[list[Job]]:
     """``jobs`` in groups of at most ``pack`` trained together, in their order, a fine-tuning run
-    in a later group than the run it starts from. ``pack = 1`` keeps the order as it is."""
+    in a later group than the run it starts from (with ``pack = 1``: one at a time, in order, a
+    fine-tuning run moved after its source where it was listed before it). A group ends when its
+    slowest run does."""
     groups, pending = [], list(jobs)
     while pending:
         waiting = {(j.label, j.seed) for j in pending}
@@ -195,6 +197,7 @@ class RunData:
     train_seconds: float  # training iterations only (from the train lines)
     generate_seconds: float  # generate phases (LR_i = N_i+(LR_{i-1}) over train and test)
     data_roots: list[Path]  # the folders it trained on
+    packed: int = 1  # the most runs it shared the device with (mcan-study --pack), itself included
 
     @property
     def data_root(self) -> Path:
@@ -241,6 +244,7 @@ def collect(path: Path, label: str, seed: int) -> RunData:
         train_seconds=sum(v["seconds"] for v in stage_times(records).values()),
         generate_seconds=sum(r.get("seconds", 0.0) for r in phase_ends if r["stage"] == "generate"),
         data_roots=[Path(d) for d in data],
+        packed=max((r.get("packed", 1) for r in records if r["kind"] == "train"), default=1),
     )
 
 

@@ -97,7 +97,10 @@ def analyse_transfer(exp: Experiment, runs: dict[str, list[RunData]], out: Path,
         "diffs": diffs,
         "budgets": {label: _budget(rs[0]) for label, rs in runs.items()},
         "times": {
-            label: {k: summary([getattr(r, k) for r in rs]) for k in ("train_seconds", "generate_seconds")}
+            label: {
+                **{k: summary([getattr(r, k) for r in rs]) for k in ("train_seconds", "generate_seconds")},
+                "packed": max(r.packed for r in rs),
+            }
             for label, rs in runs.items()
         },
         "plots": ["transfer.png"],

@@ -32,6 +32,7 @@ def stage_callbacks(run: PhaseRun, si: int, stage: StageConfig, optimizer: torch
             precision=ctx.step_options.precision,
             cuda_graphs=ctx.step_options.cuda_graphs,
             cuda_graphs_why=ctx.step_options.graphs_why,
+            **({"packed": ctx.packed} if ctx.packed > 1 else {}),  # sec_per_iter is the shared rate
         )
 
     def on_iter_end(it: int) -> None:

@@ -95,6 +95,19 @@ def _stream(device: torch.device) -> contextlib.AbstractContextManager[object]:
     return torch.cuda.stream(torch.cuda.Stream(device))
 
 
+def _run(run: PackedRun, dev: torch.device, progress: bool, stop: Callable[[], bool], packed: int) -> RunResult:
+    """One run of the pack; its model, data and optimisers are freed before it leaves the round."""
+    runner = PhaseRunner(run.plan, run.data_root, run.out_dir, str(dev), progress, stop, label=run.name, packed=packed)
+    if dev.type == "cuda" and not runner.step_options.cuda_graphs:
+        log.warning(
+            "packed run %s: no CUDA graphs (%s): each step reads its loss back before the next run's "
+            "turn, so the runs take turns on the GPU without overlapping",
+            run.name,
+            runner.step_options.graphs_why,
+        )
+    return runner.run()
+
+
 def _join(threads: list[threading.Thread]) -> None:
     """Wait for every run, with a timeout so that the main thread still takes signals: the first
     Ctrl-C asks each run to stop at a checkpoint; a second raises KeyboardInterrupt here, and the
@@ -128,14 +141,15 @@ def train_packed(
         turns.take(k)
         try:
             torch.set_num_threads(threads_per_op)  # the caller's, as a solo run would compute with
+            if should_stop():  # asked to stop while the runs before it started: do not start
+                raise TrainingInterrupted(f"run {run.name} not started")
 
             def stop() -> bool:
                 turns.pass_on(k)
                 return should_stop()
 
             with _stream(dev):
-                runner = PhaseRunner(run.plan, run.data_root, run.out_dir, str(dev), progress, stop, label=run.name)
-                results[k] = runner.run()
+                results[k] = _run(run, dev, progress, stop, len(runs))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller once every run has ended
             errors[k] = exc
             if not isinstance(exc, TrainingInterrupted):

@@ -53,9 +53,11 @@ class PhaseRunner:
         should_stop: Callable[[], bool] = lambda: False,
         dist: Dist | None = None,
         label: str = "",
+        packed: int = 1,
     ) -> None:
         self.plan = plan
         self.label = label  # a packed run's name: its progress bars say which run they are
+        self.packed = packed  # runs trained together with this one, itself included (train/packed.py)
         roots = [data_root] if isinstance(data_root, (str, Path)) else list(data_root)
         if not roots:
             raise MCANError("no data folder given: pass --data (one or more) or set data.dirs in the plan")
@@ -205,6 +207,7 @@ class PhaseRunner:
             self.stage_offsets(),
             self.should_stop,
             f"{self.label} " if self.label else "",
+            self.packed,
         )
 
     def _result(self, metrics: MetricsLog, already_finished: bool) -> RunResult:

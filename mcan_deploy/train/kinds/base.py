@@ -36,6 +36,7 @@ class PhaseContext:
     stage_offsets: dict[tuple[int, int], int]  # global step at which each (phase, stage) starts
     should_stop: Callable[[], bool]
     label: str = ""  # prefixes progress bars: a packed run's name and a space, else nothing
+    packed: int = 1  # runs sharing the device with this one, itself included: its step times are shared
 
 
 @dataclass

@@ -67,4 +67,21 @@ def tiny_plan(**sections: Any) -> Plan:
     return plan_from_dict(tiny_plan_dict(**sections), "<tiny plan>")
 
 
+def cli_here(main: Any, argv: list[str], capsys: Any) -> tuple[int, str, str]:
+    """A command's ``main(argv)`` in this process (a subprocess costs seconds of imports):
+    (exit code, stdout, stderr). The command's stop handlers (SIGINT, SIGTERM) are undone after,
+    and an unexpected exception would show as its one-line 'unexpected' error, which fails here."""
+    import signal
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rc = main(list(argv))
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    out, err = capsys.readouterr()
+    assert "unexpected" not in err and "Traceback" not in err, err
+    return rc, out, err
+
+
 SHARED_DATA = REPO.parent / "shared" / "data" / "city100_nikon"

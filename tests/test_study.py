@@ -24,7 +24,7 @@ from mcan_deploy.study.budget import backprops_per_block, block_forward_flops_pe
 from mcan_deploy.study.runs import SMOKE_BATCH
 from mcan_deploy.train import train
 
-from .helpers import REPO, SAMPLE
+from .helpers import REPO, SAMPLE, cli_here
 
 STUDY = REPO / "configs" / "study"
 EXPERIMENTS = sorted(STUDY.glob("*.toml"))
@@ -141,7 +141,7 @@ def _psnr_np(a: np.ndarray, b: np.ndarray) -> float:
     return float(-10 * np.log10(mse))
 
 
-def test_mcan_study_end_to_end(tiny_pairs, tmp_path):
+def test_mcan_study_end_to_end(tiny_pairs, tmp_path, capsys):
     """All five experiments through the command, each span cut to two iterations, two seeds. The
     numbers in results.json are checked against the run directories and a numpy PSNR."""
     out, runs = tmp_path / "out", tmp_path / "runs"
@@ -228,14 +228,10 @@ def test_mcan_study_end_to_end(tiny_pairs, tmp_path):
     assert [pa["budgets"][k]["pixels_per_update"] for k in pa["finals"]] == [b * 24**2, b * 48**2, b * 96**2]
 
     # a rerun trains nothing and remakes the same numbers
-    again = subprocess.run(
-        [*cmd[:3], str(STUDY / "budget.toml"), *cmd[3 + len(ONE_FOLDER) :], "--aggregate-only"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert again.returncode == 0, again.stderr[-2000:]
+    from mcan_deploy.cli.study import main
+
+    rc, _, err = cli_here(main, [str(STUDY / "budget.toml"), *cmd[3 + len(ONE_FOLDER) :], "--aggregate-only"], capsys)
+    assert rc == 0, err[-2000:]
     assert json.loads((out / "budget" / "results.json").read_text())["finals"] == budget["finals"]
 
 

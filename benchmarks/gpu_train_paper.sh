@@ -12,6 +12,10 @@
 #
 #   bash benchmarks/gpu_train_paper.sh            # the paper plan on the bundled City100 crops
 #   DATA=DIR bash benchmarks/gpu_train_paper.sh   # on another dataset folder (train/ and test/)
+# The bundled crops are 12 small training scenes; for all 40 City100 Nikon training pairs, cut
+# them here first (../shared does not travel to the device) and carry the folder (36 MB):
+#   python samples/make_sample.py ../shared/data/city100_nikon .gpu-data/city100 --crop 512 --train 40 --test 5
+#   device run with carry [".gpu-data"]: DATA=.gpu-data/city100 bash benchmarks/gpu_train_paper.sh
 #   bash benchmarks/gpu_train_paper.sh --smoke    # PLAN (default demo) cut to 2 iterations a span,
 #                                                 # on a CPU: CI runs it so the script cannot rot
 # LIMIT (seconds, default 560) bounds the training command; RUN (default runs/paper-gpu) is the

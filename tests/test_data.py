@@ -21,7 +21,7 @@ from mcan_deploy.data import (
 from mcan_deploy.errors import DataError
 from mcan_deploy.metrics import psnr
 
-from .helpers import SHARED_DATA
+from .helpers import REPO, SAMPLE, SHARED_DATA
 
 
 def _png(path, arr):
@@ -135,3 +135,20 @@ def test_full_city100_test_pair_matches_its_readme():
     assert data.names == ["001", "016", "048", "060", "098"]
     assert data.targets[0].shape == (3, 870, 1218)
     assert psnr(data.inputs[0], data.targets[0]) == pytest.approx(26.5, abs=0.3)
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data/city100_nikon beside the checkout")
+def test_make_sample_rebuilds_the_bundled_sample_and_cuts_larger_sets(tmp_path):
+    """samples/make_sample.py at its defaults gives the bundled crops byte for byte; with options,
+    the larger set that travels to a GPU machine (here 2 scenes a split, 96 px)."""
+    import subprocess
+    import sys
+
+    script = REPO / "samples" / "make_sample.py"
+    subprocess.run([sys.executable, str(script), str(SHARED_DATA), str(tmp_path / "s")], check=True, timeout=120)
+    for f in sorted(SAMPLE.rglob("*.png")):
+        assert (tmp_path / "s" / f.relative_to(SAMPLE)).read_bytes() == f.read_bytes(), f
+    cmd = [sys.executable, str(script), str(SHARED_DATA), str(tmp_path / "g"), "--crop", "96", "--train", "2"]
+    subprocess.run([*cmd, "--test", "2"], check=True, timeout=120)
+    shapes = {cv2.imread(str(f)).shape for f in (tmp_path / "g").rglob("*.png")}
+    assert shapes == {(96, 96, 3)} and len(list((tmp_path / "g").rglob("*.png"))) == 8

@@ -337,23 +337,27 @@ def train(args: argparse.Namespace, device: torch.device, res: Results) -> None:
 def packed(args: argparse.Namespace, device: torch.device, res: Results) -> None:
     """One block phase alone, then three seeds of it packed (see the module docstring)."""
     from mcan_deploy.config import plan_from_dict
+    from mcan_deploy.study.runs import plan_for_seed
     from mcan_deploy.train import train as train_run
     from mcan_deploy.train.packed import PackedRun, train_packed
 
     iters = 4 if args.smoke else 400
     stage = {"name": "adam", "optimizer": "adam", "iters": [iters], "lr": [1e-4], "clamp": True}
-    plan_dict = {
-        "model": {"n_blocks": 1, **({"n_resblocks": 2, "n_feats": 16} if args.smoke else {})},
-        "data": {"patch_size": 48, "batch_size": 4 if args.smoke else 16},
-        "train": {"log_every": iters // 4, "val_every": 0, "checkpoint_every": 0},
-        "phases": [{"name": "1", "kind": "train_block", "block": 1, "init": "orthogonal", "stages": [stage]}],
-    }
+    base = plan_from_dict(
+        {
+            "model": {"n_blocks": 1, **({"n_resblocks": 2, "n_feats": 16} if args.smoke else {})},
+            "data": {"patch_size": 48, "batch_size": 4 if args.smoke else 16},
+            "train": {"log_every": iters // 4, "val_every": 0, "checkpoint_every": 0},
+            "phases": [{"name": "1", "kind": "train_block", "block": 1, "init": "orthogonal", "stages": [stage]}],
+        }
+    )
     sample = REPO / "samples" / "city100"
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in (1, 3):
-            plans = [plan_from_dict({**plan_dict, "train": {**plan_dict["train"], "seed": s}}) for s in range(k)]
-            runs = [PackedRun(p, sample, Path(tmp) / f"k{k}-seed{i}", f"seed{i}") for i, p in enumerate(plans)]
+            runs = [
+                PackedRun(plan_for_seed(base, s), sample, Path(tmp) / f"k{k}-seed{s}", f"seed{s}") for s in range(k)
+            ]
             t0 = time.perf_counter()
             if k == 1:
                 train_run(runs[0].plan, sample, runs[0].out_dir, device=str(device), progress=False)
@@ -371,10 +375,9 @@ def packed(args: argparse.Namespace, device: torch.device, res: Results) -> None
 
 def _last_rate(run: Path) -> float:
     """Seconds per iteration over a run's last log window (the first holds the graph capture)."""
-    import json
+    from mcan_deploy.train.rundir import read_metrics
 
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return float([r for r in lines if r["kind"] == "train"][-1]["sec_per_iter"])
+    return float([r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"][-1]["sec_per_iter"])
 
 
 def main() -> None:

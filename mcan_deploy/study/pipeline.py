@@ -76,8 +76,8 @@ def run_study(
     should_stop: Callable[[], bool] = lambda: False,
     pack: int = 1,
 ) -> dict[str, Any]:
-    """Train what is missing (unless ``train`` is False; ``pack`` runs at a time together), then write ``OUT/<name>/results.json``,
-    ``table.md`` and the plots; returns the results."""
+    """Train what is missing (unless ``train`` is False; ``pack`` runs at a time together), then
+    write ``OUT/<name>/results.json``, ``table.md`` and the plots; returns the results."""
     exp = exp if isinstance(exp, Experiment) else load_experiment(exp)
     seeds = seeds if seeds is not None else exp.seeds
     if train:

@@ -134,7 +134,7 @@ def train_packed(
     turns = Turns(len(runs))
     results: list[RunResult | None] = [None] * len(runs)
     errors: list[BaseException | None] = [None] * len(runs)
-    threads_per_op = torch.get_num_threads()  # OpenMP's setting is per thread: a new one has the default
+    threads_per_op = torch.get_num_threads()  # set again in each run's thread, whatever the backend gives it
 
     def body(k: int) -> None:
         run = runs[k]

@@ -249,12 +249,14 @@ def _scale_add_kernel(
 # ---- launchers ------------------------------------------------------------------------------
 
 
-def _blocks(c: int, device: torch.device) -> tuple[int, int, int]:
+def _blocks(c: int, hw: int, device: torch.device) -> tuple[int, int, int]:
     """(BLOCK_C, BLOCK_P, num_warps): all channels of a pixel block in one program. The
-    interpreter pays per program and per loop step, so it takes wider pixel blocks."""
+    interpreter pays per program and per loop step, so it takes wide pixel blocks (up to 2^18
+    elements), no wider than the map's ``hw`` pixels (its lanes cost time too)."""
     block_c = triton.next_power_of_2(c)
-    elems = 4096 if device.type == "cuda" else 16384
-    return block_c, max(16, elems // block_c), 4
+    if device.type == "cuda":
+        return block_c, max(16, 4096 // block_c), 4
+    return block_c, max(16, min(2**18 // block_c, triton.next_power_of_2(max(hw, 1)))), 4
 
 
 def _check(t: torch.Tensor, name: str) -> None:
@@ -282,7 +284,7 @@ def _partial_sums(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tenso
     """(B, G, C) float32 partial channel sums of a (or of a * b); G programs per image."""
     _check(a, "a")
     n, c, h, w = a.shape
-    block_c, block_p, warps = _blocks(c, a.device)
+    block_c, block_p, warps = _blocks(c, h * w, a.device)
     groups = _n_groups(n, h * w, block_p, a.device)
     part = torch.empty(n, groups, c, device=a.device, dtype=torch.float32)
     if n == 0:
@@ -390,7 +392,7 @@ def scale_add(
         raise ValueError(f"gate shape {tuple(s.shape)} does not match (B, C) = {(n, c)}")
     if n == 0 or h * w == 0:
         return out
-    block_c, block_p, warps = _blocks(c, r.device)
+    block_c, block_p, warps = _blocks(c, h * w, r.device)
     s = s.to(torch.float32).contiguous()
     k = k.to(torch.float32).contiguous() if k is not None else s
     xx = x if x is not None else r

@@ -226,7 +226,7 @@ def _cuda_launch(monkeypatch, groups: int | None = None):
     from mcan_deploy.kernels import rcab as K
 
     monkeypatch.setattr(
-        K, "_blocks", lambda c, device: (triton.next_power_of_2(c), max(16, 4096 // triton.next_power_of_2(c)), 4)
+        K, "_blocks", lambda c, hw, device: (triton.next_power_of_2(c), max(16, 4096 // triton.next_power_of_2(c)), 4)
     )
     if groups is not None:
         monkeypatch.setattr(K, "_n_groups", lambda batch, hw, block_p, device: min(groups, triton.cdiv(hw, block_p)))

@@ -46,7 +46,7 @@ def training_folders(exp: Experiment, label: str, data: Data) -> list[Path]:
     return [folders[n] for n in (exp.conditions[label].train_on if exp.kind == "transfer" else [""])]
 
 
-SMOKE_BATCH = 4  # a smoke run's batch: its runs check that each plan runs, not what it learns
+SMOKE_BATCH = 2  # a smoke run's batch: its runs check that each plan runs, not what it learns
 
 
 def plan_for_seed(plan: Plan, seed: int, max_iters: int | None = None) -> Plan:

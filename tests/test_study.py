@@ -166,8 +166,10 @@ def test_mcan_study_end_to_end(tiny_pairs, tmp_path, capsys):
         "--pack",  # two runs at a time, taking turns (as on a GPU): the same numbers as one by one
         "2",
     ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    from mcan_deploy.cli.study import main
+
+    rc, _, err = cli_here(main, cmd[3:], capsys)  # in this process: a subprocess re-imports for seconds
+    assert rc == 0, err[-3000:]
     results = {e.stem: json.loads((out / load_experiment(e).name / "results.json").read_text()) for e in ONE_FOLDER}
     for r in results.values():
         assert r["max_iters"] == 2 and r["seeds"] == [0, 1] and r["command"].startswith("mcan-study ")
@@ -228,8 +230,6 @@ def test_mcan_study_end_to_end(tiny_pairs, tmp_path, capsys):
     assert [pa["budgets"][k]["pixels_per_update"] for k in pa["finals"]] == [b * 24**2, b * 48**2, b * 96**2]
 
     # a rerun trains nothing and remakes the same numbers
-    from mcan_deploy.cli.study import main
-
     rc, _, err = cli_here(main, [str(STUDY / "budget.toml"), *cmd[3 + len(ONE_FOLDER) :], "--aggregate-only"], capsys)
     assert rc == 0, err[-2000:]
     assert json.loads((out / "budget" / "results.json").read_text())["finals"] == budget["finals"]

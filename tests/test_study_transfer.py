@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,18 +41,8 @@ def two_cameras(tmp_path_factory) -> dict[str, Path]:
     return folders
 
 
-def _study(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mcan_deploy.cli.study", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def _study_here(capsys, *args: str) -> tuple[int, str]:
-    """mcan-study in this process, for what fails before or without training."""
+    """mcan-study in this process (a subprocess costs seconds of imports): (exit code, stderr)."""
     from mcan_deploy.cli.study import main
 
     rc, _, err = cli_here(main, list(args), capsys)
@@ -76,8 +64,8 @@ def test_camera_experiment_end_to_end(two_cameras, tmp_path, capsys):
     data = [f"--data={n}={p}" for n, p in two_cameras.items()]
     common = [*data, "--runs", str(runs), "--out", str(out), "--max-iters", "2", "--seeds", "0,1", "--no-progress"]
     # three runs at a time, taking turns (as on a GPU): fine-tuning runs after their sources
-    proc = _study(str(CAMERA), *common, "--threads", "1", "--pack", "3")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    rc, err = _study_here(capsys, str(CAMERA), *common, "--threads", "1", "--pack", "3")
+    assert rc == 0, err[-3000:]
     r = json.loads((out / "camera" / "results.json").read_text())
     exp = load_experiment(CAMERA)
     assert set(r["finals"]) == set(exp.evaluate) == {"nikon", "iphone"}
@@ -139,9 +127,9 @@ def test_camera_experiment_end_to_end(two_cameras, tmp_path, capsys):
     assert (out / "camera" / "transfer.png").read_bytes()[:4] == b"\x89PNG"
 
     # a rerun trains nothing, scores nothing again (cached by model hash) and gives the same numbers
-    again = _study(str(CAMERA), *common, "--aggregate-only", "-v", timeout=300)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "scoring" not in again.stderr
+    rc, err = _study_here(capsys, str(CAMERA), *common, "--aggregate-only", "-v")
+    assert rc == 0, err[-2000:]
+    assert "scoring" not in err
     assert json.loads((out / "camera" / "results.json").read_text())["finals"] == r["finals"]
 
     # a fine-tune whose source has changed since (retrained) is not reused
@@ -196,8 +184,10 @@ def test_transfer_errors_are_one_line(tmp_path, two_cameras, capsys):
     assert rc == 1 and "needs --data DIR" in err
     # a fine-tuning plan for a label that names no start_from, before anything trains
     bad.write_text(text.replace('start_from = "nikon"', ""))
-    proc = _study(str(bad), *(f"--data={n}={p}" for n, p in two_cameras.items()), "--runs", str(tmp_path / "r1"))
-    assert proc.returncode == 1 and "give label 'finetune' a start_from" in proc.stderr
+    rc, err = _study_here(
+        capsys, str(bad), *(f"--data={n}={p}" for n, p in two_cameras.items()), "--runs", str(tmp_path / "r1")
+    )
+    assert rc == 1 and "give label 'finetune' a start_from" in err
     assert not (tmp_path / "r1").exists()
     runs = tmp_path / "r2"  # a wrong folder fails before anything trains
     rc, err = _study_here(

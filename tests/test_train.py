@@ -207,9 +207,11 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(sig, sample_dir, 
     else:
         assert proc.returncode == -signal.SIGKILL
 
-    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "run finished" in done.stdout
+    from mcan_deploy.cli.train import main
+
+    rc, out, err = cli_here(main, cmd[3:], capsys)  # resumed in this process, at the same thread count
+    assert rc == 0, err
+    assert "run finished" in out
 
     ref = tmp_path / "ref"
     train(plan_from_dict(_long_plan()), sample_dir, ref, device="cpu", progress=False)
@@ -223,9 +225,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(sig, sample_dir, 
     want_train = [(r["phase"], r["stage"], r["iter"]) for r in lines(ref) if r["kind"] == "train"]
     assert got_train == want_train, "no lost and no repeated metrics lines"
 
-    from mcan_deploy.cli.train import main
-
-    rc, out, _ = cli_here(main, cmd[3:], capsys)  # in this process: nothing left to train
+    rc, out, _ = cli_here(main, cmd[3:], capsys)  # nothing left to train
     assert rc == 0 and "already finished" in out
 
 

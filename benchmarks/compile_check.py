@@ -60,8 +60,10 @@ def conv_variants() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
                     BLOCK_M=cfg.block_m,
                     BLOCK_N=max(16, 1 << (cout - 1).bit_length()),
                     BLOCK_K=block_k,
+                    ROWS=cfg.rows,
+                    CACHE=cfg.cache,
                 )
-                name = f"conv3x3 {layer} {dtype} m{cfg.block_m} w{cfg.num_warps} s{cfg.num_stages}"
+                name = f"conv3x3 {layer} {dtype} {cfg.describe()}"
                 out.append(
                     (
                         name,
@@ -89,6 +91,7 @@ def compile_conv(const: dict[str, Any], options: dict[str, Any], arch: int) -> A
     strides = [] if cin < 16 else ["sx_b", "sx_h", "sx_w"]
     strides += [] if cout < 16 else ["sr_b", "sr_h", "sr_w", "so_b", "so_h", "so_w"]
     div16 = [n for n in fn.arg_names if n in ptrs or n in strides]
+    div16 += [n for n, c in (("CIN", cin), ("COUT", cout)) if c % 16 == 0]  # 64 channels: as the JIT does
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in div16}
     return triton.compile(
         ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),

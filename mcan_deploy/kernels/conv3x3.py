@@ -82,15 +82,25 @@ def _conv3x3_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    ROWS: tl.constexpr,
+    CACHE: tl.constexpr,
 ):
     """OUT[b, n, p, q] = epilogue(BIAS[n] + sum X[b, k, p+OY+dy, q+OX+dx] WP[tap, k, n]), region
     (p, q) in [0, HO) x [0, WO); X outside [0, HX) x [0, WX) is zero."""
     pid_m = tl.program_id(0)  # pixel blocks on axis 0: CUDA caps grid axes 1 and 2 at 65535
     pid_b = tl.program_id(1)
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mmask = m < HO * WO
-    p = m // WO
-    q = m % WO
+    if ROWS == 1:  # a run of BLOCK_M pixels in raster order
+        m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        mmask = m < HO * WO
+        p = m // WO
+        q = m % WO
+    else:  # a ROWS x (BLOCK_M // ROWS) tile: its taps share more input lines (CACHE=".ca")
+        TW: tl.constexpr = BLOCK_M // ROWS
+        tiles_w = tl.cdiv(WO, TW)
+        i = tl.arange(0, BLOCK_M)
+        p = (pid_m // tiles_w) * ROWS + i // TW
+        q = (pid_m % tiles_w) * TW + i % TW
+        mmask = (p < HO) & (q < WO)
     n = tl.arange(0, BLOCK_N)
     if I64:  # maps with offsets beyond int32 within one image (above ~33 MP at 64 channels)
         p = p.to(tl.int64)
@@ -109,7 +119,12 @@ def _conv3x3_kernel(
             k = kc * BLOCK_K + tl.arange(0, BLOCK_K)
             if I64:
                 k = k.to(tl.int64)
-            a = tl.load(x_base + pix[:, None] + k[None, :] * sx_c, mask=valid[:, None] & (k < CIN)[None, :], other=0.0)
+            a = tl.load(
+                x_base + pix[:, None] + k[None, :] * sx_c,
+                mask=valid[:, None] & (k < CIN)[None, :],
+                other=0.0,
+                cache_modifier=CACHE,
+            )
             w = tl.load(WP + (tap * (K_CHUNKS * BLOCK_K) + k)[:, None] * BLOCK_N + n[None, :])
             if DOT == 2:  # the interpreter has no bfloat16 product: float32 operands there
                 acc += tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
@@ -146,32 +161,44 @@ def _conv3x3_kernel(
 
 @dataclass(frozen=True)
 class Config:
-    """Launch parameters of the kernel: pixels per program, warps, software-pipelining stages."""
+    """Launch parameters of the kernel: pixels per program, warps, software-pipelining stages;
+    ``rows``: the program's pixels as that many rows of ``block_m // rows`` (1: a raster run);
+    ``cache``: the input loads' cache modifier ("": the compiler's choice, which for its
+    asynchronous copies skips L1; ".ca": through L1, where the nine taps of a tile overlap)."""
 
     block_m: int = 128
     num_warps: int = 4
     num_stages: int = 3
+    rows: int = 1
+    cache: str = ""
+
+    def __post_init__(self) -> None:
+        if self.rows < 1 or self.block_m % self.rows or self.cache not in ("", ".ca", ".cg"):
+            raise ValueError(f"conv3x3 launch {self}: rows must divide block_m; cache '', '.ca' or '.cg'")
 
     def describe(self) -> str:
-        return f"m{self.block_m} w{self.num_warps} s{self.num_stages}"
+        tile = f" r{self.rows}" if self.rows != 1 else ""
+        cache = " l1" if self.cache == ".ca" else ""
+        return f"m{self.block_m} w{self.num_warps} s{self.num_stages}{tile}{cache}"
 
 
 # What a GPU chooses among for the 64-channel convolutions (``FusedBlocks.choose`` times each
 # and keeps those whose result agrees with cuDNN's: Triton has miscompiled conv loops at 8 warps,
-# triton-lang/triton#1254). All compile for sm_90 without spills (benchmarks/compile_check.py);
-# 256 pixels need 8 warps (4 spill: 255 registers), and more shared memory than float32 has.
+# triton-lang/triton#1254). All compile for sm_90 without spills (benchmarks/compile_check.py).
+# The fastest five of benchmarks/conv_sweep.py's twenty on an H200 (12 MP bf16, 2.40-2.51 ms;
+# 256-pixel programs and 4 stages were the slowest, 2.7-2.9 ms; cuDNN 1.76 ms).
 GPU_CONFIGS = (
-    Config(64, 4, 3),
-    Config(64, 4, 4),
-    Config(128, 4, 3),
+    Config(128, 4, 3, rows=4),
+    Config(128, 8, 3, cache=".ca"),
+    Config(128, 4, 3, cache=".ca"),
     Config(128, 8, 3),
-    Config(256, 8, 3),
+    Config(128, 4, 3),
 )
 
 
 def gpu_configs(dtype: torch.dtype) -> tuple[Config, ...]:
-    """The launches a GPU times for a dtype: 256-pixel float32 tiles take 240 KB of shared
-    memory at 3 stages, more than sm_90's 227 KB."""
+    """The launches a GPU times for a dtype (256-pixel float32 tiles would take 240 KB of shared
+    memory at 3 stages, more than sm_90's 227 KB)."""
     return tuple(c for c in GPU_CONFIGS if not (dtype == torch.float32 and c.block_m > 128))
 
 
@@ -269,10 +296,9 @@ def conv3x3(
     if not (0 <= origin[0] and 0 <= origin[1] and origin[0] + ho <= hx and origin[1] + wo <= wx):
         raise ValueError(f"conv3x3: region {ho}x{wo} at {origin} does not lie in the {hx}x{wx} input")
     if out is None:
-        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 else None
-        out = torch.empty(b, conv.cout, ho, wo, dtype=x.dtype, device=x.device)
-        if fmt is not None:
-            out = out.contiguous(memory_format=fmt)
+        cl = x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1
+        fmt = torch.channels_last if cl else torch.contiguous_format  # allocated so: no copy pass
+        out = torch.empty(b, conv.cout, ho, wo, dtype=x.dtype, device=x.device, memory_format=fmt)
     _check(out, "out")
     if tuple(out.shape) != (b, conv.cout, ho, wo):
         raise ValueError(f"conv3x3: out has shape {tuple(out.shape)}, expected {(b, conv.cout, ho, wo)}")
@@ -287,10 +313,13 @@ def conv3x3(
     else:
         check, flag_t = True, flag
     cfg = config or default_config(x.device)
-    block_m = cfg.block_m
-    if x.device.type != "cuda":  # the interpreter: no wider than the region (its lanes cost time)
-        block_m = min(block_m, max(16, triton.next_power_of_2(ho * wo)))
-    programs = triton.cdiv(ho * wo, block_m)
+    block_m, rows = cfg.block_m, cfg.rows
+    if x.device.type != "cuda" and rows == 1:  # the interpreter: no wider than the region
+        block_m = min(block_m, max(16, triton.next_power_of_2(ho * wo)))  # (its lanes cost time)
+    if rows == 1:
+        programs = triton.cdiv(ho * wo, block_m)
+    else:
+        programs = triton.cdiv(ho, rows) * triton.cdiv(wo, block_m // rows)
     part = torch.empty(b, programs if sums else 0, conv.block_n, dtype=torch.float32, device=x.device)
     if b == 0 or ho * wo == 0:
         return out, (torch.zeros(b, conv.cout, device=x.device) if sums else None)
@@ -326,6 +355,8 @@ def conv3x3(
             BLOCK_M=block_m,
             BLOCK_N=conv.block_n,
             BLOCK_K=conv.block_k,
+            ROWS=rows,
+            CACHE=cfg.cache,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )

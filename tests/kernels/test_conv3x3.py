@@ -133,6 +133,8 @@ def test_every_launch_configuration_computes_the_same(gpu_blocks):
         out, sums = conv3x3(x, packed, relu=True, sums=True, config=cfg)
         _close(out, want, torch.float16, f"{cfg}")
         torch.testing.assert_close(sums.double().cpu(), out.double().cpu().sum((2, 3)), rtol=1e-5, atol=1e-3)
+        region, _ = conv3x3(x, packed, relu=True, origin=(2, 3), size=(9, 17), config=cfg)  # row tiles too
+        _close(region, want[:, :, 2:11, 3:20], torch.float16, f"{cfg} region")
 
 
 def test_the_overflow_flag_sees_what_a_relu_would_hide():

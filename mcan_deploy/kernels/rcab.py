@@ -5,9 +5,9 @@ per-channel gate is s = sigmoid(W_U relu(W_D mean_hw(r) + b_D) + b_U). Eager PyT
 passes over the 64-channel map for the tail (pool, multiply, add, and their backward); here it
 is two:
 
-- forward: ``channel_sums`` reads r once (sums per image and channel, float32), ``gate`` runs the
-  64->16->64 MLP and sigmoid once per image (a (B, C) problem), ``scale_add`` reads x and r once
-  and writes y;
+- forward: ``channel_sums`` (``kernels.channel_stats``) reads r once (sums per image and
+  channel, float32), ``gate`` runs the 64->16->64 MLP and sigmoid once per image (a (B, C)
+  problem), ``scale_add`` reads x and r once and writes y;
 - backward: ``channel_sums`` of dy * r (the gate's gradient), ``gate_backward`` once per image
   (gradients of W_D, b_D, W_U, b_U and of the means), and ``scale_add`` writes
   dr = dy * s + dmean / (H W); dx is dy itself.
@@ -28,8 +28,11 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
+from . import launch
+from .channel_stats import channel_sums
+from .channel_stats import partial_sums as _partial_sums
+from .launch import MAX_OFFSET, check_map, max_offset
 from .launch import flat as _flat
-from .launch import max_offset
 from .launch import on_device as _on
 
 __all__ = [
@@ -42,59 +45,6 @@ __all__ = [
     "max_offset",
     "scale_add",
 ]
-
-MAX_OFFSET = 2**31 - 1  # in-image offsets are int32; the batch offset is int64 (launch.MAX_OFFSET)
-
-
-@triton.jit
-def _channel_sums_kernel(
-    A,
-    B,
-    PART,
-    C,
-    H,
-    W,
-    G,
-    sa_b,
-    sa_c,
-    sa_h,
-    sa_w,
-    sb_b,
-    sb_c,
-    sb_h,
-    sb_w,
-    HAS_B: tl.constexpr,
-    FLAT: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-):
-    """PART[b, g, c] = sum over pixels p = g, g + G, ... (in blocks) of A[b, c, p] (* B[b, c, p]).
-
-    FLAT: H and W flatten to one axis of stride s_w (NCHW, channels_last; not cropped views),
-    which keeps the pixel axis provably contiguous for NCHW and the loads vectorised."""
-    pid_b = tl.program_id(0)
-    pid_g = tl.program_id(1)
-    c = tl.arange(0, BLOCK_C)
-    cmask = c < C
-    a_base = A + pid_b.to(tl.int64) * sa_b
-    b_base = B + pid_b.to(tl.int64) * sb_b
-    hw = H * W
-    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-    for start in range(pid_g * BLOCK_P, hw, G * BLOCK_P):
-        p = start + tl.arange(0, BLOCK_P)
-        if FLAT:
-            pa = p * sa_w
-            pb = p * sb_w
-        else:
-            pa = (p // W) * sa_h + (p % W) * sa_w
-            pb = (p // W) * sb_h + (p % W) * sb_w
-        mask = cmask[:, None] & (p < hw)[None, :]
-        a = tl.load(a_base + c[:, None] * sa_c + pa[None, :], mask=mask, other=0.0).to(tl.float32)
-        if HAS_B:
-            b = tl.load(b_base + c[:, None] * sb_c + pb[None, :], mask=mask, other=0.0).to(tl.float32)
-            a = a * b
-        acc += a
-    tl.store(PART + (pid_b * G + pid_g) * C + c, tl.sum(acc, axis=1), mask=cmask)
 
 
 @triton.jit
@@ -249,76 +199,8 @@ def _scale_add_kernel(
 # ---- launchers ------------------------------------------------------------------------------
 
 
-def _blocks(c: int, hw: int, device: torch.device) -> tuple[int, int, int]:
-    """(BLOCK_C, BLOCK_P, num_warps): all channels of a pixel block in one program. The
-    interpreter pays per program and per loop step, so it takes wide pixel blocks (up to 2^18
-    elements), no wider than the map's ``hw`` pixels (its lanes cost time too)."""
-    block_c = triton.next_power_of_2(c)
-    if device.type == "cuda":
-        return block_c, max(16, 4096 // block_c), 4
-    return block_c, max(16, min(2**18 // block_c, triton.next_power_of_2(max(hw, 1)))), 4
-
-
 def _check(t: torch.Tensor, name: str) -> None:
-    if t.dim() != 4:
-        raise ValueError(f"{name}: expected (B, C, H, W), got shape {tuple(t.shape)}")
-    if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"{name}: dtype {t.dtype} is not float32, float16 or bfloat16")
-    if max_offset(t) > MAX_OFFSET:
-        raise ValueError(
-            f"{name}: offsets within one image of shape {tuple(t.shape)} exceed int32; "
-            "split it (rows) or tile the image"
-        )
-
-
-def _n_groups(batch: int, hw: int, block_p: int, device: torch.device) -> int:
-    """Programs per image for the reduction: enough to fill the GPU, no more than pixel blocks."""
-    if device.type == "cuda":
-        target = 8 * torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        target = 2
-    return max(1, min(triton.cdiv(hw, block_p), triton.cdiv(target, max(batch, 1))))
-
-
-def _partial_sums(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, G, C) float32 partial channel sums of a (or of a * b); G programs per image."""
-    _check(a, "a")
-    n, c, h, w = a.shape
-    block_c, block_p, warps = _blocks(c, h * w, a.device)
-    groups = _n_groups(n, h * w, block_p, a.device)
-    part = torch.empty(n, groups, c, device=a.device, dtype=torch.float32)
-    if n == 0:
-        return part
-    if h * w == 0:
-        return part.zero_()
-    bb = a if b is None else b
-    if b is not None:
-        _check(b, "b")
-        if b.shape != a.shape:
-            raise ValueError(f"shapes differ: {tuple(a.shape)} and {tuple(b.shape)}")
-    with _on(a):
-        _channel_sums_kernel[(n, groups)](
-            a,
-            bb,
-            part,
-            c,
-            h,
-            w,
-            groups,
-            *a.stride(),
-            *bb.stride(),
-            HAS_B=b is not None,
-            FLAT=_flat(a, bb),
-            BLOCK_C=block_c,
-            BLOCK_P=block_p,
-            num_warps=warps,
-        )
-    return part
-
-
-def channel_sums(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, C) float32 sums over H and W of ``a`` (or of ``a * b``): the reduction pass."""
-    return _partial_sums(a, b).sum(1)
+    check_map(t, name, MAX_OFFSET)  # this module's limit, which tests lower
 
 
 def _launch_gate(
@@ -392,7 +274,7 @@ def scale_add(
         raise ValueError(f"gate shape {tuple(s.shape)} does not match (B, C) = {(n, c)}")
     if n == 0 or h * w == 0:
         return out
-    block_c, block_p, warps = _blocks(c, h * w, r.device)
+    block_c, block_p, warps = launch.map_blocks(c, h * w, r.device)
     s = s.to(torch.float32).contiguous()
     k = k.to(torch.float32).contiguous() if k is not None else s
     xx = x if x is not None else r

@@ -10,12 +10,15 @@ Per RCAB the work is two 3x3 convolutions; a fused design adds the fewest passes
   ReLU and residual (``kernels.epilogue``); conv2's bias is folded into the channel sums and the
   gate-and-residual pass, so its sums cost one read-only pass;
 - ``cudnn-fused``: as ``cudnn``, with conv1 through cuDNN's own fused convolution-bias-ReLU
-  (``aten.cudnn_convolution_relu``, forward only), where it exists and no float16 check is due.
+  (``aten.cudnn_convolution_relu``, forward only), where it exists.
 
 ``auto`` times the candidates on the device against each other on one RCAB of the first map it
 meets (``choose``), keeps those that agree with cuDNN's result and takes the fastest; the log
-says what each took. float16 is guarded by the kernels' overflow flag (``flag``), never by a pass
-of its own. Exact global statistics over tiles of full-size maps run through ``block_on_maps``:
+says what each took. float16 is guarded without a pass of its own: the Triton kernels set an
+overflow flag (``flag``) in their epilogue; on cuDNN, whose float16 overflow can be a finite
+wrong value (``CUDNN_FLOAT16_NOTE``), each convolution's output is bounded from its input's
+channel magnitudes (read in the channel-sums pass) and the flag is set where a bound reaches
+float16's range; the layer steps run float16 on Triton. Exact global statistics over tiles of full-size maps run through ``block_on_maps``:
 output regions of the whole map, no window gathers, the same passes as the whole image.
 """
 
@@ -54,6 +57,7 @@ class ConvWeights:
     weight: torch.Tensor
     bias: torch.Tensor  # (C_out,) float32
     bias_c: torch.Tensor  # (C_out,) in the compute dtype, for cuDNN's fused convolution
+    abs_taps: torch.Tensor  # (C_out, C_in) float32: sum of |weight| over the taps (float16's bounds)
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,13 @@ def _conv_weights(conv: torch.nn.Conv2d, dtype: torch.dtype, device: torch.devic
     if device.type == "cuda":
         w = w.contiguous(memory_format=torch.channels_last)
     b = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
-    return ConvWeights(pack(conv.weight, conv.bias, dtype, device), w, b.to(device, torch.float32), b.to(device, dtype))
+    return ConvWeights(
+        pack(conv.weight, conv.bias, dtype, device),
+        w,
+        b.to(device, torch.float32),
+        b.to(device, dtype),
+        w.float().abs().sum((2, 3)),
+    )
 
 
 def block_weights(block: MCANBlock, dtype: torch.dtype, device: torch.device) -> BlockWeights:
@@ -110,8 +120,11 @@ def block_weights(block: MCANBlock, dtype: torch.dtype, device: torch.device) ->
 CUDNN_FLOAT16_NOTE = (
     "cuDNN's float16 convolution returned 0 where the exact value was -72000 (an H200, cuDNN 9.19, "
     "benchmarks/fp16_overflow_probe.py), a finite wrong value that no check of the output can see; "
-    "'auto' times only the Triton convolution in float16 on CUDA, whose overflow flag sees it"
+    "so float16 on cuDNN is guarded by bounds: each convolution's output is bounded from its "
+    "input's channel magnitudes (measured in the channel-sums pass) and its weights, and the "
+    "overflow flag is set where a bound reaches float16's range"
 )
+BOUND_MARGIN = 0.99  # of float16's range: room for the float32 rounding of a bound and of the sums
 
 
 def _cudnn_fused_available(device: torch.device) -> bool:
@@ -148,10 +161,8 @@ class FusedBlocks:
         self.check = self.dtype == torch.float16  # float16 can overflow; bf16 and float32 cannot
         if self.conv == "auto" and self.device.type != "cuda":
             self.conv = "triton"  # the interpreter (tests): cuDNN is a GPU library
-        if self.conv == "cudnn-fused" and (self.check or not _cudnn_fused_available(self.device)):
-            raise MCANError("fused convolution 'cudnn-fused' needs CUDA and a dtype other than float16; use cudnn")
-        if self.conv == "cudnn" and self.check and self.device.type == "cuda":
-            log.warning("float16 with the cuDNN convolution asked for: %s", CUDNN_FLOAT16_NOTE)
+        if self.conv == "cudnn-fused" and not _cudnn_fused_available(self.device):
+            raise MCANError("fused convolution 'cudnn-fused' needs CUDA; use cudnn")
 
     @property
     def flag(self) -> torch.Tensor:
@@ -159,7 +170,8 @@ class FusedBlocks:
         that share a runner never see, or clear, each other's overflows."""
         flag = getattr(self._local, "flag", None)
         if flag is None:
-            flag = self._local.flag = torch.zeros(1, dtype=torch.int32, device=self.device)
+            with torch.inference_mode(False):  # a normal tensor: guards outside inference mode zero it
+                flag = self._local.flag = torch.zeros(1, dtype=torch.int32, device=self.device)
         return flag
 
     # ---- one convolution with its epilogue -------------------------------------------------
@@ -169,6 +181,28 @@ class FusedBlocks:
     def _config(self, cw: ConvWeights) -> Config | None:
         """The chosen launch for the 64-channel convolutions; the default for the 3-channel ends."""
         return self.config if min(cw.packed.cin, cw.packed.cout) >= 16 else None
+
+    def _maps_config(self, cw: ConvWeights) -> Config | None:
+        """The fastest Triton launch where cuDNN was chosen for whole maps."""
+        return self.maps_config if min(cw.packed.cin, cw.packed.cout) >= 16 else None
+
+    # ---- float16 on cuDNN: bounds instead of an output check (CUDNN_FLOAT16_NOTE) ---------------
+    def _bounded(self) -> bool:
+        return self.check and self.conv != "triton"
+
+    def _bound(self, cw: ConvWeights, m: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """(B, C_out) float32 that no output of convolution ``cw`` can exceed in magnitude on an
+        input whose channels stay within ``m`` (B, C_in): sum |w| |x| (+ |bias|). Sets the
+        overflow flag where it reaches float16's range (a NaN or inf bound too)."""
+        b = m @ cw.abs_taps.T
+        return self._trip(b + cw.bias.abs() if bias else b)
+
+    def _trip(self, bound: torch.Tensor) -> torch.Tensor:
+        from ..kernels.conv3x3 import dtype_limit
+
+        bad = (bound < BOUND_MARGIN * dtype_limit(self.dtype)).logical_not().any()
+        self.flag.copy_(torch.maximum(self.flag, bad.to(torch.int32)))
+        return bound
 
     def conv3x3(
         self,
@@ -181,9 +215,12 @@ class FusedBlocks:
         origin: tuple[int, int] = (0, 0),
         size: tuple[int, int] | None = None,
         out: torch.Tensor | None = None,
+        bounded: bool = False,
     ) -> torch.Tensor:
-        """A convolution with bias, ReLU, residual and clamp, in the chosen implementation."""
-        if self.conv == "triton":
+        """A convolution with bias, ReLU, residual and clamp, in the chosen implementation.
+        float16 runs cuDNN only where the caller bounds it (``bounded``: the whole-block path);
+        elsewhere (the layer steps) the Triton convolution, whose flag guards it, runs."""
+        if self.conv == "triton" or (self.check and not bounded):
             from ..kernels.conv3x3 import conv3x3
 
             y, _ = conv3x3(
@@ -196,7 +233,7 @@ class FusedBlocks:
                 origin=origin,
                 size=size,
                 out=out,
-                config=self._config(cw),
+                config=self._config(cw) if self.conv == "triton" else self._maps_config(cw),
             )
             return y
         from ..kernels.epilogue import bias_act
@@ -214,11 +251,19 @@ class FusedBlocks:
     def residual(self, h: torch.Tensor, rc: RCABWeights, t: torch.Tensor | None = None) -> torch.Tensor:
         """r = conv2(relu(conv1(h))) with both biases: what the exact tiled plan pools."""
         t = self.conv3x3(h, rc.conv1, relu=True, out=t)
-        return self.conv3x3(t, rc.conv2)
+        return self.conv3x3(t, rc.conv2)  # float16: Triton (no bound runs through the layer steps)
 
-    def rcab(self, h: torch.Tensor, rc: RCABWeights, out: torch.Tensor, bufs: dict[str, torch.Tensor]) -> None:
+    def rcab(
+        self,
+        h: torch.Tensor,
+        rc: RCABWeights,
+        out: torch.Tensor,
+        bufs: dict[str, torch.Tensor],
+        bound: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
         """out = h + CA(conv2(relu(conv1(h)))) with the image's own channel statistics;
-        ``out`` may be ``h`` (in place). ``bufs`` holds reusable maps between RCABs."""
+        ``out`` may be ``h`` (in place). ``bufs`` holds reusable maps between RCABs. ``bound``
+        (float16 on cuDNN): h's channel magnitudes at most; returns out's (else None)."""
         from ..kernels.rcab import gate
 
         hw = h.shape[2] * h.shape[3]
@@ -232,15 +277,22 @@ class FusedBlocks:
             assert sums is not None
             s = gate(sums, hw, *rc.attention)
             _scale_add(r, s, h, None, out)
-            return
-        t = self.conv3x3(h, rc.conv1, relu=True)
+            return None
+        t = self.conv3x3(h, rc.conv1, relu=True, bounded=True)
+        if bound is not None:  # conv1's output with its bias (the ReLU keeps the bound), conv2's without
+            self._bound(rc.conv2, self._bound(rc.conv1, bound), bias=False)
         y = F.conv2d(t, rc.conv2.weight, None, padding=1)  # conv2 without its bias:
         del t
-        sums = _channel_sums(y) + rc.conv2.bias * hw  # the bias enters the statistics and the
-        if self.check:  # residual as constants, so the sums are one read-only pass
+        sums, ymax = _channel_sums(y, maxes=bound is not None)  # the bias enters the statistics
+        sums += rc.conv2.bias * hw  # and the residual as constants: the sums are one read-only pass
+        if self.check:
             self.flag.copy_(torch.maximum(self.flag, (~torch.isfinite(sums)).any().to(torch.int32)))
         s = gate(sums, hw, *rc.attention)
-        _scale_add(y, s, h, rc.conv2.bias * s, out)
+        k = rc.conv2.bias * s
+        _scale_add(y, s, h, k, out)
+        if bound is None or ymax is None:
+            return None
+        return self._trip(bound + s * ymax + k.abs())  # |h + s y + k| at most
 
     # ---- whole blocks ------------------------------------------------------------------------
     def block(self, i: int, x: torch.Tensor) -> torch.Tensor:
@@ -248,16 +300,21 @@ class FusedBlocks:
         bw = self.blocks[i]
         if self.conv == "auto":
             self.choose(x.shape[2], x.shape[3])
-        f = self.conv3x3(x, bw.head)
+        # float16 on cuDNN: channel magnitudes of the input (3 channels: a 1/21 pass), then bounds
+        m = torch.maximum(x.amax((2, 3)), -x.amin((2, 3))).float() if self._bounded() else None
+        f = self.conv3x3(x, bw.head, bounded=True)
+        mf = mh = self._bound(bw.head, m) if m is not None else None
         h = torch.empty_like(f)
         bufs: dict[str, torch.Tensor] = {}
         for k, rc in enumerate(bw.rcabs):
-            self.rcab(f if k == 0 else h, rc, h, bufs)  # the first writes h, the others in place
+            mh = self.rcab(f if k == 0 else h, rc, h, bufs, mh)  # the first writes h, the others in place
         if not bw.rcabs:
             h.copy_(f)
-        g = self.conv3x3(h, bw.body, residual=f, out=bufs.get("t"))
+        g = self.conv3x3(h, bw.body, residual=f, out=bufs.get("t"), bounded=True)
+        if m is not None and mh is not None and mf is not None:
+            self._bound(bw.tail, self._trip(self._bound(bw.body, mh) + mf))
         del h, f
-        return self.conv3x3(g, bw.tail, residual=x, clamp=bw.clamp)
+        return self.conv3x3(g, bw.tail, residual=x, clamp=bw.clamp, bounded=True)
 
     def finish(self, i: int, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """The block's output from its input and its last RCAB's output (layer plans)."""
@@ -285,9 +342,9 @@ class FusedBlocks:
         bw = self.blocks[i]
         hmap = self.conv3x3(x, bw.head)
         side = max(y1 - y0 for y0, y1, _, _ in cores) + 2, max(x1 - x0 for _, _, x0, x1 in cores) + 2
-        buf = torch.empty(1, hmap.shape[1], *side, dtype=self.dtype, device=self.device)
-        if hmap.is_contiguous(memory_format=torch.channels_last):
-            buf = buf.contiguous(memory_format=torch.channels_last)
+        cl = hmap.is_contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        buf = torch.empty(1, hmap.shape[1], *side, dtype=self.dtype, device=self.device, memory_format=fmt)
         if tick:
             tick(len(cores))
         rmap = torch.empty_like(hmap)
@@ -355,10 +412,8 @@ class FusedBlocks:
 
         configs = gpu_configs(self.dtype) if self.device.type == "cuda" else (default_config(self.device),)
         out: list[tuple[str, Config | None]] = [("triton", c) for c in configs]
-        if self.check and self.device.type == "cuda":
-            return out  # cuDNN's float16 overflow can be a finite 0 (CUDNN_FLOAT16_NOTE)
-        out.append(("cudnn", None))
-        if not self.check and _cudnn_fused_available(self.device):
+        out.append(("cudnn", None))  # float16: guarded by bounds (CUDNN_FLOAT16_NOTE)
+        if _cudnn_fused_available(self.device):
             out.append(("cudnn-fused", None))
         return out
 
@@ -465,15 +520,23 @@ def _pieces(t: torch.Tensor) -> int:
     return max(rows, 1)
 
 
-def _channel_sums(y: torch.Tensor) -> torch.Tensor:
-    """(B, C) float64 channel sums of a map of any size (the kernel in int32 pieces)."""
-    from ..kernels.rcab import channel_sums
+def _channel_sums(y: torch.Tensor, maxes: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, C) float64 channel sums of a map of any size (the kernel in int32 pieces), and with
+    ``maxes`` each channel's largest |y| (float32), read in the same pass."""
+    from ..kernels.channel_stats import channel_sums, channel_sums_max
 
     rows = _pieces(y)
     total = torch.zeros(y.shape[0], y.shape[1], dtype=torch.float64, device=y.device)
+    big = torch.zeros(y.shape[0], y.shape[1], dtype=torch.float32, device=y.device) if maxes else None
     for y0 in range(0, y.shape[2], rows):
-        total += channel_sums(y[:, :, y0 : y0 + rows]).double()
-    return total
+        piece = y[:, :, y0 : y0 + rows]
+        if big is None:
+            total += channel_sums(piece).double()
+        else:
+            sums, most = channel_sums_max(piece)
+            total += sums.double()
+            torch.maximum(big, most, out=big)
+    return total, big
 
 
 def _scale_add(r: torch.Tensor, s: torch.Tensor, x: torch.Tensor, k: torch.Tensor | None, out: torch.Tensor) -> None:

@@ -69,6 +69,7 @@ def test_fused_blocks_equal_the_model_in_float64(dtype, channels_last, conv):
         for i in range(2):
             out = fused.block(i, out)
     assert out.dtype == dtype and out.shape == x.shape
+    assert fused.flag.item() == 0, "no overflow flagged where there is none (float16's bounds too)"
     # the reference from the weights as the kernels hold them (rounded to dtype)
     _close(out, _reference(copy.deepcopy(model).to(dtype), xin), dtype, f"{conv} {dtype}")
 
@@ -306,3 +307,64 @@ def test_a_cache_that_cannot_be_written_costs_nothing_but_a_warning(tmp_path, ca
     with caplog.at_level(logging.WARNING):
         cache.put("k", "cudnn", None)
     assert cache.get("k") is None and "cannot keep the convolution choice" in caplog.text
+
+
+def test_float16_bounds_hold_each_convolution_output():
+    """The bound of float16 on cuDNN: no output of a convolution exceeds sum |w| |x| + |b|,
+    where |x| is each input channel's largest magnitude (random weights and maps)."""
+    import torch.nn.functional as F
+
+    from mcan_deploy.runners.fused import FusedBlocks
+
+    fused = FusedBlocks(copy.deepcopy(_model(n_feats=16)).to(DEVICE), DEVICE, torch.float32, "cudnn")
+    cw = fused.blocks[0].rcabs[0].conv1
+    x = torch.randn(2, 16, 11, 13, generator=torch.Generator().manual_seed(6)).to(DEVICE) * 3
+    m = x.abs().amax((2, 3))
+    bound = fused._bound(cw, m)
+    y = F.conv2d(x, cw.weight.float(), cw.bias, padding=1)
+    assert (y.abs().amax((2, 3)) <= bound).all()
+    # and the best bound from magnitudes alone: an input with the signs of channel 0's weights
+    # around one pixel reaches it there
+    w0 = cw.weight.float()[0]  # (C_in, 3, 3)
+    x[0, :, 4:7, 5:8] = m[0][:, None, None] * torch.where(w0 >= 0, 1.0, -1.0)
+    y = F.conv2d(x, cw.weight.float(), cw.bias, padding=1)
+    reach = (m[0] * w0.abs().sum((1, 2))).sum() + cw.bias[0]
+    torch.testing.assert_close(y[0, 0, 5, 6], reach, rtol=1e-5, atol=1e-5)
+    assert reach <= bound[0, 0] + 1e-4
+
+
+def test_float16_on_cudnn_is_guarded_by_bounds_where_its_result_is_finite_and_wrong(monkeypatch, caplog):
+    """cuDNN's float16 convolution gave a finite 0 for an exact -72000 on an H200
+    (CUDNN_FLOAT16_NOTE): emulated here by a convolution that turns overflows into 0. No output
+    check can see that; the bounds do, the block is redone, and the output equals float32's.
+    Without the bounds (patched out) the flag stays clear: the premise."""
+    import torch.nn.functional as F
+
+    from mcan_deploy.runners import TorchRunner, TritonRunner
+    from mcan_deploy.runners import fused as fused_mod
+    from mcan_deploy.tiling import TileConfig, upscale_tensor
+
+    real = F.conv2d
+
+    def finite_wrong(x, *args, **kw):
+        out = real(x, *args, **kw)
+        return out.masked_fill(~torch.isfinite(out), 0.0) if out.dtype == torch.float16 else out
+
+    monkeypatch.setattr(fused_mod.F, "conv2d", finite_wrong)
+    model = _relu_hidden_overflow_model()
+    x = torch.rand(3, 21, 26, generator=torch.Generator().manual_seed(5))
+    half = TritonRunner(copy.deepcopy(model), DEVICE, torch.float16, conv="cudnn")
+    assert half.kernels is not None
+    with torch.inference_mode():
+        half.kernels.block(1, half.kernels.block(0, x[None].to(DEVICE, torch.float16)))
+    assert half.kernels.flag.item() == 1, "the bounds trip"
+    with monkeypatch.context() as m, torch.inference_mode():
+        m.setattr(fused_mod.FusedBlocks, "_trip", lambda self, bound: bound)
+        half.kernels.flag.zero_()
+        half.kernels.block(0, x[None].to(DEVICE, torch.float16))
+        assert half.kernels.flag.item() == 0, "the premise: nothing but the bounds sees it"
+    ref = TorchRunner(copy.deepcopy(model), DEVICE).run_blocks(x[None], 0, 2)[0]
+    with caplog.at_level(logging.WARNING):
+        out, report = upscale_tensor(half, x, TileConfig(16, plan="whole"))
+    assert report.overflows == 1 and caplog.text.count("float16 overflowed") == 1
+    torch.testing.assert_close(out.cpu(), ref.cpu(), rtol=0, atol=4e-3)

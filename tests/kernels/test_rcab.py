@@ -223,13 +223,18 @@ def _cuda_launch(monkeypatch, groups: int | None = None):
     programs), so that the interpreter covers the loops and masks the GPU will run."""
     import triton
 
+    from mcan_deploy.kernels import channel_stats, launch
     from mcan_deploy.kernels import rcab as K
 
     monkeypatch.setattr(
-        K, "_blocks", lambda c, hw, device: (triton.next_power_of_2(c), max(16, 4096 // triton.next_power_of_2(c)), 4)
+        launch,
+        "map_blocks",
+        lambda c, hw, device: (triton.next_power_of_2(c), max(16, 4096 // triton.next_power_of_2(c)), 4),
     )
     if groups is not None:
-        monkeypatch.setattr(K, "_n_groups", lambda batch, hw, block_p, device: min(groups, triton.cdiv(hw, block_p)))
+        monkeypatch.setattr(
+            channel_stats, "n_groups", lambda batch, hw, block_p, device: min(groups, triton.cdiv(hw, block_p))
+        )
     return K
 
 
@@ -263,7 +268,9 @@ def test_grid_fits_cuda_limits_for_a_12_megapixel_map(monkeypatch):
             return lambda *a, **k: None
 
     monkeypatch.setattr(K, "_scale_add_kernel", Recorder())
-    monkeypatch.setattr(K, "_channel_sums_kernel", Recorder())
+    from mcan_deploy.kernels import channel_stats
+
+    monkeypatch.setattr(channel_stats, "_channel_sums_kernel", Recorder())
     big = torch.zeros(1, 64, 1, 1, device=DEVICE, dtype=torch.float16).expand(1, 64, 3000, 4000)
     K.scale_add(big, torch.ones(1, 64, device=DEVICE), x=big, out=big)
     K.channel_sums(big)
@@ -320,3 +327,23 @@ def test_maps_beyond_int32_offsets_are_applied_in_pieces(monkeypatch, channels_l
         K.scale_add(r[None], gate[None], x=h[None], out=h[None].clone())
     TritonRunner(copy.deepcopy(model), DEVICE).gate_add(h, r, gate)
     torch.testing.assert_close(h, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("gpu_launch", [False, True], ids=["interpreter-launch", "gpu-launch"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_channel_sums_and_maxima_in_one_read(monkeypatch, channels_last, gpu_launch):
+    """channel_sums_max: the sums of channel_sums and each channel's largest |value|, against
+    torch on the same float16 map (odd size; with the GPU's launch, several programs per image),
+    an inf kept as inf."""
+    from mcan_deploy.kernels.channel_stats import channel_sums_max
+
+    if gpu_launch:
+        _cuda_launch(monkeypatch, groups=7)
+    _, r, *_ = _inputs((2, 64, 13, 29, 4), torch.float16, channels_last, seed=3)
+    sums, most = channel_sums_max(r)
+    assert sums.dtype == most.dtype == torch.float32 and most.shape == (2, 64)
+    torch.testing.assert_close(sums.double().cpu(), r.double().cpu().sum((2, 3)), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(most.cpu(), r.float().abs().amax((2, 3)).cpu(), rtol=0, atol=0)
+    r[1, 5, 12, 28] = -float("inf")
+    _, most = channel_sums_max(r)
+    assert most[1, 5] == float("inf") and torch.isfinite(most[0]).all()

@@ -36,85 +36,18 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MCANError
-from ..model import MCAN, RCAB, MCANBlock
+from ..model import MCAN, MCANBlock
 from .conv_choice import ChoiceCache, agree, candidate_name, choice_key, time_ms
+from .fused_maps import Core, block_on_bands, block_on_regions
+from .fused_weights import BlockWeights, ConvWeights, RCABWeights, block_weights
+from .map_passes import channel_sums_in_pieces, scale_add_in_pieces
 
 if TYPE_CHECKING:
-    from ..kernels.conv3x3 import Config, PackedConv
+    from ..kernels.conv3x3 import Config
 
 log = logging.getLogger(__name__)
 
 CONV_IMPLS = ("auto", "triton", "cudnn", "cudnn-fused")
-Core = tuple[int, int, int, int]  # (y0, y1, x0, x1): a tile's kept pixels
-
-
-@dataclass(frozen=True)
-class ConvWeights:
-    """One 3x3 convolution in both forms: packed for the Triton kernel, and the plain weight
-    (compute dtype, channels_last on CUDA) with a float32 bias for cuDNN and the epilogue pass."""
-
-    packed: PackedConv
-    weight: torch.Tensor
-    bias: torch.Tensor  # (C_out,) float32
-    bias_c: torch.Tensor  # (C_out,) in the compute dtype, for cuDNN's fused convolution
-    abs_taps: torch.Tensor  # (C_out, C_in) float32: sum of |weight| over the taps (float16's bounds)
-
-
-@dataclass(frozen=True)
-class RCABWeights:
-    conv1: ConvWeights
-    conv2: ConvWeights
-    attention: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # W_D, b_D, W_U, b_U
-
-
-@dataclass(frozen=True)
-class BlockWeights:
-    head: ConvWeights
-    rcabs: tuple[RCABWeights, ...]
-    body: ConvWeights
-    tail: ConvWeights
-    clamp: bool
-
-
-def _conv_weights(conv: torch.nn.Conv2d, dtype: torch.dtype, device: torch.device) -> ConvWeights:
-    from ..kernels.conv3x3 import pack
-
-    w = conv.weight.detach().to(device, dtype)
-    if device.type == "cuda":
-        w = w.contiguous(memory_format=torch.channels_last)
-    b = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
-    return ConvWeights(
-        pack(conv.weight, conv.bias, dtype, device),
-        w,
-        b.to(device, torch.float32),
-        b.to(device, dtype),
-        w.float().abs().sum((2, 3)),
-    )
-
-
-def block_weights(block: MCANBlock, dtype: torch.dtype, device: torch.device) -> BlockWeights:
-    """The weights of an ``MCANBlock`` as the fused kernels read them."""
-    rcabs = []
-    for module in block.body:
-        rcab = cast(RCAB, module)  # nn.Sequential items are typed nn.Module
-        ca = rcab.ca
-        assert ca.down.bias is not None and ca.up.bias is not None  # nn.Conv2d's default bias=True
-        att = cast(
-            tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-            tuple(
-                t.detach().to(device, torch.float32) for t in (ca.down.weight, ca.down.bias, ca.up.weight, ca.up.bias)
-            ),
-        )
-        rcabs.append(
-            RCABWeights(_conv_weights(rcab.conv1, dtype, device), _conv_weights(rcab.conv2, dtype, device), att)
-        )
-    return BlockWeights(
-        _conv_weights(block.head, dtype, device),
-        tuple(rcabs),
-        _conv_weights(block.body_conv, dtype, device),
-        _conv_weights(block.tail, dtype, device),
-        bool(block.clamp),
-    )
 
 
 CUDNN_FLOAT16_NOTE = (
@@ -175,7 +108,8 @@ class FusedBlocks:
         return flag
 
     # ---- one convolution with its epilogue -------------------------------------------------
-    def _flag(self) -> torch.Tensor | None:
+    def due_flag(self) -> torch.Tensor | None:
+        """The overflow flag where the dtype can overflow (float16), else None."""
         return self.flag if self.check else None
 
     def _config(self, cw: ConvWeights) -> Config | None:
@@ -229,7 +163,7 @@ class FusedBlocks:
                 relu=relu,
                 residual=residual,
                 clamp=clamp,
-                flag=self._flag(),
+                flag=self.due_flag(),
                 origin=origin,
                 size=size,
                 out=out,
@@ -244,7 +178,13 @@ class FusedBlocks:
             return torch.ops.aten.cudnn_convolution_relu(x, cw.weight, cw.bias_c, [1, 1], [1, 1], [1, 1], 1)
         y = F.conv2d(x, cw.weight, None, padding=1)
         return bias_act(
-            y, cw.bias, relu=relu, residual=residual, clamp=clamp, flag=self._flag(), out=out if out is not None else y
+            y,
+            cw.bias,
+            relu=relu,
+            residual=residual,
+            clamp=clamp,
+            flag=self.due_flag(),
+            out=out if out is not None else y,
         )
 
     # ---- one RCAB ----------------------------------------------------------------------------
@@ -271,25 +211,25 @@ class FusedBlocks:
             from ..kernels.conv3x3 import conv3x3
 
             cfg = self.config
-            t, _ = conv3x3(h, rc.conv1.packed, relu=True, flag=self._flag(), out=bufs.get("t"), config=cfg)
-            r, sums = conv3x3(t, rc.conv2.packed, sums=True, flag=self._flag(), out=bufs.get("r"), config=cfg)
+            t, _ = conv3x3(h, rc.conv1.packed, relu=True, flag=self.due_flag(), out=bufs.get("t"), config=cfg)
+            r, sums = conv3x3(t, rc.conv2.packed, sums=True, flag=self.due_flag(), out=bufs.get("r"), config=cfg)
             bufs["t"], bufs["r"] = t, r
             assert sums is not None
             s = gate(sums, hw, *rc.attention)
-            _scale_add(r, s, h, None, out)
+            scale_add_in_pieces(r, s, h, None, out)
             return None
         t = self.conv3x3(h, rc.conv1, relu=True, bounded=True)
         if bound is not None:  # conv1's output with its bias (the ReLU keeps the bound), conv2's without
             self._bound(rc.conv2, self._bound(rc.conv1, bound), bias=False)
         y = F.conv2d(t, rc.conv2.weight, None, padding=1)  # conv2 without its bias:
         del t
-        sums, ymax = _channel_sums(y, maxes=bound is not None)  # the bias enters the statistics
+        sums, ymax = channel_sums_in_pieces(y, maxes=bound is not None)  # the bias enters the statistics
         sums += rc.conv2.bias * hw  # and the residual as constants: the sums are one read-only pass
         if self.check:
             self.flag.copy_(torch.maximum(self.flag, (~torch.isfinite(sums)).any().to(torch.int32)))
         s = gate(sums, hw, *rc.attention)
         k = rc.conv2.bias * s
-        _scale_add(y, s, h, k, out)
+        scale_add_in_pieces(y, s, h, k, out)
         if bound is None or ymax is None:
             return None
         return self._trip(bound + s * ymax + k.abs())  # |h + s y + k| at most
@@ -326,83 +266,20 @@ class FusedBlocks:
     def block_on_maps(
         self, i: int, x: torch.Tensor, cores: list[Core], tick: Callable[[int], None] | None = None
     ) -> torch.Tensor:
-        """Block ``i`` on one image (1, 3, H, W) with exact whole-image statistics, computed core
-        by core (``cores``: (y0, y1, x0, x1) that cover the image) over two full-size maps
-        (features and one residual) instead of four: each core's convolutions read the full map
-        around it, so no window is gathered and only a one-pixel ring of conv1 is computed twice.
-        Triton convolutions only (output regions): where cuDNN was chosen for whole maps, the
-        fastest Triton launch that agreed with it runs here (on an H200 that beat cuDNN's layer
-        steps, 0.46 against 0.61 s for 12 MP)."""
-        if self.conv != "triton":
-            if self.asked != "auto":
-                raise MCANError(f"block_on_maps runs the Triton convolution; '{self.asked}' was asked for")
-            maps = copy.copy(self)  # shares the weights and the flags
-            maps.conv, maps.config = "triton", self.maps_config
-            return maps.block_on_maps(i, x, cores, tick)
-        bw = self.blocks[i]
-        hmap = self.conv3x3(x, bw.head)
-        side = max(y1 - y0 for y0, y1, _, _ in cores) + 2, max(x1 - x0 for _, _, x0, x1 in cores) + 2
-        cl = hmap.is_contiguous(memory_format=torch.channels_last)
-        fmt = torch.channels_last if cl else torch.contiguous_format
-        buf = torch.empty(1, hmap.shape[1], *side, dtype=self.dtype, device=self.device, memory_format=fmt)
-        if tick:
-            tick(len(cores))
-        rmap = torch.empty_like(hmap)
-        for rc in bw.rcabs:
-            self._rcab_on_maps(hmap, rmap, buf, rc, cores)
-            if tick:
-                tick(len(cores))
-        del rmap
-        out = torch.empty_like(x)
-        for core in cores:
-            y0, y1, x0, x1 = core
-            ry0, ry1, rx0, rx1 = _ring(core, x.shape[2], x.shape[3])
-            ring, ring_size = (ry0, rx0), (ry1 - ry0, rx1 - rx0)
-            f = self.conv3x3(x, bw.head, origin=ring, size=ring_size, out=buf[:, :, : ry1 - ry0, : rx1 - rx0])
-            g = self.conv3x3(hmap, bw.body, residual=f, origin=ring, size=ring_size, out=f)
-            self.conv3x3(
-                g,
-                bw.tail,
-                residual=x[:, :, y0:y1, x0:x1],
-                clamp=bw.clamp,
-                origin=(y0 - ry0, x0 - rx0),
-                size=(y1 - y0, x1 - x0),
-                out=out[:, :, y0:y1, x0:x1],
-            )
-        if tick:
-            tick(len(cores))
-        return out
-
-    def _rcab_on_maps(
-        self, hmap: torch.Tensor, rmap: torch.Tensor, buf: torch.Tensor, rc: RCABWeights, cores: list[Core]
-    ) -> None:
-        """One RCAB in place on the full-size features ``hmap``: conv1 over each core and its
-        ring into ``buf``, conv2 over the core into ``rmap`` with its channel sums, then the gate
-        from the sums over every core, and the residual."""
-        from ..kernels.conv3x3 import conv3x3
-        from ..kernels.rcab import gate
-
-        total = torch.zeros(1, hmap.shape[1], dtype=torch.float64, device=self.device)
-        for core in cores:
-            y0, y1, x0, x1 = core
-            ry0, ry1, rx0, rx1 = _ring(core, hmap.shape[2], hmap.shape[3])
-            t = buf[:, :, : ry1 - ry0, : rx1 - rx0]
-            flag, cfg = self._flag(), self.config
-            ring_size = (ry1 - ry0, rx1 - rx0)
-            conv3x3(hmap, rc.conv1.packed, relu=True, flag=flag, origin=(ry0, rx0), size=ring_size, out=t, config=cfg)
-            _, sums = conv3x3(
-                t,
-                rc.conv2.packed,
-                sums=True,
-                flag=flag,
-                origin=(y0 - ry0, x0 - rx0),
-                size=(y1 - y0, x1 - x0),
-                out=rmap[:, :, y0:y1, x0:x1],
-                config=cfg,
-            )
-            assert sums is not None
-            total += sums
-        _scale_add(rmap, gate(total, hmap.shape[2] * hmap.shape[3], *rc.attention), hmap, None, hmap)
+        """Block ``i`` on one image (1, 3, H, W) with exact whole-image statistics over two
+        full-size maps, in parts of at most a core's pixels (``cores``: (y0, y1, x0, x1) that
+        cover the image; ``runners.fused_maps``): output regions of the Triton convolution, or
+        where "auto" chose cuDNN for whole maps, cuDNN in full-width row bands (float16: the
+        fastest Triton launch that agreed with cuDNN, whose flag guards it)."""
+        if self.conv == "triton":
+            return block_on_regions(self, i, x, cores, tick)
+        if self.asked != "auto":
+            raise MCANError(f"block_on_maps runs the convolution 'auto' chose; '{self.asked}' was asked for")
+        if not self.check:
+            return block_on_bands(self, i, x, cores, tick)
+        maps = copy.copy(self)  # shares the weights and the flags
+        maps.conv, maps.config = "triton", self.maps_config
+        return block_on_regions(maps, i, x, cores, tick)
 
     # ---- choosing the implementation ---------------------------------------------------------
     def candidates(self) -> list[tuple[str, Config | None]]:
@@ -502,48 +379,3 @@ class FusedBlocks:
             ok[name] = (impl, cfg)
         self.flag.zero_()
         return ok
-
-
-def _ring(core: Core, h: int, w: int) -> Core:
-    """A core grown by one pixel each side, inside the (h, w) image."""
-    y0, y1, x0, x1 = core
-    return max(y0 - 1, 0), min(y1 + 1, h), max(x0 - 1, 0), min(x1 + 1, w)
-
-
-def _pieces(t: torch.Tensor) -> int:
-    """Rows per piece so that a (1, C, rows, W) slice of ``t`` keeps offsets within int32."""
-    from ..kernels.rcab import MAX_OFFSET, max_offset
-
-    rows = t.shape[2]
-    while rows > 1 and max_offset(t[:, :, :rows]) > MAX_OFFSET:
-        rows = (rows + 1) // 2
-    return max(rows, 1)
-
-
-def _channel_sums(y: torch.Tensor, maxes: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B, C) float64 channel sums of a map of any size (the kernel in int32 pieces), and with
-    ``maxes`` each channel's largest |y| (float32), read in the same pass."""
-    from ..kernels.channel_stats import channel_sums, channel_sums_max
-
-    rows = _pieces(y)
-    total = torch.zeros(y.shape[0], y.shape[1], dtype=torch.float64, device=y.device)
-    big = torch.zeros(y.shape[0], y.shape[1], dtype=torch.float32, device=y.device) if maxes else None
-    for y0 in range(0, y.shape[2], rows):
-        piece = y[:, :, y0 : y0 + rows]
-        if big is None:
-            total += channel_sums(piece).double()
-        else:
-            sums, most = channel_sums_max(piece)
-            total += sums.double()
-            torch.maximum(big, most, out=big)
-    return total, big
-
-
-def _scale_add(r: torch.Tensor, s: torch.Tensor, x: torch.Tensor, k: torch.Tensor | None, out: torch.Tensor) -> None:
-    """out = x + r * s (+ k): the gate and the residual in one pass, in int32 pieces if needed."""
-    from ..kernels.rcab import scale_add
-
-    rows = _pieces(max((r, x, out), key=lambda t: t.stride(2)))
-    for y0 in range(0, r.shape[2], rows):
-        sl = slice(y0, y0 + rows)
-        scale_add(r[:, :, sl], s, x=x[:, :, sl], k=k, out=out[:, :, sl])

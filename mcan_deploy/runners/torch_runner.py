@@ -196,9 +196,9 @@ class TritonRunner(TorchRunner):
         self, i: int, x: torch.Tensor, cores: list[Core], tick: Callable[[int], None] | None = None
     ) -> torch.Tensor | None:
         """Block ``i`` of one image (3, H, W) with exact statistics over ``cores`` (y0, y1, x0,
-        x1) of full-size maps on the device (the Triton convolution, whichever was chosen for
-        whole maps); None where this runner has no such path (the torch path), and the
-        engine's layer steps run instead."""
+        x1) of full-size maps on the device (``FusedBlocks.block_on_maps``: Triton regions, or
+        cuDNN row bands where "auto" chose cuDNN); None where this runner has no such path (the
+        torch path, or a convolution named by the user), and the engine's layer steps run."""
         if self.kernels is None:
             return None
         if self.kernels.conv == "auto":

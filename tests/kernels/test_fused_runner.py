@@ -94,10 +94,34 @@ def test_exact_tiled_plan_on_device_maps_equals_the_whole_image(shape):
     assert ticks == [cells] * (model.config.n_resblocks + 2), "head, every RCAB and the finish each tick once"
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 40), (33, 1), (37, 29)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_cudnn_row_bands_equal_the_whole_image(shape):
+    """block_on_maps where "auto" chose cuDNN: full-width row bands of a core's pixels (at least
+    8 rows: 37 rows in 8 + 8 + 8 + 8 + 5), each convolution on a slice with its edge rows
+    dropped, equal the whole image through the same convolution."""
+    from mcan_deploy.runners.fused import FusedBlocks
+    from mcan_deploy.runners.fused_maps import band_rows
+    from mcan_deploy.tiling.windows import cores
+
+    model = _model(n_blocks=1, n_resblocks=2)
+    fused = FusedBlocks(copy.deepcopy(model).to(DEVICE), DEVICE, torch.float32, "auto")
+    fused.conv = "cudnn"  # as if timed the fastest on whole maps
+    x = torch.rand(1, 3, *shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    parts = cores(*shape, 4)
+    assert shape != (37, 29) or band_rows(parts, 29) == 8
+    ticks = []
+    with torch.inference_mode():
+        banded = fused.block_on_maps(0, x, parts, ticks.append)
+        whole = fused.block(0, x)
+    torch.testing.assert_close(banded, whole, rtol=2e-5, atol=2e-6)
+    _close(banded, _reference(model, x), torch.float32, "bands vs float64")
+    assert ticks == [len(parts)] * (model.config.n_resblocks + 2), "head, every RCAB and the finish each tick once"
+
+
 def test_maps_run_triton_where_auto_chose_cudnn_and_refuse_where_cudnn_was_asked():
-    """The exact layer plan needs output regions, which only the Triton convolution has: where
-    "auto" chose cuDNN for whole maps, the maps still run (Triton, its fastest agreeing launch);
-    where the user named cuDNN, they are refused and the engine's layer steps run cuDNN."""
+    """The exact layer plan on device maps: where "auto" chose cuDNN for whole maps, the maps
+    run (cuDNN in row bands; float16 on the fastest agreeing Triton launch); where the user
+    named cuDNN, they are refused and the engine's layer steps run cuDNN."""
     from mcan_deploy.errors import MCANError
     from mcan_deploy.runners.fused import FusedBlocks
     from mcan_deploy.tiling.windows import cores

@@ -14,7 +14,7 @@ On the paper-size N's shapes (a 4000x3000 map of 64 features, bfloat16, channels
    ``auto`` would choose): the kernels that take the time.
 
 Writes ``conv-sweep-<device>-<date>.json`` and ``.md`` into ``--out``. ``--smoke`` runs the same
-code at tiny sizes on a CPU (Triton's interpreter), so the script cannot rot.
+code at tiny sizes on a CPU (Triton's interpreter), about 25 s: run it before a GPU session.
 """
 
 from __future__ import annotations

@@ -31,13 +31,13 @@ demo: install
 	@echo "demo: upscaled photo in runs/demo/upscaled/ (OpenVINO, or PyTorch without it) and runs/demo/upscaled-onnx/ (ONNX Runtime);"
 	@echo "      training report in runs/demo/report.md"
 
-# Lint, format and type checks first (seconds), then the tests, one pytest-xdist worker a core
-# (worksteal: the long end-to-end tests do not wait behind a queue of short ones).
+# Lint and format checks first (seconds), then the tests, one pytest-xdist worker a core
+# (worksteal: the long end-to-end tests do not wait behind a queue of short ones); mypy is one of
+# the tests (tests/test_types.py), so it runs beside the others, not on one core before them.
 LINTED := mcan_deploy tests benchmarks samples
 test: install
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
-	$(BIN)/mypy
 	$(BIN)/python -m pytest -n auto --dist worksteal --durations=15
 
 bench: install

@@ -28,6 +28,12 @@ if _WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest tests (``@pytest.mark.long``) first: under pytest-xdist a long test that
+    starts last runs alone on one core while the others wait (make test)."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: the order otherwise
+
+
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     assert (SAMPLE / "train" / "HR").is_dir(), "the bundled sample is missing from the repo"

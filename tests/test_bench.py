@@ -42,6 +42,7 @@ def test_peak_rss_sees_an_allocation():
     assert rss.peak >= before + 200, (before, rss.peak, after)
 
 
+@pytest.mark.long
 def test_tiny_bench_writes_consistent_outputs(tmp_path):
     import importlib.util
 

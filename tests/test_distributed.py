@@ -193,6 +193,7 @@ def test_batch_that_does_not_split_over_the_processes_is_refused(sample_dir, tmp
         PhaseRunner(plan_from_dict(demo_plan_dict()), sample_dir, tmp_path / "r", device="cpu", dist=Dist(0, 3, 0))
 
 
+@pytest.mark.long
 def test_sigterm_under_torchrun_stops_every_rank_at_one_checkpoint_then_resumes(single_run, sample_dir, tmp_path):
     """torchrun passes SIGTERM to every rank, each at its own moment: the stop flag is agreed
     on (all-reduced), so all ranks stop after the same iteration and one checkpoint is written."""

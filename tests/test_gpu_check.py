@@ -17,6 +17,7 @@ from .helpers import REPO
 pytest.importorskip("triton")
 
 
+@pytest.mark.long
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
 def test_smoke_run_covers_every_section_plan_and_dtype_and_packs_its_files(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}

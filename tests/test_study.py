@@ -141,6 +141,7 @@ def _psnr_np(a: np.ndarray, b: np.ndarray) -> float:
     return float(-10 * np.log10(mse))
 
 
+@pytest.mark.long
 def test_mcan_study_end_to_end(tiny_pairs, tmp_path, capsys):
     """All five experiments through the command, each span cut to two iterations, two seeds. The
     numbers in results.json are checked against the run directories and a numpy PSNR."""

@@ -58,6 +58,7 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.long
 def test_camera_experiment_end_to_end(two_cameras, tmp_path, capsys, caplog):
     import cv2
 

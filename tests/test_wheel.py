@@ -24,6 +24,7 @@ def _run(cmd: list[str], cwd, env) -> subprocess.CompletedProcess:
     return res
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_installed_wheel_trains_describes_and_upscales_outside_the_checkout(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}

@@ -42,6 +42,36 @@ __all__ = ["Config", "PackedConv", "conv3x3", "default_config", "dtype_limit", "
 
 
 @triton.jit
+def _pixels(pid_m, HO, WO, BLOCK_M: tl.constexpr, ROWS: tl.constexpr):
+    """(p, q, mask) of a program's output pixels: a run of BLOCK_M in raster order (ROWS 1), or a
+    ROWS x (BLOCK_M // ROWS) tile, whose taps share more input lines (through L1: CACHE ".ca")."""
+    if ROWS == 1:
+        m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        return m // WO, m % WO, m < HO * WO
+    TW: tl.constexpr = BLOCK_M // ROWS
+    tiles_w = tl.cdiv(WO, TW)
+    i = tl.arange(0, BLOCK_M)
+    p = (pid_m // tiles_w) * ROWS + i // TW
+    q = (pid_m % tiles_w) * TW + i % TW
+    return p, q, (p < HO) & (q < WO)
+
+
+@triton.jit
+def _dot(acc, a, w, DOT: tl.constexpr):
+    if DOT == 2:  # the interpreter has no bfloat16 product: float32 operands there
+        return acc + tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+    if DOT == 1:  # float32 without TF32
+        return acc + tl.dot(a, w, input_precision="ieee")
+    return acc + tl.dot(a, w)
+
+
+@triton.jit
+def _beyond(v, mask, LIMIT: tl.constexpr):
+    """1 where any masked value of v is NaN or beyond LIMIT in magnitude, else 0."""
+    return tl.max(tl.max(tl.where(mask & ((tl.abs(v) > LIMIT) | (v != v)), 1, 0), axis=1), axis=0)
+
+
+@triton.jit
 def _conv3x3_kernel(
     X,
     WP,
@@ -89,18 +119,7 @@ def _conv3x3_kernel(
     (p, q) in [0, HO) x [0, WO); X outside [0, HX) x [0, WX) is zero."""
     pid_m = tl.program_id(0)  # pixel blocks on axis 0: CUDA caps grid axes 1 and 2 at 65535
     pid_b = tl.program_id(1)
-    if ROWS == 1:  # a run of BLOCK_M pixels in raster order
-        m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        mmask = m < HO * WO
-        p = m // WO
-        q = m % WO
-    else:  # a ROWS x (BLOCK_M // ROWS) tile: its taps share more input lines (CACHE=".ca")
-        TW: tl.constexpr = BLOCK_M // ROWS
-        tiles_w = tl.cdiv(WO, TW)
-        i = tl.arange(0, BLOCK_M)
-        p = (pid_m // tiles_w) * ROWS + i // TW
-        q = (pid_m % tiles_w) * TW + i % TW
-        mmask = (p < HO) & (q < WO)
+    p, q, mmask = _pixels(pid_m, HO, WO, BLOCK_M, ROWS)
     n = tl.arange(0, BLOCK_N)
     if I64:  # maps with offsets beyond int32 within one image (above ~33 MP at 64 channels)
         p = p.to(tl.int64)
@@ -126,17 +145,12 @@ def _conv3x3_kernel(
                 cache_modifier=CACHE,
             )
             w = tl.load(WP + (tap * (K_CHUNKS * BLOCK_K) + k)[:, None] * BLOCK_N + n[None, :])
-            if DOT == 2:  # the interpreter has no bfloat16 product: float32 operands there
-                acc += tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
-            elif DOT == 1:  # float32 without TF32
-                acc += tl.dot(a, w, input_precision="ieee")
-            else:
-                acc += tl.dot(a, w)
+            acc = _dot(acc, a, w, DOT)
     v = acc + tl.load(BIAS + n)[None, :]
     omask = mmask[:, None] & nmask[None, :]
     bad = 0
     if CHECK:  # before the ReLU, which would hide an overflow to -inf
-        bad = tl.max(tl.max(tl.where(omask & ((tl.abs(v) > LIMIT) | (v != v)), 1, 0), axis=1), axis=0)
+        bad = _beyond(v, omask, LIMIT)
     if RELU:
         v = tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL)
     if HAS_RES:
@@ -146,10 +160,7 @@ def _conv3x3_kernel(
         v = tl.minimum(tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL), 1.0, propagate_nan=tl.PropagateNan.ALL)
     y = v.to(OUT.dtype.element_ty)
     if CHECK:
-        yf = y.to(tl.float32)
-        bad = tl.maximum(
-            bad, tl.max(tl.max(tl.where(omask & ((tl.abs(yf) > LIMIT) | (yf != yf)), 1, 0), axis=1), axis=0)
-        )
+        bad = tl.maximum(bad, _beyond(y.to(tl.float32), omask, LIMIT))
         if bad > 0:
             tl.store(FLAG, 1)
     if SUMS:  # of the stored values, as a pool of the stored map would take them

@@ -22,9 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,10 @@ import torch.nn.functional as F
 
 try:  # run as a script (python benchmarks/conv_sweep.py) or imported from the package
     from engine_check import paper_model, sync
+    from gpu_anchors import timed
 except ImportError:
     from benchmarks.engine_check import paper_model, sync
+    from benchmarks.gpu_anchors import timed
 
 log = logging.getLogger("conv_sweep")
 
@@ -61,19 +62,6 @@ def sweep_configs(smoke: bool) -> list[Any]:
         Config(256, 8, 4, rows=4, cache=".ca"),
     ]
     return list(GPU_CONFIGS) + extra
-
-
-def timed(fn: Callable[[], object], device: torch.device, reps: int = 5) -> float:
-    """Median seconds of ``reps`` calls after one warm-up."""
-    fn()
-    sync(device)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def conv_section(h: int, w: int, device: torch.device, dtype: torch.dtype, smoke: bool, deadline: float) -> dict:
@@ -156,6 +144,14 @@ def passes_section(h: int, w: int, device: torch.device, dtype: torch.dtype) -> 
     return {"size": f"{w}x{h}", "map_GB": nbytes / 1e9, "rows": rows}
 
 
+def whole_n(fb: Any, x: torch.Tensor) -> torch.Tensor:
+    """Every block of the fused path on ``x``, as the whole-image plan runs them."""
+    with torch.inference_mode():
+        for i in range(len(fb.blocks)):
+            x = fb.block(i, x)
+    return x
+
+
 def fastest(conv: dict | None, n: int = 3) -> list[Any]:
     """The ``n`` fastest Triton launches of the sweep that agreed with cuDNN."""
     from mcan_deploy.kernels.conv3x3 import Config
@@ -182,14 +178,7 @@ def profile_section(h: int, w: int, device: torch.device, dtype: torch.dtype, ex
     model = paper_model(device.type != "cuda").to(device).eval()
     fb = FusedBlocks(model, device, dtype)
     x = torch.rand(1, 3, h, w, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-
-    def run() -> torch.Tensor:
-        y = x
-        with torch.inference_mode():
-            for i in range(len(fb.blocks)):
-                y = fb.block(i, y)
-        return y
-
+    run = partial(whole_n, fb, x)
     choose_t0 = time.perf_counter()
     run()
     sync(device)
@@ -210,19 +199,11 @@ def profile_section(h: int, w: int, device: torch.device, dtype: torch.dtype, ex
         if len(kernels) >= 20:
             break
     fp16: dict[str, Any] = {}
-    if device.type == "cuda":  # float16: the Triton convolution only (its overflow flag)
+    if device.type == "cuda":  # float16 as `auto` runs it (its guard included)
         del prof
         f16 = FusedBlocks(model, device, torch.float16)
-        x16 = x.to(torch.float16)
-
-        def run16() -> torch.Tensor:
-            y = x16
-            with torch.inference_mode():
-                for i in range(len(f16.blocks)):
-                    y = f16.block(i, y)
-            return y
-
-        fp16 = {"model_s": timed(run16, device, reps=3), "config": f16.config.describe() if f16.config else None}
+        fp16 = {"model_s": timed(partial(whole_n, f16, x.to(torch.float16)), device, reps=3)}
+        fp16["config"] = f"{f16.conv} {f16.config.describe() if f16.config else ''}"
         fp16["timings_ms_per_rcab"] = f16.timings
     return {
         "fp16": fp16,

@@ -154,17 +154,11 @@ def whole_n(fb: Any, x: torch.Tensor) -> torch.Tensor:
 
 def fastest(conv: dict | None, n: int = 3) -> list[Any]:
     """The ``n`` fastest Triton launches of the sweep that agreed with cuDNN."""
-    from mcan_deploy.kernels.conv3x3 import Config
-
     if not conv:
         return []
     ok = [r for r in conv["rows"] if "config" in r and "ms" in r and r.get("max_diff_rel", 1) < 0.02]
     names = [r["config"] for r in sorted(ok, key=lambda r: r["ms"])[:n]]
-    return [
-        c
-        for c in [*sweep_configs(False), Config(64, 4, 1), Config(64, 4, 1, rows=4, cache=".ca")]
-        if c.describe() in names
-    ]
+    return [c for c in [*sweep_configs(False), *sweep_configs(True)] if c.describe() in names]
 
 
 def profile_section(h: int, w: int, device: torch.device, dtype: torch.dtype, extra: list[Any]) -> dict:

@@ -18,8 +18,9 @@ says what each took. float16 is guarded without a pass of its own: the Triton ke
 overflow flag (``flag``) in their epilogue; on cuDNN, whose float16 overflow can be a finite
 wrong value (``CUDNN_FLOAT16_NOTE``), each convolution's output is bounded from its input's
 channel magnitudes (read in the channel-sums pass) and the flag is set where a bound reaches
-float16's range; the layer steps run float16 on Triton. Exact global statistics over tiles of full-size maps run through ``block_on_maps``:
-output regions of the whole map, no window gathers, the same passes as the whole image.
+float16's range; the layer steps run float16 on Triton. Exact global statistics over parts of
+full-size maps run through ``block_on_maps`` (``runners.fused_maps``: Triton output regions or
+cuDNN row bands), no window gathers, the same passes as the whole image.
 """
 
 from __future__ import annotations
@@ -113,12 +114,10 @@ class FusedBlocks:
         return self.flag if self.check else None
 
     def _config(self, cw: ConvWeights) -> Config | None:
-        """The chosen launch for the 64-channel convolutions; the default for the 3-channel ends."""
-        return self.config if min(cw.packed.cin, cw.packed.cout) >= 16 else None
-
-    def _maps_config(self, cw: ConvWeights) -> Config | None:
-        """The fastest Triton launch where cuDNN was chosen for whole maps."""
-        return self.maps_config if min(cw.packed.cin, cw.packed.cout) >= 16 else None
+        """The chosen launch for the 64-channel convolutions (where cuDNN was chosen for whole
+        maps, the fastest Triton launch that agreed with it); the default for the 3-channel ends."""
+        chosen = self.config if self.conv == "triton" else self.maps_config
+        return chosen if min(cw.packed.cin, cw.packed.cout) >= 16 else None
 
     # ---- float16 on cuDNN: bounds instead of an output check (CUDNN_FLOAT16_NOTE) ---------------
     def _bounded(self) -> bool:
@@ -167,7 +166,7 @@ class FusedBlocks:
                 origin=origin,
                 size=size,
                 out=out,
-                config=self._config(cw) if self.conv == "triton" else self._maps_config(cw),
+                config=self._config(cw),
             )
             return y
         from ..kernels.epilogue import bias_act
@@ -241,7 +240,7 @@ class FusedBlocks:
         if self.conv == "auto":
             self.choose(x.shape[2], x.shape[3])
         # float16 on cuDNN: channel magnitudes of the input (3 channels: a 1/21 pass), then bounds
-        m = torch.maximum(x.amax((2, 3)), -x.amin((2, 3))).float() if self._bounded() else None
+        m = channel_sums_in_pieces(x, maxes=True)[1] if self._bounded() else None
         f = self.conv3x3(x, bw.head, bounded=True)
         mf = mh = self._bound(bw.head, m) if m is not None else None
         h = torch.empty_like(f)

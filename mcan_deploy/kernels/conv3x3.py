@@ -121,33 +121,37 @@ def _conv3x3_kernel(
     pid_b = tl.program_id(1)
     p, q, mmask = _pixels(pid_m, HO, WO, BLOCK_M, ROWS)
     n = tl.arange(0, BLOCK_N)
+    kk = tl.arange(0, BLOCK_K)
     if I64:  # maps with offsets beyond int32 within one image (above ~33 MP at 64 channels)
         p = p.to(tl.int64)
         q = q.to(tl.int64)
         n = n.to(tl.int64)
-    nmask = n < COUT
+        kk = kk.to(tl.int64)
     x_base = X + pid_b.to(tl.int64) * sx_b
+    # what does not change from tap to tap, once (the compiler would hoist it; Triton's
+    # interpreter, which runs the CPU tests, pays for each tensor operation)
+    iy0 = p + (OY - 1)
+    ix0 = q + (OX - 1)
+    pix0 = iy0 * sx_h + ix0 * sx_w
+    w_tile = WP + kk[:, None] * BLOCK_N + n[None, :]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     # one loop over the nine taps (Triton pipelines its loads), the input channels unrolled inside
     for tap in range(9):
-        iy = p + OY + (tap // 3 - 1)
-        ix = q + OX + (tap % 3 - 1)
+        iy = iy0 + tap // 3
+        ix = ix0 + tap % 3
         valid = mmask & (iy >= 0) & (iy < HX) & (ix >= 0) & (ix < WX)
-        pix = iy * sx_h + ix * sx_w
+        if I64:  # products in int64 (a row's stride times 2 may not fit int32)
+            x_tap = x_base + (iy * sx_h + ix * sx_w)[:, None]
+        else:
+            x_tap = x_base + (pix0 + ((tap // 3) * sx_h + (tap % 3) * sx_w))[:, None]
         for kc in tl.static_range(K_CHUNKS):
-            k = kc * BLOCK_K + tl.arange(0, BLOCK_K)
-            if I64:
-                k = k.to(tl.int64)
-            a = tl.load(
-                x_base + pix[:, None] + k[None, :] * sx_c,
-                mask=valid[:, None] & (k < CIN)[None, :],
-                other=0.0,
-                cache_modifier=CACHE,
-            )
-            w = tl.load(WP + (tap * (K_CHUNKS * BLOCK_K) + k)[:, None] * BLOCK_N + n[None, :])
+            k = kc * BLOCK_K + kk
+            a_mask = valid[:, None] & (k < CIN)[None, :]
+            a = tl.load(x_tap + k[None, :] * sx_c, mask=a_mask, other=0.0, cache_modifier=CACHE)
+            w = tl.load(w_tile + (tap * K_CHUNKS + kc) * (BLOCK_K * BLOCK_N))
             acc = _dot(acc, a, w, DOT)
     v = acc + tl.load(BIAS + n)[None, :]
-    omask = mmask[:, None] & nmask[None, :]
+    omask = mmask[:, None] & (n < COUT)[None, :]
     bad = 0
     if CHECK:  # before the ReLU, which would hide an overflow to -inf
         bad = _beyond(v, omask, LIMIT)

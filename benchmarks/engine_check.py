@@ -316,6 +316,8 @@ def train(args: argparse.Namespace, device: torch.device, res: Results) -> None:
 
     cfg = BenchConfig(
         train_steps=2 if args.smoke else 20,
+        train_batch=2 if args.smoke else 16,  # smoke: the step's code, not its speed
+        train_patch=16 if args.smoke else 48,
         train_models=(("paper", ModelConfig(n_resblocks=2, n_feats=16) if args.smoke else ModelConfig()),),
         train_options=TRAIN_OPTIONS,
         device=str(device),
@@ -347,7 +349,7 @@ def packed(args: argparse.Namespace, device: torch.device, res: Results) -> None
     base = plan_from_dict(
         {
             "model": {"n_blocks": 1, **({"n_resblocks": 2, "n_feats": 16} if args.smoke else {})},
-            "data": {"patch_size": 48, "batch_size": 4 if args.smoke else 16},
+            "data": {"patch_size": 16 if args.smoke else 48, "batch_size": 2 if args.smoke else 16},
             "train": {"log_every": iters // 4, "val_every": 0, "checkpoint_every": 0},
             "phases": [{"name": "1", "kind": "train_block", "block": 1, "init": "orthogonal", "stages": [stage]}],
         }

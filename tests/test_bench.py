@@ -71,6 +71,8 @@ def test_tiny_bench_writes_consistent_outputs(tmp_path):
         backends=backends,
         compile_sizes=(),
         train_steps=2,
+        train_batch=2,  # the step's code, not its speed: two 16-pixel patches
+        train_patch=16,
         train_models=(("tiny", ModelConfig(n_blocks=2, n_resblocks=1, n_feats=8)),),
         train_options=("fp32", "bf16 channels_last", "bf16 CUDA graphs"),
         quality_model=str(tmp_path / "m.safetensors"),

@@ -166,19 +166,18 @@ def test_two_process_upscale_writes_the_same_files(single_run, tmp_path):
     from mcan_deploy.cli.upscale import main as upscale_main
 
     assert upscale_main([str(model), str(src), "-o", str(tmp_path / "one"), "--no-progress", "--tile", "32"]) == 0
+    # one file is there already, rank 1's (the odd files are rank 1's): it is skipped, not redone
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "3.png").write_bytes(b"kept")
     proc = torchrun(
         "mcan_deploy.cli.upscale", str(model), str(src), "-o", str(tmp_path / "two"), "--no-progress", "--tile", "32"
     )
-    assert "5 written, 0 skipped, 0 failed by 2 processes" in proc.stdout
-    for i in range(5):
+    assert "4 written, 1 skipped, 0 failed by 2 processes" in proc.stdout, "counts summed over the ranks"
+    for i in (0, 1, 2, 4):
         assert (tmp_path / "one" / f"{i}.png").read_bytes() == (tmp_path / "two" / f"{i}.png").read_bytes()
+    assert (tmp_path / "two" / "3.png").read_bytes() == b"kept"
     logged = {i for i in range(5) if f"{i}.png ->" in proc.stderr}
     assert logged == {0, 2, 4}, "rank 0 takes every second file and only rank 0 logs below WARNING"
-    (tmp_path / "two" / "3.png").unlink()
-    proc = torchrun(
-        "mcan_deploy.cli.upscale", str(model), str(src), "-o", str(tmp_path / "two"), "--no-progress", "--tile", "32"
-    )
-    assert "1 written, 4 skipped, 0 failed by 2 processes" in proc.stdout, "counts summed over the ranks"
 
 
 def test_shards_cover_every_item_once():

@@ -33,6 +33,8 @@ class BenchConfig:
     backends: tuple[str, ...] = ("eager", "channels_last", "compile", "onnxruntime")
     compile_sizes: tuple[int, ...] = (256,)  # torch.compile compiles per shape: keep this short
     train_steps: int = 5
+    train_batch: int = 16  # the report's batch and LR patch side (sec. 4)
+    train_patch: int = 48
     train_options: tuple[str, ...] = tuple(TRAIN_OPTIONS)  # keys of TRAIN_OPTIONS (CUDA-only ones skipped elsewhere)
     train_models: tuple[tuple[str, ModelConfig], ...] = (
         ("demo", ModelConfig(n_resblocks=4, n_feats=32)),

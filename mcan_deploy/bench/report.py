@@ -73,9 +73,10 @@ def render_report(res: dict[str, Any]) -> str:
             f"{r['min_s']:.3f}-{r['max_s']:.3f} | {r['peak_mb']:.0f} | {ratio} | {r['gflops']:.1f} | "
             f"{100 * r['peak_share']:.1f}% |"
         )
+    cfg = res["config"]
     lines += [
         "",
-        "## Training (batch 16 at 48x48, L1, Adam)",
+        f"## Training (batch {cfg.get('train_batch', 16)} at {cfg.get('train_patch', 48)}x{cfg.get('train_patch', 48)}, L1, Adam)",
         "",
         "Each option's step is the trainer's own; the speed-up is over today's float32 eager step "
         "(NCHW, for-loop Adam) of the same model in this run. `default` is `[train]`'s defaults "

@@ -24,7 +24,7 @@ log = logging.getLogger("mcan_deploy.bench")
 
 
 def bench_training(cfg: BenchConfig, device: torch.device, sample_dir: Path | None) -> list[dict[str, Any]]:
-    """Step time of one block and of N (batch 16 at 48x48, L1, Adam) under each training option
+    """Step time of one block and of N (batch 16 at 48x48 unless configured, L1, Adam) under each training option
     (``TRAIN_OPTIONS``: precision, memory format, optimiser form, CUDA graphs), with the ratio to
     today's float32 eager step in the same run, and the data-wait share. The step is the
     trainer's own (``TrainStep``); the fused Triton RCAB tail is timed in float32 eager only."""
@@ -56,7 +56,7 @@ def bench_training(cfg: BenchConfig, device: torch.device, sample_dir: Path | No
                 ("block", model.blocks[0], lambda x, m=model: m.blocks[0](x)),
                 ("N", model, lambda x, m=model: m(x)),
             ):
-                sampler = PatchSampler(data, 48, 16, seed=0)
+                sampler = PatchSampler(data, cfg.train_patch, cfg.train_batch, seed=0)
                 opt = make_optimizer(module.parameters(), stage, opts.optimizer_impl, capturable=opts.cuda_graphs)
                 step = TrainStep(fwd, opt, loss_function("l1"), opts)
                 data_t, step_t = [], []

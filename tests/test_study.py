@@ -7,7 +7,6 @@ import dataclasses
 import json
 import math
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -236,7 +235,7 @@ def test_mcan_study_end_to_end(tiny_pairs, tmp_path, capsys):
     assert json.loads((out / "budget" / "results.json").read_text())["finals"] == budget["finals"]
 
 
-def test_unfinished_runs_and_bad_experiment_files_are_one_line_errors(tmp_path, tiny_pairs):
+def test_unfinished_runs_and_bad_experiment_files_are_one_line_errors(tmp_path, tiny_pairs, capsys):
     bad = tmp_path / "bad.toml"
     text = (STUDY / "budget.toml").read_text().replace('"cpu/', f'"{STUDY}/cpu/').replace('"../', f'"{STUDY}/../')
     bad.write_text(text.replace('baseline = "single"', 'baseline = "nope"'))
@@ -249,27 +248,16 @@ def test_unfinished_runs_and_bad_experiment_files_are_one_line_errors(tmp_path, 
     with pytest.raises(ConfigError, match=r"plans\.cpu\.single = .*missing\.toml.*no such plan"):
         load_experiment(bad)
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "mcan_deploy.cli.study", *args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    from mcan_deploy.cli.study import main  # in this process: a subprocess re-imports for seconds
 
-    proc = cli(
-        str(STUDY / "budget.toml"),
-        "--data",
-        str(tiny_pairs),
-        "--runs",
-        str(tmp_path / "r"),
-        "--out",
-        str(tmp_path / "o"),
-        "--aggregate-only",
+    budget = [str(STUDY / "budget.toml"), "--data", str(tiny_pairs)]
+    rc, _, err = cli_here(
+        main, [*budget, "--runs", str(tmp_path / "r"), "--out", str(tmp_path / "o"), "--aggregate-only"], capsys
     )
-    assert proc.returncode == 1 and "run missing or unfinished" in proc.stderr and "Traceback" not in proc.stderr
-    proc = cli(str(STUDY / "budget.toml"), "--data", str(tiny_pairs), "--scale", "gpu")
-    assert proc.returncode == 1 and "no [plans.gpu]" in proc.stderr
-    proc = cli(str(STUDY / "budget.toml"), "--data", str(tiny_pairs), "--seeds", "a,b")
-    assert proc.returncode == 2 and "--seeds 'a,b'" in proc.stderr
+    assert rc == 1 and "run missing or unfinished" in err
+    rc, _, err = cli_here(main, [*budget, "--scale", "gpu"], capsys)
+    assert rc == 1 and "no [plans.gpu]" in err
+    with pytest.raises(SystemExit) as exc:
+        main([*budget, "--seeds", "a,b"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--seeds 'a,b'" in err and "Traceback" not in err

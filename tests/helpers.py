@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +88,22 @@ def cli_here(main: Any, argv: list[str], capsys: Any) -> tuple[int, str, str]:
 
 
 SHARED_DATA = REPO.parent / "shared" / "data" / "city100_nikon"
+
+
+def once_per_run(tmp_path_factory: Any, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder ``name``, filled by ``build(folder)`` once per test run and shared by the
+    pytest-xdist workers: a module fixture otherwise runs once in every worker that takes one of
+    its module's tests (the recipe of pytest-xdist's docs: the workers' common base folder and
+    a file lock)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # this run's, not older runs'
+    folder = root / f"once-{name}"
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".done").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".done").touch()
+    return folder

@@ -30,7 +30,7 @@ from mcan_deploy.errors import MCANError
 from mcan_deploy.train import TrainingInterrupted, train
 from mcan_deploy.train.phases import PhaseRunner
 
-from .helpers import REPO
+from .helpers import REPO, once_per_run
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -79,15 +79,23 @@ def _lines(run):
 
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory, sample_dir):
-    """One process, one thread, the batch in two chunks."""
-    out = tmp_path_factory.mktemp("single") / "run"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(plan_from_dict(demo_plan_dict(micro_batches=2)), sample_dir, out, device="cpu", progress=False)
-    finally:
-        torch.set_num_threads(n)
-    return out
+    """One process, one thread, the batch in two chunks (trained once for all workers)."""
+
+    def build(folder):
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            train(
+                plan_from_dict(demo_plan_dict(micro_batches=2)),
+                sample_dir,
+                folder / "run",
+                device="cpu",
+                progress=False,
+            )
+        finally:
+            torch.set_num_threads(n)
+
+    return once_per_run(tmp_path_factory, "distributed-single-run", build) / "run"
 
 
 def _assert_bitwise(a: dict, b: dict) -> None:

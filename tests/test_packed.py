@@ -16,7 +16,7 @@ from mcan_deploy.train import train
 from mcan_deploy.train.packed import PackedRun, Turns, train_packed
 
 from .conftest import THREADS
-from .helpers import TINY_MODEL, tiny_plan
+from .helpers import TINY_MODEL, once_per_run, tiny_plan
 
 
 def _runs(root, sample_dir):
@@ -52,17 +52,18 @@ def _assert_same_run(got, want, resumed=False):
 @pytest.fixture(scope="module")
 def solo(sample_dir, tmp_path_factory):
     """The three runs trained one at a time (the reference), at the tests' thread count (a module
-    fixture is set up before conftest's per-test one sets it)."""
-    root = tmp_path_factory.mktemp("solo")
-    runs = _runs(root, sample_dir)
-    n = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        for r in runs:
-            train(r.plan, r.data_root, r.out_dir, device="cpu", progress=False)
-    finally:
-        torch.set_num_threads(n)
-    return runs
+    fixture is set up before conftest's per-test one sets it); trained once for all workers."""
+
+    def build(root):
+        n = torch.get_num_threads()
+        torch.set_num_threads(THREADS)
+        try:
+            for r in _runs(root, sample_dir):
+                train(r.plan, r.data_root, r.out_dir, device="cpu", progress=False)
+        finally:
+            torch.set_num_threads(n)
+
+    return _runs(once_per_run(tmp_path_factory, "packed-solo", build), sample_dir)
 
 
 def test_packed_runs_equal_solo_runs_bitwise(solo, sample_dir, tmp_path):

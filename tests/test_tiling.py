@@ -16,7 +16,7 @@ from mcan_deploy.runners import TorchRunner
 from mcan_deploy.tiling import TileConfig, map_pass, spans, upscale_tensor
 from mcan_deploy.train import train
 
-from .helpers import tiny_plan
+from .helpers import once_per_run, tiny_plan
 
 SIZES = [(1, 1), (1, 47), (29, 1), (5, 9), (37, 53), (64, 64), (100, 33)]
 TILES = [4, 7, 16, 1000]
@@ -47,8 +47,10 @@ def whole(runner: TorchRunner, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def trained_runner(tmp_path_factory, sample_dir):
-    out = tmp_path_factory.mktemp("trained") / "run"
-    train(tiny_plan(), sample_dir, out, device="cpu", progress=False)
+    def build(folder):
+        train(tiny_plan(), sample_dir, folder / "run", device="cpu", progress=False)
+
+    out = once_per_run(tmp_path_factory, "tiling-trained", build) / "run"
     return TorchRunner(load_model(out / "model.safetensors"), torch.device("cpu"))
 
 

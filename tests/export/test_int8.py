@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
-from mcan_deploy.checkpoint import save_model
+from mcan_deploy.checkpoint import load_model, save_model
 from mcan_deploy.cli.export import main as export_main
 from mcan_deploy.data import PatchSampler, load_images
 from mcan_deploy.export import openvino as ovx
@@ -20,6 +20,8 @@ from mcan_deploy.model import ModelConfig, build_model, init_block
 from mcan_deploy.runners import OpenVINORunner
 from mcan_deploy.tiling import TileConfig, upscale_tensor
 
+from ..helpers import once_per_run
+
 scipy = pytest.importorskip("scipy")  # the independent t quantile (NNCF depends on it)
 CROPS = ("--calibration-crops", "4")  # of the 3 calibration pairs: enough for a model of 8 features
 
@@ -27,24 +29,28 @@ CROPS = ("--calibration-crops", "4")  # of the 3 calibration pairs: enough for a
 @pytest.fixture(scope="module")
 def trained(sample_dir, tmp_path_factory):
     """A small block trained for 120 steps on the bundled pairs: it starts as the identity (tail
-    zeroed) and ends with a real PSNR gain on the test crops, so retention means something."""
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(n_blocks=1, n_resblocks=2, n_feats=8))
-    init_block(model.blocks[0], "orthogonal", torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        model.blocks[0].tail.weight.zero_()
-        model.blocks[0].tail.bias.zero_()
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    sampler = PatchSampler(load_images(sample_dir / "train", progress=False), 32, 8, seed=0)
-    for _ in range(120):
-        x, y = sampler.sample()
-        loss = (model(x) - y).abs().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    path = tmp_path_factory.mktemp("int8") / "model.safetensors"
-    save_model(path, model.eval())
-    return path, model
+    zeroed) and ends with a real PSNR gain on the test crops, so retention means something
+    (trained once for all workers)."""
+
+    def build(folder):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(n_blocks=1, n_resblocks=2, n_feats=8))
+        init_block(model.blocks[0], "orthogonal", torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            model.blocks[0].tail.weight.zero_()
+            model.blocks[0].tail.bias.zero_()
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        sampler = PatchSampler(load_images(sample_dir / "train", progress=False), 32, 8, seed=0)
+        for _ in range(120):
+            x, y = sampler.sample()
+            loss = (model(x) - y).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        save_model(folder / "model.safetensors", model.eval())
+
+    path = once_per_run(tmp_path_factory, "int8-trained", build) / "model.safetensors"
+    return path, load_model(path).eval()
 
 
 def _int8_at_1000_percent(path, out, sample_dir, *extra: str) -> list[str]:

@@ -11,7 +11,7 @@ import torch
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from mcan_deploy.checkpoint import save_model  # noqa: E402
+from mcan_deploy.checkpoint import load_model, save_model  # noqa: E402
 from mcan_deploy.cli.export import main as export_main  # noqa: E402
 from mcan_deploy.cli.upscale import main as upscale_main  # noqa: E402
 from mcan_deploy.export import onnx as onnx_export  # noqa: E402
@@ -19,6 +19,8 @@ from mcan_deploy.export.onnx import ExportError, export_onnx, read_metadata  # n
 from mcan_deploy.model import ModelConfig, build_model, init_block  # noqa: E402
 from mcan_deploy.runners import OrtRunner, TorchRunner  # noqa: E402
 from mcan_deploy.tiling import TileConfig, upscale_tensor  # noqa: E402
+
+from ..helpers import once_per_run  # noqa: E402
 
 SMALL = ModelConfig(n_blocks=2, n_resblocks=1, n_feats=8)
 
@@ -38,12 +40,16 @@ def ort_run(path, x: torch.Tensor) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def small_export(tmp_path_factory):
-    d = tmp_path_factory.mktemp("onnx")
-    model = small_model()
-    save_model(d / "m.safetensors", model)
-    export_onnx(model, d / "m.onnx", source_hash="abc")
-    export_onnx(model, d / "m.onnx", blocks="1,2", source_hash="abc")
-    return model, d
+    """A small model, its whole-N and per-block ONNX files (exported once for all workers)."""
+
+    def build(d):
+        model = small_model()
+        save_model(d / "m.safetensors", model)
+        export_onnx(model, d / "m.onnx", source_hash="abc")
+        export_onnx(model, d / "m.onnx", blocks="1,2", source_hash="abc")
+
+    d = once_per_run(tmp_path_factory, "onnx-small-export", build)
+    return load_model(d / "m.safetensors").eval(), d
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 1, 1), (2, 3, 7, 13), (1, 3, 33, 20), (3, 3, 64, 48)])

@@ -23,7 +23,8 @@ from mcan_deploy.errors import CheckpointError
 from mcan_deploy.metrics import psnr
 from mcan_deploy.train import train
 
-from .helpers import REPO, cli_here, tiny_plan, tiny_plan_dict
+from .conftest import THREADS
+from .helpers import REPO, cli_here, once_per_run, tiny_plan, tiny_plan_dict
 from .test_model import reference_block
 
 
@@ -169,8 +170,24 @@ def _checkpoint_position(path):
         return None
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(sample_dir, tmp_path_factory):
+    """The long plan trained without a stop, at the tests' thread count (a module fixture is set
+    up before conftest's per-test one sets it); once for both signals and all workers."""
+
+    def build(folder):
+        n = torch.get_num_threads()
+        torch.set_num_threads(THREADS)
+        try:
+            train(plan_from_dict(_long_plan()), sample_dir, folder / "ref", device="cpu", progress=False)
+        finally:
+            torch.set_num_threads(n)
+
+    return once_per_run(tmp_path_factory, "train-uninterrupted", build) / "ref"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
-def test_resume_after_interruption_equals_an_uninterrupted_run(sig, sample_dir, tmp_path, capsys):
+def test_resume_after_interruption_equals_an_uninterrupted_run(sig, uninterrupted, sample_dir, tmp_path, capsys):
     plan_path = tmp_path / "plan.toml"
     plan_path.write_text(tomli_w.dumps(_long_plan()))
     run = tmp_path / "run"
@@ -213,8 +230,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(sig, sample_dir, 
     assert rc == 0, err
     assert "run finished" in out
 
-    ref = tmp_path / "ref"
-    train(plan_from_dict(_long_plan()), sample_dir, ref, device="cpu", progress=False)
+    ref = uninterrupted
     got, _ = load_tensors(run / "model.safetensors")
     want, _ = load_tensors(ref / "model.safetensors")
     assert got.keys() == want.keys()

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..model import MCAN, build_model, init_block
 from .config import OPENVINO_BACKENDS, TRITON_BACKENDS, BenchConfig
-from .measure import _measure, conv_flops_per_pixel
+from .measure import _measure, conv_flops_per_pixel, frozen_garbage
 
 if TYPE_CHECKING:
     from ..tiling import CAStats
@@ -135,7 +135,7 @@ def bench_inference(
         init_block(b, "orthogonal", torch.Generator().manual_seed(0))
     flops_px = conv_flops_per_pixel(model)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, frozen_garbage():
         runners = _backends(model, cfg, device, Path(tmp), sample_dir)
         jobs = [
             (n, s, m)

@@ -90,11 +90,13 @@ def cli_here(main: Any, argv: list[str], capsys: Any) -> tuple[int, str, str]:
 SHARED_DATA = REPO.parent / "shared" / "data" / "city100_nikon"
 
 
-def once_per_run(tmp_path_factory: Any, name: str, build: Callable[[Path], object]) -> Path:
+def once_per_run(tmp_path_factory: Any, name: str, build: Callable[[Path], object], threads: int | None = None) -> Path:
     """The folder ``name``, filled by ``build(folder)`` once per test run and shared by the
     pytest-xdist workers: a module fixture otherwise runs once in every worker that takes one of
     its module's tests (the recipe of pytest-xdist's docs: the workers' common base folder and
-    a file lock)."""
+    a file lock). ``threads``: torch's thread count for ``build`` (a module fixture is set up
+    before conftest's per-test one sets it, and a reference must compute as its tests do)."""
+    import torch
     from filelock import FileLock
 
     base = tmp_path_factory.getbasetemp()
@@ -104,6 +106,11 @@ def once_per_run(tmp_path_factory: Any, name: str, build: Callable[[Path], objec
         if not (folder / ".done").exists():
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
-            build(folder)
+            n = torch.get_num_threads()
+            torch.set_num_threads(threads or n)
+            try:
+                build(folder)
+            finally:
+                torch.set_num_threads(n)
             (folder / ".done").touch()
     return folder

@@ -82,20 +82,9 @@ def single_run(tmp_path_factory, sample_dir):
     """One process, one thread, the batch in two chunks (trained once for all workers)."""
 
     def build(folder):
-        n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            train(
-                plan_from_dict(demo_plan_dict(micro_batches=2)),
-                sample_dir,
-                folder / "run",
-                device="cpu",
-                progress=False,
-            )
-        finally:
-            torch.set_num_threads(n)
+        train(plan_from_dict(demo_plan_dict(micro_batches=2)), sample_dir, folder / "run", device="cpu", progress=False)
 
-    return once_per_run(tmp_path_factory, "distributed-single-run", build) / "run"
+    return once_per_run(tmp_path_factory, "distributed-single-run", build, threads=1) / "run"
 
 
 def _assert_bitwise(a: dict, b: dict) -> None:

@@ -55,15 +55,10 @@ def solo(sample_dir, tmp_path_factory):
     fixture is set up before conftest's per-test one sets it); trained once for all workers."""
 
     def build(root):
-        n = torch.get_num_threads()
-        torch.set_num_threads(THREADS)
-        try:
-            for r in _runs(root, sample_dir):
-                train(r.plan, r.data_root, r.out_dir, device="cpu", progress=False)
-        finally:
-            torch.set_num_threads(n)
+        for r in _runs(root, sample_dir):
+            train(r.plan, r.data_root, r.out_dir, device="cpu", progress=False)
 
-    return _runs(once_per_run(tmp_path_factory, "packed-solo", build), sample_dir)
+    return _runs(once_per_run(tmp_path_factory, "packed-solo", build, threads=THREADS), sample_dir)
 
 
 def test_packed_runs_equal_solo_runs_bitwise(solo, sample_dir, tmp_path):

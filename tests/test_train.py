@@ -176,14 +176,9 @@ def uninterrupted(sample_dir, tmp_path_factory):
     up before conftest's per-test one sets it); once for both signals and all workers."""
 
     def build(folder):
-        n = torch.get_num_threads()
-        torch.set_num_threads(THREADS)
-        try:
-            train(plan_from_dict(_long_plan()), sample_dir, folder / "ref", device="cpu", progress=False)
-        finally:
-            torch.set_num_threads(n)
+        train(plan_from_dict(_long_plan()), sample_dir, folder / "ref", device="cpu", progress=False)
 
-    return once_per_run(tmp_path_factory, "train-uninterrupted", build) / "ref"
+    return once_per_run(tmp_path_factory, "train-uninterrupted", build, threads=THREADS) / "ref"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])

@@ -2,7 +2,7 @@
 
 A same-size restoration model changes pixels, not what they mean, so ``mcan-upscale`` carries
 the input's meaning into the output (issue 19). Read with Pillow from the file's bytes (headers
-only, no second decode); JPEG and WebP outputs are written by Pillow, TIFF by tifffile, and PNG
+only, no second decode, unless a PNG keeps EXIF or text after its pixels); JPEG and WebP outputs are written by Pillow, TIFF by tifffile, and PNG
 by OpenCV with the metadata chunks added.
 
 - Orientation: the pixels are turned upright before the model (``ImageOps.exif_transpose``'s
@@ -12,7 +12,7 @@ by OpenCV with the metadata chunks added.
   converts colours (the model runs on the stored values).
 - EXIF: kept, with the orientation reset and the pixel dimensions updated; the embedded thumbnail
   (IFD1) is not written, so no viewer shows the picture before the upscale.
-- PNG text chunks (those before the image data) and DPI: kept where the output format has them.
+- PNG text chunks and DPI: kept where the output format has them.
 
 Malformed metadata (EXIF that does not parse, an ICC profile that does not parse, an orientation
 outside 1-8) is dropped with one warning line; it never fails an image.
@@ -118,7 +118,9 @@ def read_meta(data: bytes, where: str | Path = "image") -> PhotoMeta:
     try:
         with _EXIF_WARNINGS, warnings.catch_warnings(record=True) as caught:  # Pillow warns on truncated EXIF
             warnings.simplefilter("always")
-            exif = im.getexif()
+            # Pillow decodes a whole PNG to look for EXIF after its pixels: only where some is there
+            late = im.format == "PNG" and _png_metadata_after_pixels(data)
+            exif = Image.Image.getexif(im) if im.format == "PNG" and not late else im.getexif()
             if len(exif):
                 exif.get_ifd(EXIF_IFD)  # parse the sub-IFD now: a broken one fails here, not when written
         if caught:
@@ -148,6 +150,28 @@ def read_meta(data: bytes, where: str | Path = "image") -> PhotoMeta:
         else:
             _warn(where, f"resolution {dpi[0]:g}x{dpi[1]:g} DPI is outside 1-{_MAX_DPI:g}")
     return meta
+
+
+_PNG_METADATA_CHUNKS = frozenset({b"eXIf", b"tEXt", b"zTXt", b"iTXt"})
+
+
+def _png_metadata_after_pixels(data: bytes) -> bool:
+    """Whether a PNG holds EXIF or text after its first image data chunk. Pillow finds such
+    chunks only by decoding every pixel (``PngImageFile.getexif`` loads the image unless an eXIf
+    came first): 0.2-0.3 s of a 12 MP photo's 0.4 s read, for the usual file that has none.
+    Walks the chunk list (length, type, data, CRC; PNG spec, sec. 5.3) without reading the data;
+    a list that does not parse answers True, leaving the file to Pillow as before."""
+    pos, pixels = 8, False
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind == b"IEND":
+            return False
+        if kind == b"IDAT":
+            pixels = True
+        elif pixels and kind in _PNG_METADATA_CHUNKS:
+            return True
+        pos += 12 + length
+    return True
 
 
 def _png_text_ok(key: str, value: str) -> bool:

@@ -182,6 +182,57 @@ def test_png_text_and_dpi_are_kept(model_file, tmp_path):
     assert png.info["dpi"] == pytest.approx((300, 300), abs=0.01) and jpg.info["dpi"] == (300, 300)
 
 
+def _chunks(png: bytes) -> list[bytes]:
+    """A PNG's chunks, each whole (length, type, data, CRC), after its 8-byte signature."""
+    out, pos = [], 8
+    while pos < len(png):
+        (length,) = struct.unpack_from(">I", png, pos)
+        out.append(png[pos : pos + 12 + length])
+        pos += 12 + length
+    return out
+
+
+def test_png_metadata_is_read_without_decoding_the_pixels_unless_it_follows_them(tmp_path, monkeypatch):
+    """Pillow's PNG ``getexif`` decodes every pixel to look for EXIF after the image data (the
+    larger part of reading a 12 MP photo). A file whose EXIF and text come first is read
+    without that decode; one whose EXIF and text follow the pixels still carries both."""
+    from mcan_deploy.metadata import read_meta
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Title", "harbour")
+    buf = io.BytesIO()
+    Image.fromarray(photo()).save(buf, "PNG", pnginfo=info, exif=exif_with(t0112=6, t010F="Cam"))
+    first = buf.getvalue()
+    chunks = _chunks(first)
+    kinds = [c[4:8] for c in chunks]
+    assert kinds.index(b"eXIf") < kinds.index(b"IDAT") and kinds.index(b"tEXt") < kinds.index(b"IDAT")
+    moved = [c for c in chunks if c[4:8] in (b"eXIf", b"tEXt")]
+    rest = [c for c in chunks if c not in moved]
+    last = first[:8] + b"".join(rest[:-1] + moved + rest[-1:])  # the same chunks, after the IDAT, before IEND
+    assert Image.open(io.BytesIO(last)).getexif()[0x010F] == "Cam", "Pillow itself finds the late EXIF"
+
+    decodes = []
+    real_load = PngImagePlugin.PngImageFile.load
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda im: decodes.append(1) or real_load(im))
+    for data, decoded in ((first, 0), (last, 1)):
+        decodes.clear()
+        meta = read_meta(data, "in.png")
+        assert len(decodes) == decoded
+        assert meta.orientation == 6 and meta.text == {"Title": "harbour"}
+        assert meta.exif is not None
+        exif = Image.Exif()
+        exif.load(meta.exif)
+        assert exif[0x010F] == "Cam"
+    # no metadata at all (a camera's or OpenCV's PNG): no decode either
+    plain = io.BytesIO()
+    Image.fromarray(photo()).save(plain, "PNG")
+    decodes.clear()
+    assert read_meta(plain.getvalue(), "plain.png").empty and not decodes
+    # a chunk list that does not parse is left to Pillow, which decodes, as before
+    read_meta(plain.getvalue()[:-20], "cut.png")
+    assert decodes
+
+
 @pytest.mark.parametrize(
     "case,warning",
     [

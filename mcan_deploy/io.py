@@ -258,6 +258,10 @@ def encode_pixels(
         data = encode_with_meta(pixels, suffix, meta or PhotoMeta(), options or EncodeOptions(), where)
         if data is not None:
             return data
+    if suffix.lower() == ".png":
+        from .png import encode_png
+
+        return encode_png(pixels)  # on several cores (png.py)
     colour = pixels.ndim == 3 and pixels.shape[2] in (3, 4)
     bgr = pixels[:, :, [2, 1, 0, 3][: pixels.shape[2]]] if colour else pixels
     try:

@@ -2,8 +2,8 @@
 
 A same-size restoration model changes pixels, not what they mean, so ``mcan-upscale`` carries
 the input's meaning into the output (issue 19). Read with Pillow from the file's bytes (headers
-only, no second decode, unless a PNG keeps EXIF or text after its pixels); JPEG and WebP outputs are written by Pillow, TIFF by tifffile, and PNG
-by OpenCV with the metadata chunks added.
+only, no second decode, unless a PNG keeps EXIF or text after its pixels); JPEG and WebP outputs
+are written by Pillow, TIFF by tifffile, and PNG by ``png.encode_png`` with the metadata chunks.
 
 - Orientation: the pixels are turned upright before the model (``ImageOps.exif_transpose``'s
   rule for each EXIF orientation 1-8) and the output says orientation 1, so it displays the same
@@ -254,8 +254,8 @@ def output_exif(meta: PhotoMeta, width: int, height: int) -> bytes | None:
 def encode_with_meta(
     arr: np.ndarray, suffix: str, meta: PhotoMeta, options: EncodeOptions, where: object = "image"
 ) -> bytes | None:
-    """``arr`` (H, W[, C]) uint8/uint16 in RGB order, encoded with ``meta``; None where OpenCV's
-    own encoder should write it (BMP, or PNG/TIFF with nothing to carry). Metadata that cannot be
+    """``arr`` (H, W[, C]) uint8/uint16 in RGB order, encoded with ``meta``; None where the plain
+    encoder (``io.encode_pixels``) should write it (BMP, or PNG/TIFF with nothing to carry). Metadata that cannot be
     written is left out with one warning naming ``where``: it never fails an image."""
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}.get(
         suffix.lower()
@@ -309,34 +309,24 @@ def _encode(arr: np.ndarray, fmt: str, meta: PhotoMeta, options: EncodeOptions) 
 
 
 def _png(arr: np.ndarray, meta: PhotoMeta, exif: bytes | None) -> bytes:
-    """OpenCV's PNG (the same pixels and speed as without metadata; Pillow writes no 16-bit
-    colour and encodes about 4x slower) with the metadata chunks (iCCP, eXIf, pHYs, tEXt/iTXt)
-    placed after its IHDR, as the PNG spec allows them before the image data."""
-    import cv2
-    from PIL.PngImagePlugin import putchunk  # length, type, data, CRC (PNG spec, sec. 5.3)
+    """A PNG (``png.encode_png``: OpenCV's format and compression, on several cores) with the
+    metadata chunks (iCCP, eXIf, pHYs, tEXt/iTXt) before the image data."""
+    from .png import encode_png
 
-    bgr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]] if arr.ndim == 3 and arr.shape[2] in (3, 4) else arr
-    ok, buf = cv2.imencode(".png", bgr)
-    if not ok:
-        raise ValueError("OpenCV could not encode a PNG")
-    png = buf.tobytes()
-    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, 13 data bytes, CRC
-    out = io.BytesIO()
-    out.write(png[:ihdr_end])
+    chunks: list[tuple[bytes, bytes]] = []
     if meta.icc is not None:
-        putchunk(out, b"iCCP", b"icc\x00\x00", zlib.compress(meta.icc))
+        chunks.append((b"iCCP", b"icc\x00\x00" + zlib.compress(meta.icc)))
     if exif is not None:
-        putchunk(out, b"eXIf", exif.removeprefix(b"Exif\x00\x00"))
+        chunks.append((b"eXIf", exif.removeprefix(b"Exif\x00\x00")))
     if meta.dpi is not None:
         ppm = [round(d / 0.0254) for d in meta.dpi]
-        putchunk(out, b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1))
+        chunks.append((b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1)))
     for k, v in meta.text.items():
         if v.isascii():
-            putchunk(out, b"tEXt", k.encode("latin-1"), b"\x00", v.encode("latin-1"))
+            chunks.append((b"tEXt", k.encode("latin-1") + b"\x00" + v.encode("latin-1")))
         else:
-            putchunk(out, b"iTXt", k.encode("latin-1"), b"\x00\x00\x00\x00\x00", v.encode("utf-8"))
-    out.write(png[ihdr_end:])
-    return out.getvalue()
+            chunks.append((b"iTXt", k.encode("latin-1") + b"\x00\x00\x00\x00\x00" + v.encode("utf-8")))
+    return encode_png(arr, chunks)
 
 
 def _tiff(arr: np.ndarray, meta: PhotoMeta) -> bytes:

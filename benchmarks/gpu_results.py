@@ -232,7 +232,13 @@ def _folder(f: dict[str, Any]) -> list[str]:
         *(
             [
                 f"- one PNG decodes in {f['decode_one_s']:.2f} s and encodes in {f['encode_one_s']:.2f} s "
-                "(OpenCV, one thread each); nothing can overlap the first decode or the last encode, so "
+                + (
+                    f"(the pipeline's read, and its writer on {f['encode_threads']} threads; OpenCV alone "
+                    f"{f['opencv_decode_one_s']:.2f} s and {f['opencv_encode_one_s']:.2f} s on one thread)"
+                    if "encode_threads" in f
+                    else "(OpenCV, one thread each)"
+                )
+                + "; nothing can overlap the first decode or the last encode, so "
                 f"the pipeline's floor is {_floor(f):.2f} s, {_floor(f) / f['model_s']:.2f}x the model time, "
                 f"and the wall time is {f['wall_s'] / _floor(f):.2f}x that floor"
             ]

@@ -33,7 +33,7 @@ def conv_variants() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(name, constexprs, launch options) of every conv3x3 launch the fused blocks make."""
     import torch
 
-    from mcan_deploy.kernels.conv3x3 import Config, gpu_configs
+    from mcan_deploy.kernels.conv3x3 import Config, gpu_configs, pack
 
     # (layer, C_in, C_out, epilogue) as runners/fused.py calls them
     layers = [
@@ -48,7 +48,7 @@ def conv_variants() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
         for layer, cin, cout, epi in layers:
             tuned = layer in ("conv1", "conv2", "body")  # the 64-channel convolutions: the chosen launch
             for cfg in gpu_configs(getattr(torch, dtype)) if tuned else (Config(),):
-                block_k = min(64, max(16, 1 << (cin - 1).bit_length()))
+                packed = pack(torch.zeros(cout, cin, 3, 3), None, torch.float32, torch.device("cpu"))
                 const: dict[str, Any] = dict(RELU=False, HAS_RES=False, CLAMP=False, SUMS=False)
                 const.update(epi)
                 const.update(
@@ -56,10 +56,11 @@ def conv_variants() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
                     LIMIT=3.0e38 if dtype != "float16" else 65504.0,
                     DOT=0,
                     I64=False,
-                    K_CHUNKS=-(-cin // block_k),
+                    K_CHUNKS=packed.k_chunks,
+                    IM2COL=packed.im2col,
                     BLOCK_M=cfg.block_m,
-                    BLOCK_N=max(16, 1 << (cout - 1).bit_length()),
-                    BLOCK_K=block_k,
+                    BLOCK_N=packed.block_n,
+                    BLOCK_K=packed.block_k,
                     ROWS=cfg.rows,
                     CACHE=cfg.cache,
                 )

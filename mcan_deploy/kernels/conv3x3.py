@@ -109,6 +109,7 @@ def _conv3x3_kernel(
     DOT: tl.constexpr,
     I64: tl.constexpr,
     K_CHUNKS: tl.constexpr,
+    IM2COL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -135,21 +136,29 @@ def _conv3x3_kernel(
     pix0 = iy0 * sx_h + ix0 * sx_w
     w_tile = WP + kk[:, None] * BLOCK_N + n[None, :]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    # one loop over the nine taps (Triton pipelines its loads), the input channels unrolled inside
-    for tap in range(9):
-        iy = iy0 + tap // 3
-        ix = ix0 + tap % 3
-        valid = mmask & (iy >= 0) & (iy < HX) & (ix >= 0) & (ix < WX)
-        if I64:  # products in int64 (a row's stride times 2 may not fit int32)
-            x_tap = x_base + (iy * sx_h + ix * sx_w)[:, None]
-        else:
-            x_tap = x_base + (pix0 + ((tap // 3) * sx_h + (tap % 3) * sx_w))[:, None]
-        for kc in tl.static_range(K_CHUNKS):
-            k = kc * BLOCK_K + kk
-            a_mask = valid[:, None] & (k < CIN)[None, :]
-            a = tl.load(x_tap + k[None, :] * sx_c, mask=a_mask, other=0.0, cache_modifier=CACHE)
-            w = tl.load(w_tile + (tap * K_CHUNKS + kc) * (BLOCK_K * BLOCK_N))
-            acc = _dot(acc, a, w, DOT)
+    if IM2COL:  # few input channels (the head's 3): all nine taps as one product, K = 9 x CIN
+        tap = kk // CIN
+        iy = iy0[:, None] + (tap // 3)[None, :]
+        ix = ix0[:, None] + (tap % 3)[None, :]
+        valid = mmask[:, None] & (kk < 9 * CIN)[None, :] & (iy >= 0) & (iy < HX) & (ix >= 0) & (ix < WX)
+        a_off = iy * sx_h + ix * sx_w + (kk % CIN)[None, :] * sx_c
+        a = tl.load(x_base + a_off, mask=valid, other=0.0, cache_modifier=CACHE)
+        acc = _dot(acc, a, tl.load(w_tile), DOT)
+    else:  # one loop over the nine taps (Triton pipelines its loads), the input channels inside
+        for tap in range(9):
+            iy = iy0 + tap // 3
+            ix = ix0 + tap % 3
+            valid = mmask & (iy >= 0) & (iy < HX) & (ix >= 0) & (ix < WX)
+            if I64:  # products in int64 (a row's stride times 2 may not fit int32)
+                x_tap = x_base + (iy * sx_h + ix * sx_w)[:, None]
+            else:
+                x_tap = x_base + (pix0 + ((tap // 3) * sx_h + (tap % 3) * sx_w))[:, None]
+            for kc in tl.static_range(K_CHUNKS):
+                k = kc * BLOCK_K + kk
+                a_mask = valid[:, None] & (k < CIN)[None, :]
+                a = tl.load(x_tap + k[None, :] * sx_c, mask=a_mask, other=0.0, cache_modifier=CACHE)
+                w = tl.load(w_tile + (tap * K_CHUNKS + kc) * (BLOCK_K * BLOCK_N))
+                acc = _dot(acc, a, w, DOT)
     v = acc + tl.load(BIAS + n)[None, :]
     omask = mmask[:, None] & (n < COUT)[None, :]
     bad = 0
@@ -233,13 +242,16 @@ def dtype_limit(dtype: torch.dtype) -> float:
 class PackedConv:
     """A 3x3 convolution's weights as the kernel reads them: (9, K, N) taps x input x output
     channels in the compute dtype, zero-padded to powers of two (at least 16, what a tensor-core
-    product takes), and the bias (N,) in float32."""
+    product takes), and the bias (N,) in float32. With ``im2col`` (at most 3 input channels,
+    the head's) (1, K, N): row tap x C_in + c, so that the nine taps are one K <= 32 product
+    instead of nine K = 16 products of which 13/16 multiply padding."""
 
     weight: torch.Tensor
     bias: torch.Tensor
     cin: int
     cout: int
     block_k: int
+    im2col: bool = False
 
     @property
     def k_chunks(self) -> int:
@@ -255,14 +267,20 @@ def pack(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, de
     cout, cin, kh, kw = weight.shape
     if (kh, kw) != (3, 3):
         raise ValueError(f"conv3x3: weight of shape {tuple(weight.shape)} is not a 3x3 convolution")
-    block_k = min(64, max(16, triton.next_power_of_2(cin)))
-    k = triton.cdiv(cin, block_k) * block_k
     n = max(16, triton.next_power_of_2(cout))
-    wp = torch.zeros(9, k, n, dtype=dtype, device=device)
-    wp[:, :cin, :cout] = weight.detach().permute(2, 3, 1, 0).reshape(9, cin, cout).to(device, dtype)
+    taps = weight.detach().permute(2, 3, 1, 0).reshape(9, cin, cout).to(device, dtype)  # (tap, k, n)
     b = torch.zeros(n, dtype=torch.float32, device=device)
     if bias is not None:
         b[:cout] = bias.detach().to(device, torch.float32)
+    if 9 * cin <= 32:  # the taps folded into K
+        block_k = max(16, triton.next_power_of_2(9 * cin))
+        wp = torch.zeros(1, block_k, n, dtype=dtype, device=device)
+        wp[0, : 9 * cin, :cout] = taps.reshape(9 * cin, cout)
+        return PackedConv(wp, b, cin, cout, block_k, im2col=True)
+    block_k = min(64, max(16, triton.next_power_of_2(cin)))
+    k = triton.cdiv(cin, block_k) * block_k
+    wp = torch.zeros(9, k, n, dtype=dtype, device=device)
+    wp[:, :cin, :cout] = taps
     return PackedConv(wp, b, cin, cout, block_k)
 
 
@@ -367,6 +385,7 @@ def conv3x3(
             DOT=_dot_mode(x),
             I64=max(max_offset(x), max_offset(res), max_offset(out)) > MAX_OFFSET,
             K_CHUNKS=conv.k_chunks,
+            IM2COL=conv.im2col,
             BLOCK_M=block_m,
             BLOCK_N=conv.block_n,
             BLOCK_K=conv.block_k,

@@ -24,7 +24,8 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 RTOL = {torch.float32: 2e-5, torch.float16: 1.5e-3, torch.bfloat16: 1.2e-2}
 SIZES = [  # (B, C_in, C_out, H, W)
     (2, 64, 64, 19, 23),  # the RCAB's convolution, no side a multiple of a block
-    (1, 3, 64, 1, 1),  # the head on one pixel
+    (1, 3, 64, 1, 1),  # the head on one pixel (its nine taps as one product, K = 27)
+    (2, 3, 64, 13, 11),  # the head, two images
     (1, 64, 3, 1, 37),  # the tail on one row
     (2, 16, 24, 40, 1),  # one column; output channels not a power of two
     (1, 64, 64, 48, 48),  # the report's training patch
@@ -135,6 +136,30 @@ def test_every_launch_configuration_computes_the_same(gpu_blocks):
         torch.testing.assert_close(sums.double().cpu(), out.double().cpu().sum((2, 3)), rtol=1e-5, atol=1e-3)
         region, _ = conv3x3(x, packed, relu=True, origin=(2, 3), size=(9, 17), config=cfg)  # row tiles too
         _close(region, want[:, :, 2:11, 3:20], torch.float16, f"{cfg} region")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_few_input_channels_run_the_nine_taps_as_one_product(channels_last, monkeypatch):
+    """At most 3 input channels (the head's) are packed tap x channel into one K <= 32 product:
+    1, 2 and 3 channels, every launch a GPU chooses among, output regions, int64 offsets."""
+    from mcan_deploy.kernels import conv3x3 as K
+
+    assert not K.pack(*_conv(4, 8), torch.float32, DEVICE).im2col, "4 channels: nine products"
+    for cin in (1, 2, 3):
+        weight, bias = _conv(cin, 24, seed=20 + cin)
+        x = _x(2, cin, 9, 14, torch.float32, channels_last, seed=cin)
+        packed = K.pack(weight, bias, torch.float32, DEVICE)
+        assert packed.im2col and packed.weight.shape == (1, 16 if cin == 1 else 32, 32)
+        want = _reference(x, weight, bias, torch.float32, relu=True)
+        for cfg in (K.default_config(DEVICE), *K.GPU_CONFIGS[:2]):
+            out, sums = K.conv3x3(x, packed, relu=True, sums=True, config=cfg)
+            _close(out, want, torch.float32, f"{cin} channels {cfg}")
+            torch.testing.assert_close(sums.double().cpu(), out.double().cpu().sum((2, 3)), rtol=1e-5, atol=1e-4)
+            region, _ = K.conv3x3(x, packed, relu=True, origin=(2, 3), size=(6, 10), config=cfg)
+            _close(region, want[:, :, 2:8, 3:13], torch.float32, f"{cin} channels {cfg} region")
+    monkeypatch.setattr(K, "MAX_OFFSET", 100)
+    wide, _ = K.conv3x3(x, packed, relu=True)
+    _close(wide, want, torch.float32, "int64 offsets")
 
 
 def test_the_overflow_flag_sees_what_a_relu_would_hide():

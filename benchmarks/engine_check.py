@@ -203,9 +203,8 @@ def engine(args: argparse.Namespace, device: torch.device, res: Results) -> None
                 overflows=report.overflows,
                 summary=report.summary(),
                 conv_run=(
-                    f"{kernels.conv} {kernels.config.describe()}"
-                    if kernels is not None and kernels.config
-                    else kernels.conv
+                    (f"{kernels.conv} {kernels.config.describe()}" if kernels.config else kernels.conv)
+                    + (f" with the head on {kernels.head}" if kernels.conv != "triton" else "")
                 )
                 if kernels is not None
                 else "-",

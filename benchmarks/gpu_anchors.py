@@ -117,6 +117,26 @@ def anchors(args: argparse.Namespace, device: torch.device, res: Results) -> Non
             return {"seconds": t * CONVS_64, "note": f"{t * 1e3:.3f} ms x {CONVS_64}"}
 
         add("cuDNN convolution + one-pass bias and ReLU", cudnn_epilogue)
+        # the head, 3 -> 64 channels (three in N): cuDNN pads the input to 8 channels and adds the
+        # bias in a pass of its own; the Triton kernel takes the nine taps as one K = 27 product
+        image = torch.rand(1, 3, h, w, device=device, dtype=dtype).contiguous(memory_format=cl)
+        head_w = (torch.randn(64, 3, 3, 3, device=device) / 5).to(dtype).contiguous(memory_format=cl)
+        head = pack(head_w.float(), bias, dtype, device)
+
+        def head_cudnn() -> dict[str, Any]:
+            def step() -> None:
+                y = F.conv2d(image, head_w, None, padding=1)
+                bias_act(y, bias, out=y)
+
+            t = timed(step, device, reps=5)
+            return {"seconds": 3 * t, "note": f"{t * 1e3:.3f} ms x 3"}
+
+        def head_triton() -> dict[str, Any]:
+            t = timed(lambda: conv3x3(image, head), device, reps=5)
+            return {"seconds": 3 * t, "note": f"{t * 1e3:.3f} ms x 3"}
+
+        add("the head (3 -> 64): cuDNN convolution + one-pass bias", head_cudnn)
+        add("the head (3 -> 64): Triton, nine taps as one K = 27 product", head_triton)
     model = copy.deepcopy(paper_model(args.smoke)).to(device, dtype).eval()
     if device.type == "cuda":
         model = model.to(memory_format=cl)  # type: ignore[call-overload]

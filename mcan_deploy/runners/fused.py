@@ -14,7 +14,10 @@ Per RCAB the work is two 3x3 convolutions; a fused design adds the fewest passes
 
 ``auto`` times the candidates on the device against each other on one RCAB of the first map it
 meets (``choose``), keeps those that agree with cuDNN's result and takes the fastest; the log
-says what each took. float16 is guarded without a pass of its own: the Triton kernels set an
+says what each took. Where cuDNN wins, the head (3 -> 64 channels, where cuDNN pads the input
+to 8 channels and adds the bias in a pass of its own) is timed too: cuDNN with the epilogue
+pass against the Triton convolution, which takes its nine taps as one K = 27 product with the
+bias in its epilogue (``head``). float16 is guarded without a pass of its own: the Triton kernels set an
 overflow flag (``flag``) in their epilogue; on cuDNN, whose float16 overflow can be a finite
 wrong value (``CUDNN_FLOAT16_NOTE``), each convolution's output is bounded from its input's
 channel magnitudes (read in the channel-sums pass) and the flag is set where a bound reaches
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONV_IMPLS = ("auto", "triton", "cudnn", "cudnn-fused")
+HEAD_IMPLS = ("cudnn", "triton")  # the head's convolution where cuDNN runs the rest
 
 
 CUDNN_FLOAT16_NOTE = (
@@ -82,6 +86,7 @@ class FusedBlocks:
     config: Config | None = field(init=False, default=None)  # the 64-channel convolutions' launch
     maps_config: Config | None = field(init=False, default=None)  # the fastest Triton launch, for the maps
     asked: str = field(init=False, default="auto")  # what conv was before "auto" was decided
+    head: str = field(init=False, default="cudnn")  # HEAD_IMPLS: the head where conv is cuDNN's
     _local: threading.local = field(init=False, default_factory=threading.local, repr=False)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock, repr=False)
 
@@ -153,7 +158,7 @@ class FusedBlocks:
         """A convolution with bias, ReLU, residual and clamp, in the chosen implementation.
         float16 runs cuDNN only where the caller bounds it (``bounded``: the whole-block path);
         elsewhere (the layer steps) the Triton convolution, whose flag guards it, runs."""
-        if self.conv == "triton" or (self.check and not bounded):
+        if self.conv == "triton" or (self.check and not bounded) or (cw.packed.im2col and self.head == "triton"):
             from ..kernels.conv3x3 import conv3x3
 
             y, _ = conv3x3(
@@ -322,17 +327,52 @@ class FusedBlocks:
             tritons = [n for n in ok if ok[n][0] == "triton"]
             maps = min(tritons, key=lambda n: self.timings[n]) if tritons else None
             self.maps_config = ok[maps][1] if maps else None
+            self.head = "triton" if self.conv == "triton" else self._choose_head(size)
             log.info(
-                "fused RCAB convolutions on %dx%d %s, ms per RCAB: %s; using %s",
+                "fused RCAB convolutions on %dx%d %s, ms per RCAB: %s; using %s%s",
                 hmap.shape[3],
                 hmap.shape[2],
                 str(self.dtype).replace("torch.", ""),
                 ", ".join(f"{n} {t:.3f}" for n, t in self.timings.items()),
                 best,
+                f", the head on {self.head}" if self.conv != "triton" else "",
             )
             if self.cache is not None:
-                self.cache.put(key, best, maps)
+                self.cache.put(key, best, maps, self.head)
             return self.conv
+
+    def _choose_head(self, size: tuple[int, int]) -> str:
+        """Time the head (3 -> C channels at ``size``) on cuDNN with its epilogue pass against
+        the Triton convolution; the faster of those that agree with cuDNN's (timings "head ...")."""
+        from ..kernels.conv3x3 import conv3x3
+
+        head = self.blocks[0].head
+        g = torch.Generator(device=self.device).manual_seed(1)
+        x = torch.rand(1, head.packed.cin, *size, generator=g, device=self.device, dtype=self.dtype)
+        x = x.contiguous(memory_format=torch.channels_last)
+        cudnn = copy.copy(self)  # shares the weights and the flags
+        cudnn.head = "cudnn"
+        runs: dict[str, Callable[[], torch.Tensor]] = {
+            "cudnn": partial(cudnn.conv3x3, x, head, bounded=True),
+            "triton": lambda: conv3x3(x, head.packed, flag=self.due_flag())[0],
+        }
+        ref = runs["cudnn"]()
+        chosen, best = "cudnn", float("inf")
+        for impl, run in runs.items():
+            try:
+                if impl != "cudnn" and not agree(run(), ref, self.dtype):  # the run also warms it up
+                    log.warning("fused head: the %s convolution disagrees with cuDNN's here; not used", impl)
+                    continue
+                ms = self.timings[f"head {impl}"] = time_ms(run, self.device)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a candidate that cannot run is not chosen
+                log.warning("fused head: the %s convolution failed here (%s); not used", impl, str(exc)[:200])
+                continue
+            if ms < best:
+                chosen, best = impl, ms
+        self.flag.zero_()
+        return chosen
 
     def _from_cache(self, key: str) -> bool:
         """Take the choice an earlier process made for ``key``, where it is still a candidate."""
@@ -340,13 +380,20 @@ class FusedBlocks:
         if entry is None:
             return False
         names = {candidate_name(impl, cfg): (impl, cfg) for impl, cfg in self.candidates()}
-        choice, maps = entry.get("choice"), entry.get("maps")
-        if choice not in names or (maps is not None and maps not in names):
-            return False
+        choice, maps, head = entry.get("choice"), entry.get("maps"), entry.get("head")
+        if choice not in names or (maps is not None and maps not in names) or head not in HEAD_IMPLS:
+            return False  # kept by a version with other candidates (or no head choice): timed again
         self.conv, self.config = names[choice]
         self.maps_config = names[maps][1] if maps else None
+        self.head = str(head)
         assert self.cache is not None
-        log.info("fused RCAB convolution for %s: %s, as timed before (kept in %s)", key, choice, self.cache.path)
+        log.info(
+            "fused RCAB convolution for %s: %s, the head on %s, as timed before (kept in %s)",
+            key,
+            choice,
+            head,
+            self.cache.path,
+        )
         return True
 
     def _trials(self, hmap: torch.Tensor, rc: RCABWeights) -> dict[str, tuple[str, Config | None]]:

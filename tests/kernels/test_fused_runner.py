@@ -287,6 +287,68 @@ def test_each_thread_has_its_own_overflow_flag():
     assert seen == [(0, False)] and fused.flag is mine and mine.item() == 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=lambda d: str(d)[6:])
+def test_the_head_on_triton_beside_cudnn_equals_the_model_in_float64(dtype, monkeypatch):
+    """Where the head was timed faster on Triton (its taps as one K = 27 product, bias in the
+    epilogue), only the heads leave cuDNN; float16 stays guarded (its flag stays clear)."""
+    from mcan_deploy.kernels import conv3x3 as K
+    from mcan_deploy.runners.fused import FusedBlocks
+
+    model = _model()
+    x = torch.rand(2, 3, 17, 22, generator=torch.Generator().manual_seed(2)).to(DEVICE, dtype)
+    fused = FusedBlocks(copy.deepcopy(model).to(DEVICE, dtype), DEVICE, dtype, "cudnn")
+    fused.head = "triton"
+    real, packed = K.conv3x3, []
+    monkeypatch.setattr(K, "conv3x3", lambda x, conv, **kw: packed.append(conv.im2col) or real(x, conv, **kw))
+    with torch.inference_mode():
+        out = fused.block(1, fused.block(0, x))
+    assert packed == [True, True], "the two heads, and nothing else, on Triton"
+    assert fused.flag.item() == 0
+    _close(out, _reference(copy.deepcopy(model).to(dtype), x), dtype, f"head on triton, {dtype}")
+
+
+def test_where_cudnn_wins_the_head_is_timed_kept_and_never_a_wrong_one(tmp_path, monkeypatch, caplog):
+    from mcan_deploy.kernels import conv3x3 as K
+    from mcan_deploy.runners.conv_choice import ChoiceCache, choice_key
+    from mcan_deploy.runners.fused import HEAD_IMPLS, FusedBlocks
+
+    monkeypatch.setattr(FusedBlocks, "candidates", lambda self: [("cudnn", None)])  # as if cuDNN won
+    cache = ChoiceCache(tmp_path / "cache")
+
+    def runner() -> FusedBlocks:
+        return FusedBlocks(copy.deepcopy(_model()).to(DEVICE), DEVICE, torch.float32, "auto", cache)
+
+    first = runner()
+    with caplog.at_level(logging.INFO, logger="mcan_deploy.runners.fused"):
+        assert first.choose(18, 20, again=True) == "cudnn"
+    assert {"head cudnn", "head triton"} <= set(first.timings) and first.head in HEAD_IMPLS
+    assert f"the head on {first.head}" in caplog.text
+    key = choice_key(DEVICE, torch.float32, 16, 18, 20)
+    assert cache.get(key) == {"choice": "cudnn", "maps": None, "head": first.head}
+    for head in HEAD_IMPLS:  # a kept head is taken as it is
+        cache.put(key, "cudnn", None, head)
+        second = runner()
+        assert second.choose(18, 20, again=True) == "cudnn" and second.head == head and not second.timings
+    cache.put(key, "cudnn", None, "nothing")  # kept by another version: timed again
+    again = runner()
+    again.choose(18, 20, again=True)
+    assert "head triton" in again.timings
+
+    real = K.conv3x3
+
+    def wrong_head(x, conv, **kw):
+        out, sums = real(x, conv, **kw)
+        return (out.mul_(1.5) if conv.im2col else out), sums
+
+    monkeypatch.setattr(K, "conv3x3", wrong_head)
+    caplog.clear()
+    wrong = runner()
+    with caplog.at_level(logging.WARNING):
+        wrong.choose(18, 19, again=True)
+    assert wrong.head == "cudnn" and "head triton" not in wrong.timings
+    assert "fused head: the triton convolution disagrees" in caplog.text
+
+
 def test_a_choice_is_kept_for_the_next_process_and_timed_again_when_stale(tmp_path, caplog):
     """The second runner (as a new process would) takes the first one's choice without timing;
     a kept name that is no longer a candidate, or an unreadable file, means timing again."""

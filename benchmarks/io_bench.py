@@ -21,7 +21,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -29,6 +28,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+try:  # run as a script (python benchmarks/io_bench.py) or imported from the package
+    from folder_bench import cpu_name
+except ImportError:
+    from benchmarks.folder_bench import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "samples" / "photo" / "city100_001_LR.png"
@@ -41,16 +45,6 @@ def median_s(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
         out = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

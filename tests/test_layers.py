@@ -11,7 +11,7 @@ from .helpers import REPO
 
 # lowest first; a module may import its own layer and those below it
 LAYERS = [
-    ["_version", "errors", "extras", "hardware", "imagesize", "telemetry", "metrics", "stats", "kernels"],
+    ["_version", "errors", "extras", "hardware", "imagesize", "png", "telemetry", "metrics", "stats", "kernels"],
     ["config", "distributed", "resources"],
     ["model"],
     ["checkpoint", "data", "io", "metadata", "arrays", "device_io"],

@@ -18,7 +18,8 @@ so files written either way are identical.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TypeVar, cast
 
@@ -117,8 +118,10 @@ class Upscaler:
         progress: bool = False,
         debug: bool = False,
         encode: EncodeOptions | None = None,
+        started: Mapping[Path, Future] | None = None,
     ) -> BatchStats:
-        """Planned jobs (``upscale.plan_jobs``), e.g. one process's share under torchrun."""
+        """Planned jobs (``upscale.plan_jobs``), e.g. one process's share under torchrun;
+        ``started``: reads begun while the model loaded (``upscale.read_first``)."""
         return upscale_jobs(
             self.runner,
             jobs,
@@ -130,6 +133,7 @@ class Upscaler:
             debug=debug,
             progress=progress,
             encode=encode,
+            started=started,
         )
 
 

@@ -343,3 +343,65 @@ def test_default_prefetch_is_off_only_for_pytorch_on_a_cpu():
         device = torch.device("cpu")
 
     assert upscale_mod.default_prefetch(OnGpu()) == 2 and upscale_mod.default_prefetch(OpenVINOLike()) == 2
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_a_read_begun_before_the_batch_is_taken_not_read_again(runner, tmp_path, monkeypatch, prefetch):
+    """``read_first`` reads the first file not to be skipped while the model loads; the batch
+    takes that read (each file is read once), writes the same files as without it, and counts
+    the early read's seconds as decode time."""
+    from mcan_deploy.upscale import files as files_mod
+    from mcan_deploy.upscale import read_first
+
+    src = small_folder(tmp_path / "in", 3)
+    plain = upscale_jobs(runner, plan_jobs([src], tmp_path / "plain"), CFG, prefetch=prefetch, progress=False)
+    reads: list[str] = []
+    real = files_mod.read_photo_array
+    monkeypatch.setattr(files_mod, "read_photo_array", lambda path, *a: reads.append(path.name) or real(path, *a))
+    out = tmp_path / "early"
+    out.mkdir()
+    (out / "0.png").write_bytes(b"kept")  # skipped without --overwrite: the first to read is 1.png
+    jobs = plan_jobs([src], out)
+    with read_first(jobs) as started:
+        assert list(started) == [src / "1.png"]
+        seconds, _ = started[src / "1.png"].result()
+        assert reads == ["1.png"]
+        stats = upscale_jobs(runner, jobs, CFG, prefetch=prefetch, progress=False, started=started)
+    assert sorted(reads) == ["1.png", "2.png"], "1.png read once, before the batch"
+    assert stats.done == 2 and stats.skipped == 1 and stats.decode_s >= seconds
+    assert files(out) == {**files(tmp_path / "plain"), "0.png": b"kept"}
+    assert plain.done == 3
+    with read_first(jobs[:1]) as none:
+        assert none == {}, "nothing to read where every job is skipped"
+
+
+def test_mcan_upscale_reads_the_first_photo_while_the_model_loads(model_file, tmp_path, monkeypatch, capsys):
+    """The model's load waits here until the first file's read has begun: without the read
+    ahead the run would stop at the wait's time limit; and the batch takes that read (every
+    file is read once). A bad first file is still reported by name and the batch goes on."""
+    import mcan_deploy.api as api
+    from mcan_deploy.upscale import files as files_mod
+
+    path, _ = model_file
+    src = small_folder(tmp_path / "in", 2)
+    reads: list[str] = []
+    real_array = files_mod.read_photo_array
+    monkeypatch.setattr(files_mod, "read_photo_array", lambda p, *a: reads.append(p.name) or real_array(p, *a))
+    reading = threading.Event()
+    real_read = upscale_mod.read_source
+    monkeypatch.setattr(upscale_mod, "read_source", lambda *a: reading.set() or real_read(*a))
+    real_load = api.load
+
+    def load(*args, **kw):
+        assert reading.wait(20), "the first read did not begin while the model loaded"
+        return real_load(*args, **kw)
+
+    monkeypatch.setattr(api, "load", load)
+    assert main([str(path), str(src), "-o", str(tmp_path / "out"), "--backend", "torch", "--no-progress"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png", "1.png"]
+    assert sorted(reads) == ["0.png", "1.png"]
+    (src / "0.png").write_bytes(b"not a png")
+    reading.clear()
+    args = [str(path), str(src), "-o", str(tmp_path / "bad"), "--backend", "torch", "--no-progress"]
+    assert main(args) == 1
+    assert "0.png" in capsys.readouterr().err and (tmp_path / "bad" / "1.png").exists()

@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING
 from .common import cli_main
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+    from pathlib import Path
+
+    from ..api import Upscaler
     from ..distributed import Dist
+    from ..upscale import Job
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,12 +194,30 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
+    from ..errors import MCANError
+    from ..upscale import plan_jobs, read_first
+
+    # the files are planned before the model loads, so that this rank's first file is read
+    # meanwhile (read_first); a planning error is raised after the load, so that a bad model
+    # is still the error reported first
+    try:
+        planned: list[Job] | MCANError = plan_jobs(args.inputs, args.out, args.suffix)
+    except MCANError as exc:
+        planned = exc
+    jobs = dist.shard(planned) if isinstance(planned, list) else []  # every rank planned all files
+    with read_first(jobs, int(args.max_pixels), args.overwrite) as started:
+        model = _load(args, device)
+        if isinstance(planned, MCANError):
+            raise planned
+        dist.check_same("the list of input files", [(str(j.src), str(j.dst)) for j in planned])
+        return _run_jobs(args, dist, model, jobs, started)
+
+
+def _load(args: argparse.Namespace, device: str) -> Upscaler:
+    """The model as the options ask, its set-up time logged."""
     import logging
 
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     from ..api import load
-    from ..upscale import plan_jobs
 
     t_load = time.perf_counter()
     model = load(
@@ -214,15 +237,25 @@ def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
         cache_dir=args.cache_dir,
         trust_pickle=args.trust_pickle,
     )
-    from ..metadata import EncodeOptions
 
     # where a single photo's wall time goes (imports and interpreter start-up are before this)
     log = logging.getLogger("mcan_deploy.cli.upscale")
     log.info("model ready in %.2f s (read, back-end set-up, device context)", time.perf_counter() - t_load)
+    return model
+
+
+def _run_jobs(
+    args: argparse.Namespace, dist: Dist, model: Upscaler, jobs: list[Job], started: dict[Path, Future]
+) -> int:
+    """Every job through the model (``started``: the first file's read, begun during the load)."""
+    import logging
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from ..metadata import EncodeOptions
+
+    log = logging.getLogger("mcan_deploy.cli.upscale")
     encode = EncodeOptions(args.jpeg_quality, args.jpeg_subsampling, args.webp_quality, args.webp_lossless)
-    jobs = plan_jobs(args.inputs, args.out, args.suffix)
-    dist.check_same("the list of input files", [(str(j.src), str(j.dst)) for j in jobs])
-    jobs = dist.shard(jobs)  # every rank planned all files; each takes its share
     t0 = time.perf_counter()
     with logging_redirect_tqdm():  # log lines through tqdm.write, as with the bars, on every rank
         stats = model.upscale_jobs(
@@ -234,6 +267,7 @@ def _upscale(args: argparse.Namespace, dist: Dist, device: str) -> int:
             progress=not args.no_progress and dist.is_main,
             debug=args.debug,
             encode=encode,
+            started=started,
         )
     log.info(
         "time: decode %.2f s, model %.2f s (the first image's includes kernel compiles and tuning), "

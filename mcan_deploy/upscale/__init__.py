@@ -2,7 +2,7 @@
 (``files``), the ordered bounded pipeline (``pipeline``) and the batch that runs it with its
 error policy and statistics (``batch``)."""
 
-from .batch import BatchStats, default_prefetch, upscale_file, upscale_jobs
+from .batch import BatchStats, default_prefetch, read_first, upscale_file, upscale_jobs
 from .files import Prepared, fetch_result, prepare, resize, write_result
 from .jobs import Job, plan_jobs
 
@@ -14,6 +14,7 @@ __all__ = [
     "fetch_result",
     "plan_jobs",
     "prepare",
+    "read_first",
     "resize",
     "upscale_file",
     "upscale_jobs",

@@ -9,9 +9,10 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..device_io import DeviceIO, Pending
@@ -20,7 +21,7 @@ from ..io import DEFAULT_MAX_PIXELS
 from ..metadata import EncodeOptions
 from ..runners import Runner
 from ..tiling import TileConfig, TileReport, planned_windows, upscale_tensor
-from .files import Prepared, fetch_result, prepare, write_result
+from .files import Prepared, fetch_result, prepare, read_source, write_result
 from .jobs import Job
 from .pipeline import OrderedPipeline, Outcome
 
@@ -74,6 +75,33 @@ def _log_failure(job: Job, exc: BaseException) -> None:
         )
 
 
+def _timed_read(job: Job, max_pixels: int) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    source = read_source(job, max_pixels)
+    return time.perf_counter() - t0, source
+
+
+@contextlib.contextmanager
+def read_first(
+    jobs: Sequence[Job], max_pixels: int = DEFAULT_MAX_PIXELS, overwrite: bool = False
+) -> Iterator[dict[Path, Future]]:
+    """Read the first file to upscale on a thread of its own while the caller gets the model
+    ready, and hand the read to ``upscale_jobs(started=...)``: {source path: future}.
+
+    Why: nothing else overlaps the first file's read. On an H200 host a 12 MP PNG took about
+    0.35 s to read, and the model 0.3 s (in a running process) to 0.9 s (in a fresh one) to get
+    ready. Nothing is read for a job that would be skipped. A read nobody takes is dropped."""
+    first = next((job for job in jobs if overwrite or not job.dst.exists()), None)
+    if first is None:
+        yield {}
+        return
+    pool = ThreadPoolExecutor(1, thread_name_prefix="mcan-read-first")
+    try:
+        yield {first.src: pool.submit(_timed_read, first, max_pixels)}
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def default_prefetch(runner: Runner) -> int:
     """Images to read ahead and write behind: 2, or 0 for PyTorch on a CPU. Its OpenMP threads
     wait for the slowest of them at every layer, so file work on a core the model uses slows the
@@ -97,6 +125,7 @@ def upscale_jobs(
     debug: bool = False,
     progress: bool = True,
     encode: EncodeOptions | None = None,
+    started: Mapping[Path, Future] | None = None,
 ) -> BatchStats:
     """Upscale ``jobs`` in order, overlapping file reading and writing with the model.
 
@@ -124,6 +153,7 @@ def upscale_jobs(
     are always shut down on return.
 
     ``progress`` shows an images bar and a per-image tile bar (tqdm, logging routed past them).
+    ``started``: reads begun before the call (``read_first``), taken in place of reading again.
     """
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -132,7 +162,7 @@ def upscale_jobs(
         raise MCANError(f"prefetch = {prefetch}: must be >= 0")
     if workers is not None and workers < 1:
         raise MCANError(f"workers = {workers}: must be >= 1")
-    batch = _Batch(runner, cfg, scale, max_pixels, encode, debug, progress)
+    batch = _Batch(runner, cfg, scale, max_pixels, encode, debug, progress, dict(started or {}))
     with (
         logging_redirect_tqdm() if progress else contextlib.nullcontext(),
         tqdm(total=len(jobs), desc="images", unit="img", disable=not progress) as batch.images,
@@ -162,6 +192,7 @@ class _Batch:
     encode: EncodeOptions | None
     debug: bool
     progress: bool
+    started: dict[Path, Future]  # reads begun before the batch (read_first), by source
     stats: BatchStats = dataclasses.field(default_factory=BatchStats)
     images: Any = None  # the images progress bar
     t_start: float = dataclasses.field(default_factory=time.perf_counter)
@@ -179,8 +210,15 @@ class _Batch:
                 setattr(self.stats, what, getattr(self.stats, what) + time.perf_counter() - t0)
 
     def decode(self, job: Job) -> Prepared:
-        """On a reader thread: the file read, resized and (on a GPU) on its way up."""
-        return self._timed("decode_s", prepare, job, self.scale, self.max_pixels, self.io)
+        """On a reader thread: the file read (or the read begun before, taken), resized and
+        (on a GPU) on its way up."""
+        early = self.started.pop(job.src, None)
+        if early is None:
+            return self._timed("decode_s", prepare, job, self.scale, self.max_pixels, self.io)
+        seconds, source = early.result()
+        with self.lock:
+            self.stats.decode_s += seconds
+        return self._timed("decode_s", prepare, job, self.scale, self.max_pixels, self.io, source)
 
     def write(self, job: Job, prepared: Prepared, out: Pending) -> None:
         """On a writer thread: the output encoded and written."""

@@ -54,12 +54,25 @@ class Prepared:
     upload: Pending | None = None  # x on its way to a GPU (``x`` is then that device tensor)
 
 
-def prepare(job: Job, scale: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS, io: DeviceIO | None = None) -> Prepared:
-    """Read ``job.src`` and resize it (and its alpha) by ``scale``; ``max_pixels`` bounds the
-    file's declared size (before decoding) and the size after ``scale``. With a GPU's ``io``
-    the image goes up at once on a side stream: colour pixels at the target size as stored
-    integers, converted on the device; anything else as float32 from pinned memory."""
-    arr, meta = read_photo_array(job.src, max_pixels)
+def read_source(job: Job, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, PhotoMeta]:
+    """``job.src``'s pixels as stored and its metadata (``io.read_photo_array``): the part of
+    ``prepare`` that needs no device, so it can run before the model is ready."""
+    return read_photo_array(job.src, max_pixels)
+
+
+def prepare(
+    job: Job,
+    scale: float = 1.0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    io: DeviceIO | None = None,
+    source: tuple[np.ndarray, PhotoMeta] | None = None,
+) -> Prepared:
+    """Read ``job.src`` (or take ``source``, what ``read_source`` returned for it) and resize
+    it (and its alpha) by ``scale``; ``max_pixels`` bounds the file's declared size (before
+    decoding) and the size after ``scale``. With a GPU's ``io`` the image goes up at once on a
+    side stream: colour pixels at the target size as stored integers, converted on the device;
+    anything else as float32 from pinned memory."""
+    arr, meta = source if source is not None else read_source(job, max_pixels)
     depth, gray, has_alpha = pixel_info(arr, job.src)
     h, w = arr.shape[:2]
     th, tw = max(1, round(h * scale)), max(1, round(w * scale))

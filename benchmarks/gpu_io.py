@@ -7,7 +7,8 @@
   result equals the host-conversion path's array bit for bit (the same model on the same input).
 - ``startup``: one 12 MP PNG through ``mcan-upscale`` in a fresh process, with an empty Triton
   cache and convolution choice (a first run on a machine) and again with them filled: wall time, and the process's own
-  split (model ready, decode, model, encode); imports and interpreter start-up are the rest.
+  split (model ready, decode, model, encode); and, each in a fresh process, the interpreter's start, the imports
+  and the CUDA context.
 """
 
 from __future__ import annotations
@@ -89,12 +90,39 @@ def _run_cli(model: Path, src: Path, out: Path, device: torch.device, env: dict[
     return row
 
 
+# what mcan-upscale imports on its way to the first image (the CLI's own imports are lazy)
+IMPORTS = "import torch, cv2, PIL.Image, mcan_deploy.api, mcan_deploy.upscale, mcan_deploy.cli.upscale"
+CUDA_CONTEXT = (
+    "import time, torch; t0 = time.perf_counter(); torch.empty(1, device='cuda'); torch.cuda.synchronize(); "
+    "print(time.perf_counter() - t0)"
+)
+
+
+def _fresh_s(code: str, env: dict[str, str]) -> float:
+    """Wall seconds of ``python -c code`` in a fresh process, or what it prints (a float)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"python -c {code!r} exited {proc.returncode}: {proc.stderr[-300:]}")
+    return float(proc.stdout) if proc.stdout.strip() else wall
+
+
+def startup_parts(device: torch.device, env: dict[str, str]) -> dict[str, float]:
+    """A fresh process's costs before the model: the interpreter alone, the imports (with the
+    interpreter), and on a GPU the CUDA context (the first tensor on the device)."""
+    parts = {"interpreter_s": _fresh_s("pass", env), "imports_s": _fresh_s(IMPORTS, env)}
+    if device.type == "cuda":
+        parts["cuda_context_s"] = _fresh_s(CUDA_CONTEXT, env)
+    return parts
+
+
 def startup(args: argparse.Namespace, device: torch.device, res: Results) -> None:
     import cv2
 
     h, w = (96, 128) if args.smoke else (3000, 4000)
     rows: list[dict[str, Any]] = []
-    section = {"size": f"{w}x{h}", "rows": rows}
+    section: dict[str, Any] = {"size": f"{w}x{h}", "rows": rows}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         path = _model_file(folder, args.smoke)
@@ -106,6 +134,7 @@ def startup(args: argparse.Namespace, device: torch.device, res: Results) -> Non
             "MCAN_DEPLOY_CACHE": str(folder / "mcan-cache"),  # the convolution choice
             "PYTHONPATH": str(REPO),
         }
+        section.update(startup_parts(device, env))
         for cache in ("empty", "filled"):
             row = {"cache": cache, **_run_cli(path, src, folder / "out", device, env)}
             rows.append(row)

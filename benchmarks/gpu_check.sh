@@ -10,8 +10,9 @@
 #      convolution alone, one memory pass                                          (45 s)
 #   3. engine: paper-size N on a 12 MP photo, every plan x dtype on the fused path (each
 #      convolution), the eager path's main rows: time, peak vs memory model, difference (130 s)
-#   4. api: mcan_deploy.load(...).upscale(uint8 12 MP array), first and second call      (20 s)
-#   5. startup: one photo through mcan-upscale in a fresh process, Triton cache empty and filled (40 s)
+#   4. api: mcan_deploy.load(...).upscale(uint8 12 MP array), first and second call      (15 s)
+#   5. startup: one photo through mcan-upscale in a fresh process, Triton cache empty and filled,
+#      then the interpreter, the imports and the CUDA context in a fresh process             (45 s)
 #   6. folder: mcan-upscale on four 12 MP photos vs the model time alone, one PNG's decode
 #      and encode (the pipeline's fill and drain)                                       (45 s)
 #   7. quality: the demo plan trained on the GPU, each dtype's and plan's share of the
@@ -82,8 +83,8 @@ PY
     step 10 fp16-probe "$PY" benchmarks/fp16_overflow_probe.py --out "$WORK"
     step 45 anchors "$PY" benchmarks/gpu_anchors.py --seconds 30 --out "$WORK"
     step 130 engine "$PY" benchmarks/engine_check.py engine --seconds 110 --out "$WORK"
-    step 20 api "$PY" benchmarks/gpu_io.py api --out "$WORK"
-    step 40 startup "$PY" benchmarks/gpu_io.py startup --out "$WORK"
+    step 15 api "$PY" benchmarks/gpu_io.py api --out "$WORK"
+    step 45 startup "$PY" benchmarks/gpu_io.py startup --out "$WORK"
     step 45 folder "$PY" benchmarks/engine_check.py folder --out "$WORK"
     step 55 quality "$PY" benchmarks/gpu_quality.py --seconds 12 --out "$WORK"
     step 25 train "$PY" benchmarks/engine_check.py train --out "$WORK"

@@ -220,7 +220,7 @@ def _startup(s: dict[str, Any], api: dict[str, Any] | None = None) -> list[str]:
     if "imports_s" in s:
         cuda = f", the CUDA context {s['cuda_context_s']:.2f} s" if "cuda_context_s" in s else ""
         lines.append(
-            f"Each in a fresh process: the interpreter alone {s['interpreter_s']:.2f} s, with the imports "
+            f"In a fresh process: the interpreter's start {s['interpreter_s']:.2f} s, the imports "
             f"{s['imports_s']:.2f} s{cuda}."
         )
     if api is not None and s["rows"] and "model_s" in s["rows"][-1] and api.get("size") == s["size"]:

@@ -37,6 +37,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TRITON_DE
 RESULTS="${OUT:-benchmarks/results}"
 WORK="$RESULTS/gpu-check-work"
 mkdir -p "$WORK"
+printf 'step\tlimit_s\ttook_s\texit\n' > "$WORK/steps.tsv"
 status=0
 step() {  # step SECONDS NAME COMMAND...: run with a time limit, log to $WORK/NAME.log
     local limit=$1 name=$2
@@ -47,6 +48,7 @@ step() {  # step SECONDS NAME COMMAND...: run with a time limit, log to $WORK/NA
     local rc=$?
     tail -n 2 "$WORK/$name.log"
     echo "gpu_check: $name took $((SECONDS - t0)) s"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$limit" "$((SECONDS - t0))" "$rc" >> "$WORK/steps.tsv"  # in the archive
     if [[ $rc -ne 0 ]]; then
         echo "gpu_check: $name FAILED (exit $rc$([[ $rc -eq 124 ]] && echo ', time limit'))"
         status=1

@@ -35,7 +35,12 @@ def test_smoke_run_covers_every_section_plan_and_dtype_and_packs_its_files(tmp_p
     (archive,) = tmp_path.glob("gpu-check-*.tar.gz")
     with tarfile.open(archive) as tar:
         packed = {os.path.basename(n) for n in tar.getnames()}
+        member = next(m for m in tar.getmembers() if m.name.endswith("steps.tsv"))
+        steps = [line.split("\t") for line in tar.extractfile(member).read().decode().splitlines()[1:]]
     assert {"engine.log", "anchors.log", "quality.log", "startup.log", "packed.log"} <= packed
+    # each step's limit, time taken and exit code, in order (what sizes the limits of the next run)
+    assert [s[0] for s in steps][:2] == ["anchors", "engine"] and len(steps) == 9
+    assert all(int(took) <= int(limit) and code == "0" for _, limit, took, code in steps), steps
     (js,) = tmp_path.glob("gpu-smoke-*.json")
     data = json.loads(js.read_text())
     rows = data["engine"]["rows"]

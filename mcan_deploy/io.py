@@ -286,7 +286,12 @@ def encode_array(
     if bit_depth == 32:
         return np.clip(img, 0.0, 1.0).astype(np.float32)
     peak, dtype = (255.0, np.uint8) if bit_depth == 8 else (65535.0, np.uint16)
-    return np.clip(np.rint(img * peak), 0, peak).astype(dtype)
+    # rint(clip(img * peak)) as before, with one float temporary, in C order (img may be a
+    # permuted view): each fresh 12 MP float array costs page faults, 1.3 s on a small VM
+    scaled = np.multiply(img, peak, order="C")
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, peak, out=scaled)
+    return scaled.astype(dtype)
 
 
 def write_image(

@@ -53,6 +53,7 @@ def test_encode_on_the_device_equals_the_host_including_ties_and_out_of_range(de
     flat = y.view(-1)
     flat[: len(ties)] = torch.from_numpy(ties)
     host = encode_array(y.clamp(0, 1).permute(1, 2, 0).numpy(), None, depth, False, order)
+    assert host.flags.c_contiguous, "in the order a file stores it, from a permuted view (no copy to write it)"
     dev = device_encode(y.to(DEVICE), depth, order).cpu()
     assert dev.dtype == (torch.uint8 if depth == 8 else torch.uint16) and dev.shape == (40, 50, 3)
     assert np.array_equal(dev.numpy(), host)

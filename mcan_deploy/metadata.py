@@ -119,8 +119,8 @@ def read_meta(data: bytes, where: str | Path = "image") -> PhotoMeta:
         with _EXIF_WARNINGS, warnings.catch_warnings(record=True) as caught:  # Pillow warns on truncated EXIF
             warnings.simplefilter("always")
             # Pillow decodes a whole PNG to look for EXIF after its pixels: only where some is there
-            late = im.format == "PNG" and _png_metadata_after_pixels(data)
-            exif = Image.Image.getexif(im) if im.format == "PNG" and not late else im.getexif()
+            headers_only = im.format == "PNG" and not _png_metadata_after_pixels(data)
+            exif = Image.Image.getexif(im) if headers_only else im.getexif()
             if len(exif):
                 exif.get_ifd(EXIF_IFD)  # parse the sub-IFD now: a broken one fails here, not when written
         if caught:
@@ -255,8 +255,9 @@ def encode_with_meta(
     arr: np.ndarray, suffix: str, meta: PhotoMeta, options: EncodeOptions, where: object = "image"
 ) -> bytes | None:
     """``arr`` (H, W[, C]) uint8/uint16 in RGB order, encoded with ``meta``; None where the plain
-    encoder (``io.encode_pixels``) should write it (BMP, or PNG/TIFF with nothing to carry). Metadata that cannot be
-    written is left out with one warning naming ``where``: it never fails an image."""
+    encoder (``io.encode_pixels``) should write it (BMP, or PNG/TIFF with nothing to carry).
+    Metadata that cannot be written is left out with one warning naming ``where``: it never
+    fails an image."""
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}.get(
         suffix.lower()
     )

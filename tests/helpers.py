@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -114,3 +116,18 @@ def once_per_run(tmp_path_factory: Any, name: str, build: Callable[[Path], objec
                 torch.set_num_threads(n)
             (folder / ".done").touch()
     return folder
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    """(type, data, the whole chunk) of every chunk of a PNG file, read by hand from the PNG
+    spec (sec. 5.3: length, type, data, CRC), each CRC checked: the tests' own reader."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    out, pos = [], 8
+    while pos < len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        body = data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack_from(">I", data, pos + 8 + length)
+        assert crc == zlib.crc32(kind + body), kind
+        out.append((kind, body, data[pos : pos + 12 + length]))
+        pos += 12 + length
+    return out

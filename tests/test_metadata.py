@@ -23,6 +23,8 @@ from mcan_deploy.metadata import EncodeOptions, upright
 from mcan_deploy.model import ModelConfig, build_model
 from mcan_deploy.runners import TorchRunner
 
+from .helpers import png_chunks
+
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 # an RGB profile whose bytes differ from Pillow's sRGB (another device model): what a camera embeds
 OTHER_RGB = SRGB[:48] + b"TEST" + SRGB[52:]
@@ -182,16 +184,6 @@ def test_png_text_and_dpi_are_kept(model_file, tmp_path):
     assert png.info["dpi"] == pytest.approx((300, 300), abs=0.01) and jpg.info["dpi"] == (300, 300)
 
 
-def _chunks(png: bytes) -> list[bytes]:
-    """A PNG's chunks, each whole (length, type, data, CRC), after its 8-byte signature."""
-    out, pos = [], 8
-    while pos < len(png):
-        (length,) = struct.unpack_from(">I", png, pos)
-        out.append(png[pos : pos + 12 + length])
-        pos += 12 + length
-    return out
-
-
 def test_png_metadata_is_read_without_decoding_the_pixels_unless_it_follows_them(tmp_path, monkeypatch):
     """Pillow's PNG ``getexif`` decodes every pixel to look for EXIF after the image data (the
     larger part of reading a 12 MP photo). A file whose EXIF and text come first is read
@@ -203,7 +195,7 @@ def test_png_metadata_is_read_without_decoding_the_pixels_unless_it_follows_them
     buf = io.BytesIO()
     Image.fromarray(photo()).save(buf, "PNG", pnginfo=info, exif=exif_with(t0112=6, t010F="Cam"))
     first = buf.getvalue()
-    chunks = _chunks(first)
+    chunks = [whole for _, _, whole in png_chunks(first)]
     kinds = [c[4:8] for c in chunks]
     assert kinds.index(b"eXIf") < kinds.index(b"IDAT") and kinds.index(b"tEXt") < kinds.index(b"IDAT")
     moved = [c for c in chunks if c[4:8] in (b"eXIf", b"tEXt")]

@@ -16,6 +16,8 @@ from PIL import Image
 
 from mcan_deploy import png
 
+from .helpers import png_chunks
+
 SIZES = [(1, 1), (1, 7), (5, 1), (37, 29)]
 
 
@@ -26,16 +28,7 @@ def pixels(h: int, w: int, c: int, dtype: type, seed: int = 0) -> np.ndarray:
 
 def chunks(data: bytes) -> list[tuple[bytes, bytes]]:
     """(type, data) of every chunk, each chunk's CRC checked."""
-    assert data[:8] == png.SIGNATURE
-    out, pos = [], 8
-    while pos < len(data):
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        body = data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack_from(">I", data, pos + 8 + length)
-        assert crc == zlib.crc32(kind + body), kind
-        out.append((kind, body))
-        pos += 12 + length
-    return out
+    return [(kind, body) for kind, body, _ in png_chunks(data)]
 
 
 def opencv_reads(data: bytes, c: int) -> np.ndarray:

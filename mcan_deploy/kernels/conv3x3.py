@@ -72,6 +72,64 @@ def _beyond(v, mask, LIMIT: tl.constexpr):
 
 
 @triton.jit
+def _im2col_product(
+    acc, x_base, iy0, ix0, mmask, kk, w_tile, CIN, HX, WX, sx_c, sx_h, sx_w, DOT: tl.constexpr, CACHE: tl.constexpr
+):
+    """acc + the nine taps as one product: the input gathered as (pixels, tap x CIN + c)."""
+    tap = kk // CIN
+    iy = iy0[:, None] + (tap // 3)[None, :]
+    ix = ix0[:, None] + (tap % 3)[None, :]
+    valid = mmask[:, None] & (kk < 9 * CIN)[None, :] & (iy >= 0) & (iy < HX) & (ix >= 0) & (ix < WX)
+    a_off = iy * sx_h + ix * sx_w + (kk % CIN)[None, :] * sx_c
+    a = tl.load(x_base + a_off, mask=valid, other=0.0, cache_modifier=CACHE)
+    return _dot(acc, a, tl.load(w_tile), DOT)
+
+
+@triton.jit
+def _tap_products(
+    acc,
+    x_base,
+    iy0,
+    ix0,
+    mmask,
+    kk,
+    w_tile,
+    CIN,
+    HX,
+    WX,
+    sx_c,
+    sx_h,
+    sx_w,
+    DOT: tl.constexpr,
+    CACHE: tl.constexpr,
+    I64: tl.constexpr,
+    K_CHUNKS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """acc + one product per tap and chunk of input channels: one loop over the nine taps
+    (Triton pipelines its loads), the channel chunks unrolled inside."""
+    # what does not change from tap to tap, once (the compiler would hoist it; Triton's
+    # interpreter, which runs the CPU tests, pays for each tensor operation)
+    pix0 = iy0 * sx_h + ix0 * sx_w
+    for tap in range(9):
+        iy = iy0 + tap // 3
+        ix = ix0 + tap % 3
+        valid = mmask & (iy >= 0) & (iy < HX) & (ix >= 0) & (ix < WX)
+        if I64:  # products in int64 (a row's stride times 2 may not fit int32)
+            x_tap = x_base + (iy * sx_h + ix * sx_w)[:, None]
+        else:
+            x_tap = x_base + (pix0 + ((tap // 3) * sx_h + (tap % 3) * sx_w))[:, None]
+        for kc in tl.static_range(K_CHUNKS):
+            k = kc * BLOCK_K + kk
+            a_mask = valid[:, None] & (k < CIN)[None, :]
+            a = tl.load(x_tap + k[None, :] * sx_c, mask=a_mask, other=0.0, cache_modifier=CACHE)
+            w = tl.load(w_tile + (tap * K_CHUNKS + kc) * (BLOCK_K * BLOCK_N))
+            acc = _dot(acc, a, w, DOT)
+    return acc
+
+
+@triton.jit
 def _conv3x3_kernel(
     X,
     WP,
@@ -129,36 +187,15 @@ def _conv3x3_kernel(
         n = n.to(tl.int64)
         kk = kk.to(tl.int64)
     x_base = X + pid_b.to(tl.int64) * sx_b
-    # what does not change from tap to tap, once (the compiler would hoist it; Triton's
-    # interpreter, which runs the CPU tests, pays for each tensor operation)
-    iy0 = p + (OY - 1)
+    iy0 = p + (OY - 1)  # the top-left tap's input pixel
     ix0 = q + (OX - 1)
-    pix0 = iy0 * sx_h + ix0 * sx_w
     w_tile = WP + kk[:, None] * BLOCK_N + n[None, :]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if IM2COL:  # few input channels (the head's 3): all nine taps as one product, K = 9 x CIN
-        tap = kk // CIN
-        iy = iy0[:, None] + (tap // 3)[None, :]
-        ix = ix0[:, None] + (tap % 3)[None, :]
-        valid = mmask[:, None] & (kk < 9 * CIN)[None, :] & (iy >= 0) & (iy < HX) & (ix >= 0) & (ix < WX)
-        a_off = iy * sx_h + ix * sx_w + (kk % CIN)[None, :] * sx_c
-        a = tl.load(x_base + a_off, mask=valid, other=0.0, cache_modifier=CACHE)
-        acc = _dot(acc, a, tl.load(w_tile), DOT)
-    else:  # one loop over the nine taps (Triton pipelines its loads), the input channels inside
-        for tap in range(9):
-            iy = iy0 + tap // 3
-            ix = ix0 + tap % 3
-            valid = mmask & (iy >= 0) & (iy < HX) & (ix >= 0) & (ix < WX)
-            if I64:  # products in int64 (a row's stride times 2 may not fit int32)
-                x_tap = x_base + (iy * sx_h + ix * sx_w)[:, None]
-            else:
-                x_tap = x_base + (pix0 + ((tap // 3) * sx_h + (tap % 3) * sx_w))[:, None]
-            for kc in tl.static_range(K_CHUNKS):
-                k = kc * BLOCK_K + kk
-                a_mask = valid[:, None] & (k < CIN)[None, :]
-                a = tl.load(x_tap + k[None, :] * sx_c, mask=a_mask, other=0.0, cache_modifier=CACHE)
-                w = tl.load(w_tile + (tap * K_CHUNKS + kc) * (BLOCK_K * BLOCK_N))
-                acc = _dot(acc, a, w, DOT)
+        acc = _im2col_product(acc, x_base, iy0, ix0, mmask, kk, w_tile, CIN, HX, WX, sx_c, sx_h, sx_w, DOT, CACHE)
+    else:
+        acc = _tap_products(acc, x_base, iy0, ix0, mmask, kk, w_tile, CIN, HX, WX, sx_c, sx_h, sx_w,
+                            DOT, CACHE, I64, K_CHUNKS, BLOCK_K, BLOCK_N)  # fmt: skip
     v = acc + tl.load(BIAS + n)[None, :]
     omask = mmask[:, None] & (n < COUT)[None, :]
     bad = 0

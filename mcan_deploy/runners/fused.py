@@ -17,11 +17,13 @@ meets (``choose``), keeps those that agree with cuDNN's result and takes the fas
 says what each took. Where cuDNN wins, the head (3 -> 64 channels, where cuDNN pads the input
 to 8 channels and adds the bias in a pass of its own) is timed too: cuDNN with the epilogue
 pass against the Triton convolution, which takes its nine taps as one K = 27 product with the
-bias in its epilogue (``head``). float16 is guarded without a pass of its own: the Triton kernels set an
-overflow flag (``flag``) in their epilogue; on cuDNN, whose float16 overflow can be a finite
-wrong value (``CUDNN_FLOAT16_NOTE``), each convolution's output is bounded from its input's
-channel magnitudes (read in the channel-sums pass) and the flag is set where a bound reaches
-float16's range; the layer steps run float16 on Triton. Exact global statistics over parts of
+bias in its epilogue (``head``).
+
+float16 is guarded without a pass of its own: the Triton kernels set an overflow flag
+(``flag``) in their epilogue; on cuDNN, whose float16 overflow can be a finite wrong value
+(``CUDNN_FLOAT16_NOTE``), each convolution's output is bounded from its input's channel
+magnitudes (read in the channel-sums pass) and the flag is set where a bound reaches float16's
+range; the layer steps run float16 on Triton. Exact global statistics over parts of
 full-size maps run through ``block_on_maps`` (``runners.fused_maps``: Triton output regions or
 cuDNN row bands), no window gathers, the same passes as the whole image.
 """

@@ -75,6 +75,11 @@ def _log_failure(job: Job, exc: BaseException) -> None:
         )
 
 
+def _skipped(job: Job, overwrite: bool) -> bool:
+    """An existing output is kept unless ``overwrite``."""
+    return job.dst.exists() and not overwrite
+
+
 def _timed_read(job: Job, max_pixels: int) -> tuple[float, Any]:
     t0 = time.perf_counter()
     source = read_source(job, max_pixels)
@@ -91,7 +96,7 @@ def read_first(
     Why: nothing else overlaps the first file's read. On an H200 host a 12 MP PNG took about
     0.35 s to read, and the model 0.3 s (in a running process) to 0.9 s (in a fresh one) to get
     ready. Nothing is read for a job that would be skipped. A read nobody takes is dropped."""
-    first = next((job for job in jobs if overwrite or not job.dst.exists()), None)
+    first = next((job for job in jobs if not _skipped(job, overwrite)), None)
     if first is None:
         yield {}
         return
@@ -169,7 +174,7 @@ def upscale_jobs(
         OrderedPipeline(
             jobs,
             batch.decode,
-            lambda job: job.dst.exists() and not overwrite,
+            lambda job: _skipped(job, overwrite),
             batch.report,
             prefetch,
             workers or max(1, min(prefetch, 2)),
@@ -212,12 +217,11 @@ class _Batch:
     def decode(self, job: Job) -> Prepared:
         """On a reader thread: the file read (or the read begun before, taken), resized and
         (on a GPU) on its way up."""
-        early = self.started.pop(job.src, None)
-        if early is None:
-            return self._timed("decode_s", prepare, job, self.scale, self.max_pixels, self.io)
-        seconds, source = early.result()
-        with self.lock:
-            self.stats.decode_s += seconds
+        early, source = self.started.pop(job.src, None), None
+        if early is not None:
+            seconds, source = early.result()
+            with self.lock:
+                self.stats.decode_s += seconds
         return self._timed("decode_s", prepare, job, self.scale, self.max_pixels, self.io, source)
 
     def write(self, job: Job, prepared: Prepared, out: Pending) -> None:

@@ -159,8 +159,8 @@ def test_the_pipeline_on_a_gpu_writes_the_host_paths_files(runner, tmp_path, mon
     io = CpuAsGpu()
     real = upscale_mod.prepare
 
-    def prepare(job, scale=1.0, max_pixels=upscale_mod.DEFAULT_MAX_PIXELS, _io=None):
-        return real(job, scale, max_pixels, io)
+    def prepare(job, scale=1.0, max_pixels=upscale_mod.DEFAULT_MAX_PIXELS, _io=None, source=None):
+        return real(job, scale, max_pixels, io, source)
 
     monkeypatch.setattr(upscale_mod, "prepare", prepare)
     real_fetch = upscale_mod.fetch_result

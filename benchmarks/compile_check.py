@@ -52,6 +52,7 @@ def conv_variants() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
                 const: dict[str, Any] = dict(RELU=False, HAS_RES=False, CLAMP=False, SUMS=False)
                 const.update(epi)
                 const.update(
+                    _tma=cfg.tma,
                     CHECK=dtype == "float16",
                     LIMIT=3.0e38 if dtype != "float16" else 65504.0,
                     DOT=0,
@@ -80,19 +81,32 @@ def compile_conv(const: dict[str, Any], options: dict[str, Any], arch: int) -> A
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from mcan_deploy.kernels.conv3x3 import _conv3x3_kernel as fn
+    from mcan_deploy.kernels.conv3x3 import _conv3x3_kernel
+    from mcan_deploy.kernels.conv3x3_tma import conv3x3_tma_kernel
 
     dt = TL_DTYPE[const.pop("_dtype")]
     cin, cout = const.pop("_cin"), const.pop("_cout")
+    tma = const.pop("_tma") and dt != "fp32" and not const["IM2COL"]  # as conv3x3 launches it
+    fn = conv3x3_tma_kernel if tma else _conv3x3_kernel
+    if tma:  # the map and the weights as TMA descriptors (conv3x3_tma.descriptors)
+        for name in ("IM2COL", "ROWS", "CACHE"):
+            const.pop(name)
+        bm, bk, bn = const["BLOCK_M"], const["BLOCK_K"], const["BLOCK_N"]
+        descs = {"XD": f"tensordesc<{dt}[1,1,{bm},{bk}]>", "WD": f"tensordesc<{dt}[{bk},{bn}]>"}
+    else:
+        descs = {}
     ptrs = {"X": dt, "WP": dt, "BIAS": "fp32", "RES": dt, "OUT": dt, "PART": "fp32", "FLAG": "i32"}
     ones = {"sx_c": 1, "sr_c": 1, "so_c": 1}  # channels_last: what the JIT specialises
-    const = {**const, **ones}
-    sig = {n: (f"*{ptrs[n]}" if n in ptrs else "constexpr" if n in const else "i32") for n in fn.arg_names}
+    const = {**const, **{k: v for k, v in ones.items() if k in fn.arg_names}}
+    sig = {
+        n: descs[n] if n in descs else f"*{ptrs[n]}" if n in ptrs else "constexpr" if n in const else "i32"
+        for n in fn.arg_names
+    }
     # 3-channel images (the head's input, the tail's residual and output) have strides of 3
     strides = [] if cin < 16 else ["sx_b", "sx_h", "sx_w"]
     strides += [] if cout < 16 else ["sr_b", "sr_h", "sr_w", "so_b", "so_h", "so_w"]
     div16 = [n for n in fn.arg_names if n in ptrs or n in strides]
-    div16 += [n for n, c in (("CIN", cin), ("COUT", cout)) if c % 16 == 0]  # 64 channels: as the JIT does
+    div16 += [n for n, c in (("CIN", cin), ("COUT", cout)) if c % 16 == 0 and n in fn.arg_names]  # as the JIT does
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in div16}
     return triton.compile(
         ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),
@@ -146,7 +160,13 @@ def main() -> int:
             row.update(
                 seconds=round(time.perf_counter() - t0, 2),
                 shared_bytes=k.metadata.shared,
-                pipelined="async_copy_global_to_local" in gir,
+                pipelined="async_copy_global_to_local" in gir or "async_tma_copy_global_to_local" in gir,
+                loads="TMA"
+                if "async_tma_copy_global_to_local" in gir
+                else "cp.async"
+                if "async_copy" in gir
+                else "plain",
+                input_through_registers="ttg.local_load" in gir,  # shared -> registers before the product
                 mma="wgmma" if "warp_group_dot" in gir else "mma" if "ttg.dot" in gir or "#mma" in gir else "fma",
                 **ptxas_report(k.asm["ptx"], args.arch),
             )
@@ -171,16 +191,17 @@ def main() -> int:
         "",
         "Specialised as the JIT specialises a channels_last map (channel strides 1, the rest divisible by 16).",
         "",
-        "| variant | ok | registers | spill bytes | shared KB | pipelined | products | compile s (0: cached) |",
-        "|---|---|---:|---:|---:|---|---|---:|",
+        "| variant | ok | registers | spill bytes | shared KB | pipelined | loads | input via registers | products | compile s (0: cached) |",
+        "|---|---|---:|---:|---:|---|---|---|---|---:|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['variant']} | **no**: {r['error']} | | | | | | |")
+            lines.append(f"| {r['variant']} | **no**: {r['error']} | | | | | | | | |")
             continue
         lines.append(
             f"| {r['variant']} | {'yes' if r['ok'] else '**no**'} | {r.get('registers')} | {r.get('spill_bytes')} | "
-            f"{r['shared_bytes'] / 1024:.0f} | {'yes' if r['pipelined'] else 'no'} | {r['mma']} | {r['seconds']} |"
+            f"{r['shared_bytes'] / 1024:.0f} | {'yes' if r['pipelined'] else 'no'} | {r['loads']} | "
+            f"{'yes' if r['input_through_registers'] else 'no'} | {r['mma']} | {r['seconds']} |"
         )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"compile_check: {sum(r['ok'] for r in rows)}/{len(rows)} variants ok -> {stem}.md")

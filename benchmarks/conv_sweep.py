@@ -41,11 +41,12 @@ log = logging.getLogger("conv_sweep")
 
 
 def sweep_configs(smoke: bool) -> list[Any]:
-    """The launches to time: today's GPU choices, then row tiles and L1-cached input loads."""
+    """The launches to time: today's GPU choices, then row tiles, L1-cached input loads and
+    TMA copies."""
     from mcan_deploy.kernels.conv3x3 import GPU_CONFIGS, Config
 
     if smoke:
-        return [Config(64, 4, 1), Config(64, 4, 1, rows=4, cache=".ca")]
+        return [Config(64, 4, 1), Config(64, 4, 1, rows=4, cache=".ca"), Config(64, 4, 1, tma=True)]
     extra = [
         Config(128, 4, 3, cache=".ca"),
         Config(128, 4, 4, cache=".ca"),
@@ -60,6 +61,12 @@ def sweep_configs(smoke: bool) -> list[Any]:
         Config(64, 4, 4, rows=4, cache=".ca"),
         Config(128, 4, 3, rows=4),
         Config(256, 8, 4, rows=4, cache=".ca"),
+        Config(128, 8, 3),
+        Config(128, 4, 3),
+        Config(64, 4, 3, tma=True),
+        Config(128, 4, 4, tma=True),
+        Config(128, 8, 3, tma=True),
+        Config(256, 8, 4, tma=True),
     ]
     return list(GPU_CONFIGS) + extra
 

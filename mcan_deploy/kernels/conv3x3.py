@@ -36,6 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .conv3x3_tma import conv3x3_tma_kernel, descriptors, tma_ready
+from .conv_epilogue import dot, store_tile
 from .launch import MAX_OFFSET, max_offset, on_device
 
 __all__ = ["Config", "PackedConv", "conv3x3", "default_config", "dtype_limit", "gpu_configs", "pack"]
@@ -57,21 +59,6 @@ def _pixels(pid_m, HO, WO, BLOCK_M: tl.constexpr, ROWS: tl.constexpr):
 
 
 @triton.jit
-def _dot(acc, a, w, DOT: tl.constexpr):
-    if DOT == 2:  # the interpreter has no bfloat16 product: float32 operands there
-        return acc + tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
-    if DOT == 1:  # float32 without TF32
-        return acc + tl.dot(a, w, input_precision="ieee")
-    return acc + tl.dot(a, w)
-
-
-@triton.jit
-def _beyond(v, mask, LIMIT: tl.constexpr):
-    """1 where any masked value of v is NaN or beyond LIMIT in magnitude, else 0."""
-    return tl.max(tl.max(tl.where(mask & ((tl.abs(v) > LIMIT) | (v != v)), 1, 0), axis=1), axis=0)
-
-
-@triton.jit
 def _im2col_product(
     acc, x_base, iy0, ix0, mmask, kk, w_tile, CIN, HX, WX, sx_c, sx_h, sx_w, DOT: tl.constexpr, CACHE: tl.constexpr
 ):
@@ -82,7 +69,7 @@ def _im2col_product(
     valid = mmask[:, None] & (kk < 9 * CIN)[None, :] & (iy >= 0) & (iy < HX) & (ix >= 0) & (ix < WX)
     a_off = iy * sx_h + ix * sx_w + (kk % CIN)[None, :] * sx_c
     a = tl.load(x_base + a_off, mask=valid, other=0.0, cache_modifier=CACHE)
-    return _dot(acc, a, tl.load(w_tile), DOT)
+    return dot(acc, a, tl.load(w_tile), DOT)
 
 
 @triton.jit
@@ -125,7 +112,7 @@ def _tap_products(
             a_mask = valid[:, None] & (k < CIN)[None, :]
             a = tl.load(x_tap + k[None, :] * sx_c, mask=a_mask, other=0.0, cache_modifier=CACHE)
             w = tl.load(w_tile + (tap * K_CHUNKS + kc) * (BLOCK_K * BLOCK_N))
-            acc = _dot(acc, a, w, DOT)
+            acc = dot(acc, a, w, DOT)
     return acc
 
 
@@ -196,28 +183,9 @@ def _conv3x3_kernel(
     else:
         acc = _tap_products(acc, x_base, iy0, ix0, mmask, kk, w_tile, CIN, HX, WX, sx_c, sx_h, sx_w,
                             DOT, CACHE, I64, K_CHUNKS, BLOCK_K, BLOCK_N)  # fmt: skip
-    v = acc + tl.load(BIAS + n)[None, :]
-    omask = mmask[:, None] & (n < COUT)[None, :]
-    bad = 0
-    if CHECK:  # before the ReLU, which would hide an overflow to -inf
-        bad = _beyond(v, omask, LIMIT)
-    if RELU:
-        v = tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL)
-    if HAS_RES:
-        r_off = pid_b.to(tl.int64) * sr_b + p[:, None] * sr_h + q[:, None] * sr_w + n[None, :] * sr_c
-        v += tl.load(RES + r_off, mask=omask, other=0.0).to(tl.float32)
-    if CLAMP:
-        v = tl.minimum(tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL), 1.0, propagate_nan=tl.PropagateNan.ALL)
-    y = v.to(OUT.dtype.element_ty)
-    if CHECK:
-        bad = tl.maximum(bad, _beyond(y.to(tl.float32), omask, LIMIT))
-        if bad > 0:
-            tl.store(FLAG, 1)
-    if SUMS:  # of the stored values, as a pool of the stored map would take them
-        part = tl.sum(tl.where(omask, y.to(tl.float32), 0.0), axis=0)
-        tl.store(PART + (pid_b * tl.num_programs(0) + pid_m) * BLOCK_N + n, part)
-    o_off = pid_b.to(tl.int64) * so_b + p[:, None] * so_h + q[:, None] * so_w + n[None, :] * so_c
-    tl.store(OUT + o_off, y, mask=omask)
+    store_tile(acc, p, q, mmask, n, pid_b, pid_m, BIAS, RES, OUT, PART, FLAG, COUT,
+               sr_b, sr_c, sr_h, sr_w, so_b, so_c, so_h, so_w,
+               RELU, HAS_RES, CLAMP, SUMS, CHECK, LIMIT, BLOCK_N)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -225,42 +193,51 @@ class Config:
     """Launch parameters of the kernel: pixels per program, warps, software-pipelining stages;
     ``rows``: the program's pixels as that many rows of ``block_m // rows`` (1: a raster run);
     ``cache``: the input loads' cache modifier ("": the compiler's choice, which for its
-    asynchronous copies skips L1; ".ca": through L1, where the nine taps of a tile overlap)."""
+    asynchronous copies skips L1; ".ca": through L1, where the nine taps of a tile overlap);
+    ``tma``: runs of ``block_m`` pixels of one row copied by the TMA (``conv3x3_tma``) where
+    the map allows it (16-bit, channels_last), this kernel elsewhere."""
 
     block_m: int = 128
     num_warps: int = 4
     num_stages: int = 3
     rows: int = 1
     cache: str = ""
+    tma: bool = False
 
     def __post_init__(self) -> None:
         if self.rows < 1 or self.block_m % self.rows or self.cache not in ("", ".ca", ".cg"):
             raise ValueError(f"conv3x3 launch {self}: rows must divide block_m; cache '', '.ca' or '.cg'")
+        if self.tma and (self.rows != 1 or self.cache or self.block_m > 256):
+            raise ValueError(f"conv3x3 launch {self}: a TMA launch takes one row of at most 256 pixels")
 
     def describe(self) -> str:
         tile = f" r{self.rows}" if self.rows != 1 else ""
         cache = " l1" if self.cache == ".ca" else ""
-        return f"m{self.block_m} w{self.num_warps} s{self.num_stages}{tile}{cache}"
+        return f"m{self.block_m} w{self.num_warps} s{self.num_stages}{tile}{cache}{' tma' if self.tma else ''}"
 
 
 # What a GPU chooses among for the 64-channel convolutions (``FusedBlocks.choose`` times each
 # and keeps those whose result agrees with cuDNN's: Triton has miscompiled conv loops at 8 warps,
 # triton-lang/triton#1254). All compile for sm_90 without spills (benchmarks/compile_check.py).
-# The fastest five of benchmarks/conv_sweep.py's twenty on an H200 (12 MP bf16, 2.40-2.51 ms;
-# 256-pixel programs and 4 stages were the slowest, 2.7-2.9 ms; cuDNN 1.76 ms).
+# The fastest three of benchmarks/conv_sweep.py's twenty on an H200 (12 MP bf16, 2.40-2.44 ms;
+# 256-pixel programs and 4 stages were the slowest, 2.7-2.9 ms; cuDNN 1.76 ms), and two TMA
+# launches, not yet timed on a GPU, in place of the sweep's 4th and 5th (2.47, 2.51 ms).
 GPU_CONFIGS = (
     Config(128, 4, 3, rows=4),
     Config(128, 8, 3, cache=".ca"),
     Config(128, 4, 3, cache=".ca"),
-    Config(128, 8, 3),
-    Config(128, 4, 3),
+    Config(128, 4, 3, tma=True),
+    Config(256, 8, 3, tma=True),
 )
 
 
 def gpu_configs(dtype: torch.dtype) -> tuple[Config, ...]:
-    """The launches a GPU times for a dtype (256-pixel float32 tiles would take 240 KB of shared
-    memory at 3 stages, more than sm_90's 227 KB)."""
-    return tuple(c for c in GPU_CONFIGS if not (dtype == torch.float32 and c.block_m > 128))
+    """The launches a GPU times for a dtype: float32 maps take no TMA launch (its boxes are for
+    16-bit maps) nor 256-pixel tiles (240 KB of shared memory at 3 stages, more than sm_90's
+    227 KB)."""
+    if dtype != torch.float32:
+        return GPU_CONFIGS
+    return tuple(c for c in GPU_CONFIGS if not c.tma and c.block_m <= 128)
 
 
 def default_config(device: torch.device) -> Config:
@@ -383,52 +360,46 @@ def conv3x3(
     else:
         check, flag_t = True, flag
     cfg = config or default_config(x.device)
+    tma = cfg.tma and not conv.im2col and tma_ready(x, conv.weight, cfg.block_m, conv.block_k)
     block_m, rows = cfg.block_m, cfg.rows
     if x.device.type != "cuda" and rows == 1:  # the interpreter: no wider than the region
-        block_m = min(block_m, max(16, triton.next_power_of_2(ho * wo)))  # (its lanes cost time)
-    if rows == 1:
+        block_m = min(block_m, max(16, triton.next_power_of_2(wo if tma else ho * wo)))  # (its lanes cost time)
+    if tma:
+        programs = ho * triton.cdiv(wo, block_m)
+    elif rows == 1:
         programs = triton.cdiv(ho * wo, block_m)
     else:
         programs = triton.cdiv(ho, rows) * triton.cdiv(wo, block_m // rows)
     part = torch.empty(b, programs if sums else 0, conv.block_n, dtype=torch.float32, device=x.device)
     if b == 0 or ho * wo == 0:
         return out, (torch.zeros(b, conv.cout, device=x.device) if sums else None)
+    common = dict(
+        RELU=relu,
+        HAS_RES=residual is not None,
+        CLAMP=clamp,
+        SUMS=sums,
+        CHECK=check,
+        LIMIT=dtype_limit(out.dtype),
+        DOT=_dot_mode(x),
+        I64=max(max_offset(x), max_offset(res), max_offset(out)) > MAX_OFFSET,
+        K_CHUNKS=conv.k_chunks,
+        BLOCK_M=block_m,
+        BLOCK_N=conv.block_n,
+        BLOCK_K=conv.block_k,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    stores = (conv.bias, res, out, part if sums else conv.bias, flag_t)
     with on_device(x):
-        _conv3x3_kernel[(programs, b)](
-            x,
-            conv.weight,
-            conv.bias,
-            res,
-            out,
-            part if sums else conv.bias,
-            flag_t,
-            hx,
-            wx,
-            ho,
-            wo,
-            origin[0],
-            origin[1],
-            conv.cin,
-            conv.cout,
-            *x.stride(),
-            *res.stride(),
-            *out.stride(),
-            RELU=relu,
-            HAS_RES=residual is not None,
-            CLAMP=clamp,
-            SUMS=sums,
-            CHECK=check,
-            LIMIT=dtype_limit(out.dtype),
-            DOT=_dot_mode(x),
-            I64=max(max_offset(x), max_offset(res), max_offset(out)) > MAX_OFFSET,
-            K_CHUNKS=conv.k_chunks,
-            IM2COL=conv.im2col,
-            BLOCK_M=block_m,
-            BLOCK_N=conv.block_n,
-            BLOCK_K=conv.block_k,
-            ROWS=rows,
-            CACHE=cfg.cache,
-            num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
-        )
+        if tma:
+            xd, wd = descriptors(x, conv.weight, block_m, conv.block_k)
+            conv3x3_tma_kernel[(programs, b)](
+                xd, wd, *stores, ho, wo, *origin, conv.cout, triton.cdiv(wo, block_m),
+                *res.stride(), *out.stride(), **common,
+            )  # fmt: skip
+        else:
+            _conv3x3_kernel[(programs, b)](
+                x, conv.weight, *stores, hx, wx, ho, wo, *origin, conv.cin, conv.cout,
+                *x.stride(), *res.stride(), *out.stride(), IM2COL=conv.im2col, ROWS=rows, CACHE=cfg.cache, **common,
+            )  # fmt: skip
     return out, (part.sum(1)[:, : conv.cout] if sums else None)

@@ -97,16 +97,17 @@ class ChoiceCache:
 
     def get(self, key: str) -> dict[str, str | None] | None:
         """What was chosen for ``key``: candidate names (as ``FusedBlocks.timings`` names them)
-        under "choice" (whole maps) and "maps" (the fastest Triton launch), if any, and "head"."""
+        under "choice" (whole maps) and "maps" (the fastest Triton launch), if any, "head", and
+        "candidates": every name that was timed, comma-separated."""
         entry = self._read().get(key)
         return entry if isinstance(entry, dict) and isinstance(entry.get("choice"), str) else None
 
-    def put(self, key: str, choice: str, maps: str | None, head: str = "cudnn") -> None:
-        """Record a choice (``head``: the head's implementation); written whole to a temporary
-        file and moved into place, so that two processes never leave half a file (the last
-        writer's entries win)."""
+    def put(self, key: str, choice: str, maps: str | None, head: str = "cudnn", candidates: str = "") -> None:
+        """Record a choice (``head``: the head's implementation) among ``candidates``; written
+        whole to a temporary file and moved into place, so that two processes never leave half
+        a file (the last writer's entries win)."""
         data = self._read()
-        data[key] = {"choice": choice, "maps": maps, "head": head}
+        data[key] = {"choice": choice, "maps": maps, "head": head, "candidates": candidates}
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".conv-choice-", suffix=".json")

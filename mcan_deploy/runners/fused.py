@@ -340,7 +340,7 @@ class FusedBlocks:
                 f", the head on {self.head}" if self.conv != "triton" else "",
             )
             if self.cache is not None:
-                self.cache.put(key, best, maps, self.head)
+                self.cache.put(key, best, maps, self.head, self._candidate_names())
             return self.conv
 
     def _choose_head(self, size: tuple[int, int]) -> str:
@@ -376,15 +376,19 @@ class FusedBlocks:
         self.flag.zero_()
         return chosen
 
+    def _candidate_names(self) -> str:
+        return ", ".join(candidate_name(impl, cfg) for impl, cfg in self.candidates())
+
     def _from_cache(self, key: str) -> bool:
-        """Take the choice an earlier process made for ``key``, where it is still a candidate."""
+        """Take the choice an earlier process made for ``key`` among the same candidates: one
+        made before a candidate was added never saw it."""
         entry = self.cache.get(key) if self.cache is not None else None
-        if entry is None:
-            return False
+        if entry is None or entry.get("candidates") != self._candidate_names():
+            return False  # kept by a version with other candidates: timed again
         names = {candidate_name(impl, cfg): (impl, cfg) for impl, cfg in self.candidates()}
         choice, maps, head = entry.get("choice"), entry.get("maps"), entry.get("head")
         if choice not in names or (maps is not None and maps not in names) or head not in HEAD_IMPLS:
-            return False  # kept by a version with other candidates (or no head choice): timed again
+            return False  # (or no head choice): timed again
         self.conv, self.config = names[choice]
         self.maps_config = names[maps][1] if maps else None
         self.head = str(head)

@@ -241,3 +241,65 @@ def test_int64_offsets_compute_the_same(monkeypatch):
     torch.testing.assert_close(
         E.bias_act(x, bias.to(DEVICE), relu=True), torch.relu(x + bias.to(DEVICE)[:, None, None]), rtol=1e-6, atol=1e-6
     )
+
+
+class _CountingLaunch:
+    """Stands in for a Triton kernel: counts its launches, then launches the real one."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+TMA_CASES = [  # (B, C_in, C_out, H, W, origin, size): odd sizes, one pixel, one row, one column
+    (2, 64, 64, 19, 23, (0, 0), None),
+    (1, 64, 64, 1, 1, (0, 0), None),
+    (1, 64, 3, 1, 37, (0, 0), None),
+    (2, 16, 24, 40, 1, (0, 0), None),
+    (2, 64, 64, 13, 29, (2, 3), (9, 17)),  # a region: its neighbours are real pixels, not zeros
+]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[1])
+def test_tma_launches_match_float64_and_run_where_the_map_allows(dtype, channels_last, monkeypatch):
+    """A ``tma`` launch copies each tap's input as a box with zeros outside the map: 16-bit
+    channels_last maps take it, others the pointer kernel, with the same results against the
+    float64 oracle for every epilogue, odd sizes, regions, two images and int64 offsets."""
+    from mcan_deploy.kernels import conv3x3 as K
+
+    counter = _CountingLaunch(K.conv3x3_tma_kernel)
+    monkeypatch.setattr(K, "conv3x3_tma_kernel", counter)
+    cfg = K.Config(block_m=128, num_warps=4, num_stages=3, tma=True)
+    for i, (b, cin, cout, h, w, origin, size) in enumerate(TMA_CASES):
+        weight, bias = _conv(cin, cout, seed=30 + i)
+        x = _x(b, cin, h, w, dtype, channels_last, seed=40 + i)
+        packed = K.pack(weight, bias, dtype, DEVICE)
+        ho, wo = size or (h, w)
+        region = (slice(None), slice(None), slice(origin[0], origin[0] + ho), slice(origin[1], origin[1] + wo))
+        want = _reference(x, weight, bias, dtype, relu=True)[region]
+        tma_expected = dtype != torch.float32 and (channels_last or h * w == 1)  # 1x1: channels innermost
+        before = counter.launches
+        out, sums = K.conv3x3(x, packed, relu=True, sums=True, origin=origin, size=size, config=cfg)
+        assert counter.launches - before == int(tma_expected), f"case {i}: TMA launch expected {tma_expected}"
+        _close(out, want, dtype, f"case {i} relu")
+        torch.testing.assert_close(sums.double().cpu(), out.double().cpu().sum((2, 3)), rtol=1e-5, atol=1e-3)
+        res = _x(b, cout, ho, wo, dtype, channels_last, seed=50 + i)
+        out, _ = K.conv3x3(x, packed, residual=res, clamp=True, origin=origin, size=size, config=cfg)
+        want = _reference(x, weight, bias, dtype)[region] + res.double().cpu()
+        _close(out, want.clamp(0, 1), dtype, f"case {i} residual and clamp")
+    monkeypatch.setattr(K, "MAX_OFFSET", 100)
+    wide, _ = K.conv3x3(x, packed, residual=res, clamp=True, origin=origin, size=size, config=cfg)
+    _close(wide, want.clamp(0, 1), dtype, "int64 offsets")
+
+
+def test_a_tma_launch_takes_one_row_of_at_most_256_pixels():
+    from mcan_deploy.kernels.conv3x3 import Config
+
+    assert Config(256, 8, 3, tma=True).describe() == "m256 w8 s3 tma"
+    for bad in (dict(rows=4), dict(cache=".ca"), dict(block_m=512)):
+        with pytest.raises(ValueError, match="TMA"):
+            Config(**{"block_m": 128, "tma": True, **bad})

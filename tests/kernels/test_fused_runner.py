@@ -74,6 +74,37 @@ def test_fused_blocks_equal_the_model_in_float64(dtype, channels_last, conv):
     _close(out, _reference(copy.deepcopy(model).to(dtype), xin), dtype, f"{conv} {dtype}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: str(d)[6:])
+def test_tma_launches_run_whole_blocks_and_the_exact_tiled_plan(dtype, monkeypatch):
+    """A TMA launch chosen for the 16-bit convolutions (as a GPU may choose it): whole blocks
+    and the tiled plan's output regions equal the model in float64, through the TMA kernel."""
+    from mcan_deploy.kernels import conv3x3 as K
+    from mcan_deploy.runners.fused import FusedBlocks
+    from mcan_deploy.tiling.windows import cores
+
+    real, launches = K.conv3x3_tma_kernel, []
+
+    class Counting:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(K, "conv3x3_tma_kernel", Counting())
+    model = _model(n_blocks=1)
+    fused = FusedBlocks(copy.deepcopy(model).to(DEVICE, dtype), DEVICE, dtype, "triton")
+    fused.config = fused.maps_config = K.Config(64, 4, 3, tma=True)
+    x = torch.rand(1, 3, 19, 37, generator=torch.Generator().manual_seed(6)).to(DEVICE, dtype)
+    x = x.contiguous(memory_format=torch.channels_last)  # as the engine hands images to a GPU
+    want = _reference(copy.deepcopy(model).to(dtype), x)
+    with torch.inference_mode():
+        whole = fused.block(0, x)
+        n_whole = len(launches)
+        tiled = fused.block_on_maps(0, x, cores(19, 37, 16), lambda n: None)
+    assert n_whole >= 3 and len(launches) > n_whole, "conv1, conv2 and body: each through the TMA kernel"
+    _close(whole, want, dtype, "whole block, TMA launches")
+    _close(tiled, want, dtype, "tiled plan, TMA launches")
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 40), (33, 1), (37, 29)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_exact_tiled_plan_on_device_maps_equals_the_whole_image(shape):
     """block_on_maps: cores of at most 16 px over full-size maps, sizes that are no multiple
@@ -324,12 +355,12 @@ def test_where_cudnn_wins_the_head_is_timed_kept_and_never_a_wrong_one(tmp_path,
     assert {"head cudnn", "head triton"} <= set(first.timings) and first.head in HEAD_IMPLS
     assert f"the head on {first.head}" in caplog.text
     key = choice_key(DEVICE, torch.float32, 16, 18, 20)
-    assert cache.get(key) == {"choice": "cudnn", "maps": None, "head": first.head}
+    assert cache.get(key) == {"choice": "cudnn", "maps": None, "head": first.head, "candidates": "cudnn"}
     for head in HEAD_IMPLS:  # a kept head is taken as it is
-        cache.put(key, "cudnn", None, head)
+        cache.put(key, "cudnn", None, head, "cudnn")
         second = runner()
         assert second.choose(18, 20, again=True) == "cudnn" and second.head == head and not second.timings
-    cache.put(key, "cudnn", None, "nothing")  # kept by another version: timed again
+    cache.put(key, "cudnn", None, "nothing", "cudnn")  # kept by another version: timed again
     again = runner()
     again.choose(18, 20, again=True)
     assert "head triton" in again.timings
@@ -374,10 +405,14 @@ def test_a_choice_is_kept_for_the_next_process_and_timed_again_when_stale(tmp_pa
         "another size is another key"
     )
 
-    cache.put(key, "triton m999 w1 s1", None)  # a launch this version no longer has
-    stale = runner()
-    stale.choose(18, 20, again=True)
-    assert stale.timings, "timed again"
+    names = entry["candidates"]
+    assert names and entry["choice"] in names.split(", ")
+    for kept, among in (("triton m999 w1 s1", names), (entry["choice"], "cudnn")):
+        # a launch this version no longer has; a choice made before other candidates existed
+        cache.put(key, kept, None, "cudnn", among)
+        stale = runner()
+        stale.choose(18, 20, again=True)
+        assert stale.timings, f"{kept} among {among}: timed again"
     cache.path.write_text("{not json")
     with caplog.at_level(logging.WARNING):
         assert cache.get(key) is None

@@ -38,8 +38,8 @@ def conv_variants() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     # (layer, C_in, C_out, epilogue) as runners/fused.py calls them
     layers = [
         ("head", 3, 64, dict()),
-        ("conv1", 64, 64, dict(RELU=True)),
-        ("conv2", 64, 64, dict(SUMS=True)),
+        ("conv1", 64, 64, dict(RELU=True, SUMS=True)),
+        ("conv2", 64, 64, dict(HAS_SCALE=True, HAS_RES=True)),  # the gate known before it (conv_sums)
         ("body", 64, 64, dict(HAS_RES=True)),
         ("tail", 64, 3, dict(HAS_RES=True, CLAMP=True)),
     ]
@@ -49,7 +49,7 @@ def conv_variants() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
             tuned = layer in ("conv1", "conv2", "body")  # the 64-channel convolutions: the chosen launch
             for cfg in gpu_configs(getattr(torch, dtype)) if tuned else (Config(),):
                 packed = pack(torch.zeros(cout, cin, 3, 3), None, torch.float32, torch.device("cpu"))
-                const: dict[str, Any] = dict(RELU=False, HAS_RES=False, CLAMP=False, SUMS=False)
+                const: dict[str, Any] = dict(RELU=False, HAS_SCALE=False, HAS_RES=False, CLAMP=False, SUMS=False)
                 const.update(epi)
                 const.update(
                     _tma=cfg.tma,
@@ -95,7 +95,7 @@ def compile_conv(const: dict[str, Any], options: dict[str, Any], arch: int) -> A
         descs = {"XD": f"tensordesc<{dt}[1,1,{bm},{bk}]>", "WD": f"tensordesc<{dt}[{bk},{bn}]>"}
     else:
         descs = {}
-    ptrs = {"X": dt, "WP": dt, "BIAS": "fp32", "RES": dt, "OUT": dt, "PART": "fp32", "FLAG": "i32"}
+    ptrs = {"X": dt, "WP": dt, "BIAS": "fp32", "RES": dt, "OUT": dt, "PART": "fp32", "FLAG": "i32", "SCALE": "fp32"}
     ones = {"sx_c": 1, "sr_c": 1, "so_c": 1}  # channels_last: what the JIT specialises
     const = {**const, **{k: v for k, v in ones.items() if k in fn.arg_names}}
     sig = {

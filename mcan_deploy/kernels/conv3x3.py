@@ -125,6 +125,7 @@ def _conv3x3_kernel(
     OUT,
     PART,
     FLAG,
+    SCALE,
     HX,
     WX,
     HO,
@@ -146,6 +147,7 @@ def _conv3x3_kernel(
     so_h,
     so_w,
     RELU: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
     HAS_RES: tl.constexpr,
     CLAMP: tl.constexpr,
     SUMS: tl.constexpr,
@@ -183,9 +185,9 @@ def _conv3x3_kernel(
     else:
         acc = _tap_products(acc, x_base, iy0, ix0, mmask, kk, w_tile, CIN, HX, WX, sx_c, sx_h, sx_w,
                             DOT, CACHE, I64, K_CHUNKS, BLOCK_K, BLOCK_N)  # fmt: skip
-    store_tile(acc, p, q, mmask, n, pid_b, pid_m, BIAS, RES, OUT, PART, FLAG, COUT,
+    store_tile(acc, p, q, mmask, n, pid_b, pid_m, BIAS, RES, OUT, PART, FLAG, SCALE, COUT,
                sr_b, sr_c, sr_h, sr_w, so_b, so_c, so_h, so_w,
-               RELU, HAS_RES, CLAMP, SUMS, CHECK, LIMIT, BLOCK_N)  # fmt: skip
+               RELU, HAS_SCALE, HAS_RES, CLAMP, SUMS, CHECK, LIMIT, BLOCK_N)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -319,6 +321,7 @@ def conv3x3(
     conv: PackedConv,
     *,
     relu: bool = False,
+    scale: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     clamp: bool = False,
     sums: bool = False,
@@ -333,8 +336,9 @@ def conv3x3(
     ``(out, sums)``: out (B, C_out, h, w) in x's dtype and memory format unless ``out`` is given,
     and with ``sums`` the (B, C_out) float32 channel sums of out (else None).
 
-    ``residual`` is added after the ReLU (same shape as out); ``flag`` (an int32 tensor of one
-    element) is set to 1 where a value is out of the output dtype's range."""
+    ``scale`` (B, C_out) multiplies each image's output channels after the ReLU (channel
+    attention's gate); ``residual`` is added after that (same shape as out); ``flag`` (an int32
+    tensor of one element) is set to 1 where a value is out of the output dtype's range."""
     _check(x, "x")
     if x.shape[1] != conv.cin:
         raise ValueError(f"conv3x3: x has {x.shape[1]} channels, the weights take {conv.cin}")
@@ -354,6 +358,8 @@ def conv3x3(
         _check(residual, "residual")
         if residual.shape != out.shape:
             raise ValueError(f"conv3x3: residual shape {tuple(residual.shape)} differs from out {tuple(out.shape)}")
+    if scale is not None and tuple(scale.shape) != (b, conv.cout):
+        raise ValueError(f"conv3x3: scale has shape {tuple(scale.shape)}, expected {(b, conv.cout)}")
     if flag is None:
         check = False
         flag_t = conv.bias
@@ -373,8 +379,13 @@ def conv3x3(
     part = torch.empty(b, programs if sums else 0, conv.block_n, dtype=torch.float32, device=x.device)
     if b == 0 or ho * wo == 0:
         return out, (torch.zeros(b, conv.cout, device=x.device) if sums else None)
+    scale_t = conv.bias
+    if scale is not None:  # padded to the kernel's channel block
+        scale_t = torch.zeros(b, conv.block_n, dtype=torch.float32, device=x.device)
+        scale_t[:, : conv.cout] = scale
     common = dict(
         RELU=relu,
+        HAS_SCALE=scale is not None,
         HAS_RES=residual is not None,
         CLAMP=clamp,
         SUMS=sums,
@@ -389,7 +400,7 @@ def conv3x3(
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
-    stores = (conv.bias, res, out, part if sums else conv.bias, flag_t)
+    stores = (conv.bias, res, out, part if sums else conv.bias, flag_t, scale_t)
     with on_device(x):
         if tma:
             xd, wd = descriptors(x, conv.weight, block_m, conv.block_k)

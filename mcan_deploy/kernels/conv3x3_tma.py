@@ -68,6 +68,7 @@ def conv3x3_tma_kernel(
     OUT,
     PART,
     FLAG,
+    SCALE,
     HO,
     WO,
     OY,
@@ -83,6 +84,7 @@ def conv3x3_tma_kernel(
     so_h,
     so_w,
     RELU: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
     HAS_RES: tl.constexpr,
     CLAMP: tl.constexpr,
     SUMS: tl.constexpr,
@@ -115,6 +117,6 @@ def conv3x3_tma_kernel(
             a = XD.load([pid_b, row + OY - 1 + tap // 3, q0 + OX - 1 + tap % 3, kc * BLOCK_K])
             w = WD.load([(tap * K_CHUNKS + kc) * BLOCK_K, 0])
             acc = dot(acc, a.reshape(BLOCK_M, BLOCK_K), w, DOT)
-    store_tile(acc, p, q, mmask, n, pid_b, pid_m, BIAS, RES, OUT, PART, FLAG, COUT,
+    store_tile(acc, p, q, mmask, n, pid_b, pid_m, BIAS, RES, OUT, PART, FLAG, SCALE, COUT,
                sr_b, sr_c, sr_h, sr_w, so_b, so_c, so_h, so_w,
-               RELU, HAS_RES, CLAMP, SUMS, CHECK, LIMIT, BLOCK_N)  # fmt: skip
+               RELU, HAS_SCALE, HAS_RES, CLAMP, SUMS, CHECK, LIMIT, BLOCK_N)  # fmt: skip

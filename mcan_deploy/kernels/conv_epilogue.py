@@ -42,6 +42,7 @@ def store_tile(
     OUT,
     PART,
     FLAG,
+    SCALE,
     COUT,
     sr_b,
     sr_c,
@@ -52,6 +53,7 @@ def store_tile(
     so_h,
     so_w,
     RELU: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
     HAS_RES: tl.constexpr,
     CLAMP: tl.constexpr,
     SUMS: tl.constexpr,
@@ -59,8 +61,9 @@ def store_tile(
     LIMIT: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """OUT[b, n, p, q] = epilogue(acc + BIAS[n]) for the tile's pixels (p, q) where ``mmask``;
-    with SUMS the tile's channel sums of what it stores, one row of PART per program."""
+    """OUT[b, n, p, q] = epilogue(acc + BIAS[n]) for the tile's pixels (p, q) where ``mmask``:
+    ReLU, times SCALE[b, n], plus RES, clamped, in that order; with SUMS the tile's channel
+    sums of what it stores, one row of PART per program."""
     v = acc + tl.load(BIAS + n)[None, :]
     omask = mmask[:, None] & (n < COUT)[None, :]
     bad = 0
@@ -68,6 +71,8 @@ def store_tile(
         bad = beyond(v, omask, LIMIT)
     if RELU:
         v = tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    if HAS_SCALE:  # channel attention's gate, known before the convolution (runners/conv_sums.py)
+        v = v * tl.load(SCALE + pid_b * BLOCK_N + n)[None, :]
     if HAS_RES:
         r_off = pid_b.to(tl.int64) * sr_b + p[:, None] * sr_h + q[:, None] * sr_w + n[None, :] * sr_c
         v += tl.load(RES + r_off, mask=omask, other=0.0).to(tl.float32)

@@ -38,18 +38,22 @@ def conv3x3_epilogue(
     bias: torch.Tensor | None,
     *,
     relu: bool = False,
+    scale: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     clamp: bool = False,
     origin: tuple[int, int] = (0, 0),
     size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """What ``conv3x3.conv3x3`` computes, in plain torch: the 3x3 convolution of ``x`` with zero
-    padding, cut to the region at ``origin`` of ``size``, plus bias, then ReLU, + residual, clamp."""
+    padding, cut to the region at ``origin`` of ``size``, plus bias, then ReLU, times ``scale``
+    (B, C_out), + residual, clamp."""
     oy, ox = origin
     h, w = size if size is not None else x.shape[2:]
     y = F.conv2d(x, weight, bias, padding=1)[:, :, oy : oy + h, ox : ox + w]
     if relu:
         y = F.relu(y)
+    if scale is not None:
+        y = y * scale.to(y.dtype)[:, :, None, None]
     if residual is not None:
         y = y + residual
     return y.clamp(0.0, 1.0) if clamp else y

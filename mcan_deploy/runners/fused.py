@@ -3,9 +3,11 @@
 Per RCAB the work is two 3x3 convolutions; a fused design adds the fewest passes over the
 64-channel map around them:
 
-- ``triton``: ``kernels.conv3x3`` for every convolution (head, RCAB pairs, body, tail): conv1's
-  bias and ReLU, conv2's bias and channel sums, the body's long skip, the tail's "+ input" and
-  clamp all in the convolution's epilogue; then one gate-and-residual pass (``scale_add``);
+- ``triton``: ``kernels.conv3x3`` for every convolution (head, RCAB pairs, body, tail), and no
+  pass of its own: conv1's bias, ReLU and channel sums in its epilogue; from those sums and
+  conv1's outer rows and columns the gate (``runners.conv_sums``: a convolution's sums follow
+  from its input's), which conv2 applies with its bias and the residual in its epilogue; the
+  body's long skip, the tail's "+ input" and clamp in theirs;
 - ``cudnn``: cuDNN's convolution without its bias (faster so), then one epilogue pass for bias,
   ReLU and residual (``kernels.epilogue``); conv2's bias is folded into the channel sums and the
   gate-and-residual pass, so its sums cost one read-only pass;
@@ -44,6 +46,7 @@ import torch.nn.functional as F
 from ..errors import MCANError
 from ..model import MCAN, MCANBlock
 from .conv_choice import ChoiceCache, agree, candidate_name, choice_key, time_ms
+from .conv_sums import conv3x3_sums
 from .fused_maps import Core, block_on_bands, block_on_regions
 from .fused_weights import BlockWeights, ConvWeights, RCABWeights, block_weights
 from .map_passes import channel_sums_in_pieces, scale_add_in_pieces
@@ -213,16 +216,17 @@ class FusedBlocks:
         from ..kernels.rcab import gate
 
         hw = h.shape[2] * h.shape[3]
-        if self.conv == "triton":
+        if self.conv == "triton":  # two convolutions, no pass of their own (runners/conv_sums.py)
             from ..kernels.conv3x3 import conv3x3
 
             cfg = self.config
-            t, _ = conv3x3(h, rc.conv1.packed, relu=True, flag=self.due_flag(), out=bufs.get("t"), config=cfg)
-            r, sums = conv3x3(t, rc.conv2.packed, sums=True, flag=self.due_flag(), out=bufs.get("r"), config=cfg)
-            bufs["t"], bufs["r"] = t, r
-            assert sums is not None
-            s = gate(sums, hw, *rc.attention)
-            scale_add_in_pieces(r, s, h, None, out)
+            t, t_sums = conv3x3(
+                h, rc.conv1.packed, relu=True, sums=True, flag=self.due_flag(), out=bufs.get("t"), config=cfg
+            )
+            bufs["t"] = t
+            assert t_sums is not None
+            s = gate(conv3x3_sums(t, t_sums, rc.conv2.weight, rc.conv2.bias), hw, *rc.attention)
+            conv3x3(t, rc.conv2.packed, scale=s, residual=h, flag=self.due_flag(), out=out, config=cfg)
             return None
         t = self.conv3x3(h, rc.conv1, relu=True, bounded=True)
         if bound is not None:  # conv1's output with its bias (the ReLU keeps the bound), conv2's without

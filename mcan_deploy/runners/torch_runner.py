@@ -177,8 +177,10 @@ class TritonRunner(TorchRunner):
 
     def whole_image_bytes(self, h: int, w: int) -> int:
         """Peak bytes of one block on a whole (h, w) image: the fused path holds 4 feature maps
-        (the head's output for the long skip, the running features, conv1's and conv2's
-        outputs), the torch path 5; plus the 3-channel images in and out."""
+        (the head's output for the long skip, the running features, conv1's and, on cuDNN,
+        conv2's outputs; 3 on Triton, whose conv2 writes into the features, but the plan is
+        made before the convolution is chosen), the torch path 5; plus the 3-channel images in
+        and out."""
         maps = 4 if self.kernels is not None else 5
         return int(maps * self.n_feats * self.dtype.itemsize * h * w + 2 * 3 * self.dtype.itemsize * h * w)
 

@@ -99,6 +99,27 @@ def test_residual_and_clamp_epilogue_the_blocks_tail(dtype):
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[1])
+def test_scale_and_residual_epilogue_the_folded_rcabs_conv2(dtype, channels_last):
+    """conv2 of an RCAB whose gate is known before it runs: (conv + bias) * s[b, c] + residual,
+    each image its own scale, in place over the residual; every launch a GPU chooses among."""
+    from mcan_deploy.kernels.conv3x3 import GPU_CONFIGS, conv3x3, default_config, pack
+
+    weight, bias = _conv(64, 64, seed=14)
+    x = _x(2, 64, 11, 19, dtype, channels_last, seed=15)
+    scale = torch.rand(2, 64, generator=torch.Generator().manual_seed(16)).to(DEVICE) * 2 - 0.5
+    packed = pack(weight, bias, dtype, DEVICE)
+    for cfg in (default_config(DEVICE), *GPU_CONFIGS):
+        res = _x(2, 64, 11, 19, dtype, channels_last, seed=17)
+        want = _reference(x, weight, bias, dtype, scale=scale.cpu().double(), residual=res)
+        out, _ = conv3x3(x, packed, scale=scale, residual=res, out=res, config=cfg)
+        assert out.data_ptr() == res.data_ptr()
+        _close(out, want, dtype, f"{cfg}")
+    with pytest.raises(ValueError, match="scale has shape"):
+        conv3x3(x, packed, scale=scale[:1])
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_output_region_of_a_larger_map_reads_real_neighbours(channels_last):
     """A region inside the map sees the map's pixels around it (not zeros); only the map's own
     border is zero padding. Written into a view of a bigger output, through its strides."""

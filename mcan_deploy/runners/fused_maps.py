@@ -1,10 +1,12 @@
 """Block ``i`` of one image with exact whole-image channel statistics over full-size maps on the
 device, in parts that each fit a memory budget (the exact layer plan, ``plan="layers"``). Two
-full-size maps (the running features and one RCAB's residual) replace the whole image's four:
+full-size maps (the running features and one RCAB's conv1 output) replace the whole image's four:
 
 - ``block_on_regions`` (the Triton convolution): core by core, each convolution computes an
-  output region of the full map around it, so no window is gathered and only a one-pixel ring
-  of conv1 is computed twice;
+  output region of the full map around it, so no window is gathered; an RCAB's conv1 fills the
+  second map, whose sums and outer rows and columns give the gate (``conv_sums``), then its
+  conv2 adds the gated residual into the features in place: nothing is computed twice but a
+  one-pixel ring of the finish's head and body;
 - ``block_on_bands`` (cuDNN's convolution, which has no output regions): full-width row bands,
   each a contiguous slice of a channels_last map; conv1 reads two rows more each side and its
   edge rows are dropped (zero padding there is not the image's), so a band of r rows costs
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 import torch.nn.functional as F
 
+from .conv_sums import conv3x3_sums
 from .fused_weights import BlockWeights, ConvWeights, RCABWeights
 from .map_passes import channel_sums_in_pieces, scale_add_in_pieces
 
@@ -75,12 +78,12 @@ def block_on_regions(
     buf = torch.empty(1, hmap.shape[1], *side, dtype=fb.dtype, device=fb.device, memory_format=fmt)
     if tick:
         tick(len(cores))
-    rmap = torch.empty_like(hmap)
+    tmap = torch.empty_like(hmap)
     for rc in bw.rcabs:
-        _rcab_on_regions(fb, hmap, rmap, buf, rc, cores)
+        _rcab_on_regions(fb, hmap, tmap, rc, cores)
         if tick:
             tick(len(cores))
-    del rmap
+    del tmap
     out = torch.empty_like(x)
     for core in cores:
         y0, y1, x0, x1 = core
@@ -103,35 +106,46 @@ def block_on_regions(
 
 
 def _rcab_on_regions(
-    fb: FusedConvs, hmap: torch.Tensor, rmap: torch.Tensor, buf: torch.Tensor, rc: RCABWeights, cores: list[Core]
+    fb: FusedConvs, hmap: torch.Tensor, tmap: torch.Tensor, rc: RCABWeights, cores: list[Core]
 ) -> None:
-    """One RCAB in place on the full-size features ``hmap``: conv1 over each core and its
-    ring into ``buf``, conv2 over the core into ``rmap`` with its channel sums, then the gate
-    from the sums over every core, and the residual."""
+    """One RCAB in place on the full-size features ``hmap``: conv1 over each core into ``tmap``
+    with its channel sums; the gate from the sums over every core and tmap's outer rows and
+    columns (``conv_sums``: conv2's statistics before conv2 runs); then conv2 over each core,
+    its bias, the gate and the residual added into ``hmap`` where it reads it."""
     from ..kernels.conv3x3 import conv3x3
     from ..kernels.rcab import gate
 
     total = torch.zeros(1, hmap.shape[1], dtype=torch.float64, device=fb.device)
-    for core in cores:
-        y0, y1, x0, x1 = core
-        ry0, ry1, rx0, rx1 = _ring(core, hmap.shape[2], hmap.shape[3])
-        t = buf[:, :, : ry1 - ry0, : rx1 - rx0]
-        flag, cfg = fb.due_flag(), fb.config
-        ring_size = (ry1 - ry0, rx1 - rx0)
-        conv3x3(hmap, rc.conv1.packed, relu=True, flag=flag, origin=(ry0, rx0), size=ring_size, out=t, config=cfg)
+    flag, cfg = fb.due_flag(), fb.config
+    for y0, y1, x0, x1 in cores:
+        part, size = tmap[:, :, y0:y1, x0:x1], (y1 - y0, x1 - x0)
         _, sums = conv3x3(
-            t,
-            rc.conv2.packed,
+            hmap,
+            rc.conv1.packed,
+            relu=True,
             sums=True,
             flag=flag,
-            origin=(y0 - ry0, x0 - rx0),
-            size=(y1 - y0, x1 - x0),
-            out=rmap[:, :, y0:y1, x0:x1],
+            origin=(y0, x0),
+            size=size,
+            out=part,
             config=cfg,
         )
         assert sums is not None
         total += sums
-    scale_add_in_pieces(rmap, gate(total, hmap.shape[2] * hmap.shape[3], *rc.attention), hmap, None, hmap)
+    s = gate(conv3x3_sums(tmap, total, rc.conv2.weight, rc.conv2.bias), hmap.shape[2] * hmap.shape[3], *rc.attention)
+    for y0, y1, x0, x1 in cores:
+        part, size = hmap[:, :, y0:y1, x0:x1], (y1 - y0, x1 - x0)
+        conv3x3(
+            tmap,
+            rc.conv2.packed,
+            scale=s,
+            residual=part,
+            flag=flag,
+            origin=(y0, x0),
+            size=size,
+            out=part,
+            config=cfg,
+        )
 
 
 def _ring(core: Core, h: int, w: int) -> Core:

@@ -16,10 +16,11 @@ Per RCAB the work is two 3x3 convolutions; a fused design adds the fewest passes
 
 ``auto`` times the candidates on the device against each other on one RCAB of the first map it
 meets (``choose``), keeps those that agree with cuDNN's result and takes the fastest; the log
-says what each took. Where cuDNN wins, the head (3 -> 64 channels, where cuDNN pads the input
-to 8 channels and adds the bias in a pass of its own) is timed too: cuDNN with the epilogue
-pass against the Triton convolution, which takes its nine taps as one K = 27 product with the
-bias in its epilogue (``head``).
+says what each took. Then the head (3 -> 64 channels, where cuDNN pads the input to 8 channels
+and adds the bias in a pass of its own) is timed on its own, whichever won the RCAB: cuDNN with
+the epilogue pass against the Triton convolution, which takes its nine taps as one K = 27
+product with the bias in its epilogue (``head``; float16 on Triton keeps its head there, as
+cuDNN's would need bounds that path does not compute).
 
 float16 is guarded without a pass of its own: the Triton kernels set an overflow flag
 (``flag``) in their epilogue; on cuDNN, whose float16 overflow can be a finite wrong value
@@ -91,7 +92,7 @@ class FusedBlocks:
     config: Config | None = field(init=False, default=None)  # the 64-channel convolutions' launch
     maps_config: Config | None = field(init=False, default=None)  # the fastest Triton launch, for the maps
     asked: str = field(init=False, default="auto")  # what conv was before "auto" was decided
-    head: str = field(init=False, default="cudnn")  # HEAD_IMPLS: the head where conv is cuDNN's
+    head: str = field(init=False, default="auto")  # HEAD_IMPLS as choose timed it, or "auto": as conv
     _local: threading.local = field(init=False, default_factory=threading.local, repr=False)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock, repr=False)
 
@@ -147,6 +148,16 @@ class FusedBlocks:
         self.flag.copy_(torch.maximum(self.flag, bad.to(torch.int32)))
         return bound
 
+    def _on_triton(self, cw: ConvWeights, bounded: bool) -> bool:
+        """Whether convolution ``cw`` runs on the Triton kernel: float16 wherever no bound guards
+        cuDNN's; the head (its 3 input channels: im2col) as ``head`` was timed; the rest as
+        ``conv``."""
+        if self.check and not bounded:
+            return True
+        if cw.packed.im2col and self.head != "auto":
+            return self.head == "triton"
+        return self.conv == "triton"
+
     def conv3x3(
         self,
         x: torch.Tensor,
@@ -163,7 +174,7 @@ class FusedBlocks:
         """A convolution with bias, ReLU, residual and clamp, in the chosen implementation.
         float16 runs cuDNN only where the caller bounds it (``bounded``: the whole-block path);
         elsewhere (the layer steps) the Triton convolution, whose flag guards it, runs."""
-        if self.conv == "triton" or (self.check and not bounded) or (cw.packed.im2col and self.head == "triton"):
+        if self._on_triton(cw, bounded):
             from ..kernels.conv3x3 import conv3x3
 
             y, _ = conv3x3(
@@ -333,7 +344,8 @@ class FusedBlocks:
             tritons = [n for n in ok if ok[n][0] == "triton"]
             maps = min(tritons, key=lambda n: self.timings[n]) if tritons else None
             self.maps_config = ok[maps][1] if maps else None
-            self.head = "triton" if self.conv == "triton" else self._choose_head(size)
+            # float16 on Triton computes no bounds, which a cuDNN head would need
+            self.head = "triton" if self.conv == "triton" and self.check else self._choose_head(size)
             log.info(
                 "fused RCAB convolutions on %dx%d %s, ms per RCAB: %s; using %s%s",
                 hmap.shape[3],
@@ -341,7 +353,7 @@ class FusedBlocks:
                 str(self.dtype).replace("torch.", ""),
                 ", ".join(f"{n} {t:.3f}" for n, t in self.timings.items()),
                 best,
-                f", the head on {self.head}" if self.conv != "triton" else "",
+                f", the head on {self.head}",
             )
             if self.cache is not None:
                 self.cache.put(key, best, maps, self.head, self._candidate_names())

@@ -338,6 +338,36 @@ def test_the_head_on_triton_beside_cudnn_equals_the_model_in_float64(dtype, monk
     _close(out, _reference(copy.deepcopy(model).to(dtype), x), dtype, f"head on triton, {dtype}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=lambda d: str(d)[6:])
+def test_where_triton_wins_the_rcab_the_head_is_still_timed(dtype, monkeypatch):
+    """The Triton RCAB won: the head is timed on its own and may run on cuDNN (through F.conv2d),
+    with the block equal to the model in float64; float16 keeps the head on Triton untimed, as
+    no bound is computed for a cuDNN head there."""
+    import torch.nn.functional as F
+
+    from mcan_deploy.kernels.conv3x3 import default_config
+    from mcan_deploy.runners import fused as fused_mod
+    from mcan_deploy.runners.fused import FusedBlocks
+
+    monkeypatch.setattr(FusedBlocks, "candidates", lambda self: [("triton", default_config(DEVICE))])
+    model = _model(n_blocks=1)
+    fused = FusedBlocks(copy.deepcopy(model).to(DEVICE, dtype), DEVICE, dtype, "auto")
+    assert fused.choose(17, 19, again=True) == "triton"
+    if dtype == torch.float16:
+        assert fused.head == "triton" and not any(n.startswith("head") for n in fused.timings)
+        return
+    assert {"head cudnn", "head triton"} <= set(fused.timings)
+    fused.head = "cudnn"  # as a GPU may choose it
+    calls = []
+    real = F.conv2d
+    monkeypatch.setattr(fused_mod.F, "conv2d", lambda x, w, *a, **kw: calls.append(w.shape[1]) or real(x, w, *a, **kw))
+    x = torch.rand(1, 3, 17, 19, generator=torch.Generator().manual_seed(9)).to(DEVICE, dtype)
+    with torch.inference_mode():
+        out = fused.block(0, x)
+    assert calls == [3], "the head, and nothing else, on cuDNN"
+    _close(out, _reference(copy.deepcopy(model).to(dtype), x), dtype, "triton RCABs, cuDNN head")
+
+
 def test_where_cudnn_wins_the_head_is_timed_kept_and_never_a_wrong_one(tmp_path, monkeypatch, caplog):
     from mcan_deploy.kernels import conv3x3 as K
     from mcan_deploy.runners.conv_choice import ChoiceCache, choice_key

@@ -380,9 +380,10 @@ def conv3x3(
     if b == 0 or ho * wo == 0:
         return out, (torch.zeros(b, conv.cout, device=x.device) if sums else None)
     scale_t = conv.bias
-    if scale is not None:  # padded to the kernel's channel block
-        scale_t = torch.zeros(b, conv.block_n, dtype=torch.float32, device=x.device)
-        scale_t[:, : conv.cout] = scale
+    if scale is not None:  # float32, padded to the kernel's channel block (64 channels: as it is)
+        scale_t = scale.float().contiguous()
+        if conv.block_n > conv.cout:
+            scale_t = torch.nn.functional.pad(scale_t, (0, conv.block_n - conv.cout))
     common = dict(
         RELU=relu,
         HAS_SCALE=scale is not None,

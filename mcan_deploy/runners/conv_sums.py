@@ -29,26 +29,18 @@ def conv3x3_sums(t: torch.Tensor, t_sums: torch.Tensor, weight: torch.Tensor, bi
     """(B, C_out) channel sums over the image of ``conv3x3(t, weight) + bias`` with zero
     padding, from t (B, C_in, H, W), its channel sums ``t_sums`` (B, C_in) and the (C_out, C_in,
     3, 3) ``weight``; reads only t's outer rows and columns. float32 (float64 for a float64 t)."""
+    # basic indexing and fills only: an index or constant tensor from the host would be a
+    # synchronising copy on a GPU, once per RCAB
     b, c, h, w = t.shape
     f = torch.float64 if t.dtype == torch.float64 else torch.float32
-    total = t_sums.to(f)
-    top, bottom = t[:, :, 0, :].sum(-1, dtype=f), t[:, :, h - 1, :].sum(-1, dtype=f)
+    top, bottom = t[:, :, 0].sum(-1, dtype=f), t[:, :, h - 1].sum(-1, dtype=f)
     left, right = t[:, :, :, 0].sum(-1, dtype=f), t[:, :, :, w - 1].sum(-1, dtype=f)
-    corner = {
-        (dy, dx): t[:, :, 0 if dy > 0 else h - 1, 0 if dx > 0 else w - 1].to(f) for dy in (-1, 1) for dx in (-1, 1)
-    }
-    rows = {-1: bottom, 1: top}  # tap row dy reads rows u = p + dy: dy = 1 never reads row 0
-    cols = {-1: right, 1: left}
-    taps = []
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            s = total
-            if dy:
-                s = s - rows[dy]
-            if dx:
-                s = s - cols[dx]
-            if dy and dx:
-                s = s + corner[(dy, dx)]
-            taps.append(s)
-    S = torch.stack(taps, 1).reshape(b, 3, 3, c)  # (B, ky, kx, C_in): ky = dy + 1
-    return torch.einsum("oikl,bkli->bo", weight.to(f), S) + h * w * bias.to(f)
+    zero = torch.zeros_like(top)
+    # tap ky = 0 reads row p - 1, so never the bottom row; ky = 2 never the top one (kx alike)
+    rows, cols = torch.stack((bottom, zero, top), -1), torch.stack((right, zero, left), -1)
+    corners = torch.zeros(b, c, 3, 3, dtype=f, device=t.device)  # counted twice where both apply
+    for ky, y in ((0, h - 1), (2, 0)):
+        for kx, x in ((0, w - 1), (2, 0)):
+            corners[:, :, ky, kx] = t[:, :, y, x]
+    taps = t_sums.to(f)[:, :, None, None] - rows[..., :, None] - cols[..., None, :] + corners
+    return torch.einsum("oikl,bikl->bo", weight.to(f), taps) + h * w * bias.to(f)

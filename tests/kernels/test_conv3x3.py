@@ -117,6 +117,11 @@ def test_scale_and_residual_epilogue_the_folded_rcabs_conv2(dtype, channels_last
         _close(out, want, dtype, f"{cfg}")
     with pytest.raises(ValueError, match="scale has shape"):
         conv3x3(x, packed, scale=scale[:1])
+    weight, bias = _conv(16, 24, seed=18)  # 24 channels: the scale padded to the kernel's 32
+    x = _x(2, 16, 7, 9, dtype, channels_last, seed=19)
+    res = _x(2, 24, 7, 9, dtype, channels_last, seed=20)
+    out, _ = conv3x3(x, pack(weight, bias, dtype, DEVICE), scale=scale[:, :24], residual=res)
+    _close(out, _reference(x, weight, bias, dtype, scale=scale[:, :24].cpu().double(), residual=res), dtype, "24")
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
